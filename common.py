@@ -1,0 +1,459 @@
+"""Shared plumbing for the genstudy scripts: flags, data, device and AMP policy,
+EMA, checkpoints, metrics log, sample grids, stopping. No model code lives here:
+every model script keeps its own networks and its own training loop.
+
+Data (`--data`): `digits` (scikit-learn's 1,797 real 8x8 digits), `lfw`
+(scikit-image's 100 real 25x25 faces), an image folder (recursive; the label is
+the first sub-folder), or a comma-separated mix of these. Images are
+center-cropped, resized with antialiasing to `--res` and cached once as a uint8
+`.npy` under the cache dir; training reads the cache and augments batches.
+"""
+import argparse
+import functools
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+CACHE_DIR = Path(os.environ.get("GENSTUDY_CACHE", Path.home() / ".cache" / "genstudy"))
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+HELDOUT_MAX = 5000  # real images kept out of training, the FID reference set
+
+
+class UserError(Exception):
+    """Bad input from the user: shown as one line, exit code 2, no traceback."""
+
+
+def exits_on_user_error(main):
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2)
+    return wrapper
+
+
+def csv_ints(text):
+    return [int(v) for v in text.split(",") if v]
+
+
+def add_common_args(parser):
+    """The flags every training script shares (design section 5)."""
+    a = parser.add_argument
+    a("--data", default="digits", help="digits | lfw | image folder | comma-separated mix")
+    a("--res", type=int, default=32, choices=[32, 64, 128])
+    a("--crop", type=int, default=None, help="center-crop N px before resizing (CelebA: 178)")
+    a("--aug", default="flip", choices=["none", "flip", "deluxe"])
+    a("--batch-size", type=int, default=64)
+    a("--epochs", type=int, default=100)
+    a("--max-steps", type=int, default=None, help="stop after N optimizer steps of the generator/model")
+    a("--max-minutes", type=float, default=None, help="stop cleanly after this much training time")
+    a("--lr", type=float, default=2e-4)
+    a("--seed", type=int, default=0)
+    a("--out", default=None, help="run folder (default runs/<script>)")
+    a("--resume", action="store_true", help="continue from OUT/ckpt.pt if it exists")
+    a("--ema", type=float, default=0.9999, help="EMA decay of the sampling weights (0 = off)")
+    a("--amp", default="auto", choices=["auto", "on", "off"], help="auto: on for CUDA, off for CPU")
+    a("--amp-dtype", default="fp16", choices=["fp16", "bf16"])
+    a("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    a("--workers", type=int, default=0, help="data-loading worker processes")
+    a("--fid-every", type=int, default=25, help="epochs between FID evaluations (0 = only at the end)")
+    a("--fid-n", type=int, default=5000, help="generated images per FID")
+    a("--fid-n-real", type=int, default=5000, help="held-out real images per FID")
+    a("--fid-features", default="auto", choices=["auto", "inception", "digits", "none"])
+    a("--log-every", type=int, default=50, help="steps between metrics.jsonl rows")
+    a("--sample-every", type=int, default=1, help="epochs between samples/epoch_NNNN.png")
+    a("--ckpt-every", type=int, default=1, help="epochs between checkpoints")
+    a("--cond", action="store_true", help="class-conditional model (labels from the data)")
+    return parser
+
+
+# ----------------------------------------------------------------------------- data
+
+def _square(img, crop):
+    w, h = img.size
+    side = min(crop or min(w, h), w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side))
+
+
+def _to_uint8(img, res, channels, crop):
+    """PIL image -> (res, res, channels) uint8: square crop, antialiased resize."""
+    img = img.convert("L" if channels == 1 else "RGB")
+    img = _square(img, crop).resize((res, res), Image.BICUBIC, reducing_gap=None)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[..., None] if channels == 1 else arr
+
+
+def _builtin(name):
+    """Built-in arrays as (uint8 images (N, H, W), labels, class names)."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+        d = load_digits()
+        return (d.images * (255 / 16)).round().astype(np.uint8), d.target, [str(i) for i in range(10)]
+    from skimage.data import lfw_subset
+    faces = lfw_subset()[:100]  # the rest of lfw_subset are non-face patches
+    return (faces * 255).round().astype(np.uint8), np.zeros(100, dtype=np.int64), ["face"]
+
+
+def _list_folder(root):
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    labels = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "." for p in files]
+    return files, labels
+
+
+def _atomic_write(path, write_fn, suffix=""):
+    """Write through a temp file in the same folder, then rename: a kill at any
+    moment leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _load_source(src, res, channels, crop):
+    """One source of a spec -> cached (images uint8 (N, res, res, C), labels, class names)."""
+    if src in ("digits", "lfw"):
+        key_files = [src]
+    else:
+        root = Path(src).expanduser()
+        if not root.exists():
+            raise UserError(f"data path not found: {src}")
+        if not root.is_dir():
+            raise UserError(f"--data must be digits, lfw or a folder of images, got file {src}")
+        files, folder_labels = _list_folder(root)
+        if not files:
+            raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {src}")
+        key_files = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    key = hashlib.sha1(json.dumps([src, crop, res, channels, key_files]).encode()).hexdigest()[:16]
+    npy, manifest = CACHE_DIR / "data" / f"{key}.npy", CACHE_DIR / "data" / f"{key}.json"
+    if npy.exists() and manifest.exists():
+        meta = json.loads(manifest.read_text())
+        return np.load(npy, mmap_mode="r"), np.array(meta["labels"], dtype=np.int64), meta["classes"]
+
+    skipped = []
+    if src in ("digits", "lfw"):
+        raw, labels, classes = _builtin(src)
+        images = np.stack([_to_uint8(Image.fromarray(im), res, channels, crop) for im in raw])
+    else:
+        from tqdm import tqdm
+        classes = sorted(set(folder_labels))
+        images, labels = [], []
+        todo = list(zip(files, folder_labels))
+        for path, name in tqdm(todo, desc=f"caching {src}", leave=False, disable=len(todo) < 500):
+            try:
+                with Image.open(path) as img:
+                    images.append(_to_uint8(img, res, channels, crop))
+                labels.append(classes.index(name))
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                skipped.append(f"{path}: {type(e).__name__}")
+        if not images:
+            raise UserError(f"no readable images under {src} ({len(skipped)} unreadable)")
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} unreadable image(s) under {src}; list in {manifest}")
+        images, labels = np.stack(images), np.array(labels, dtype=np.int64)
+    _atomic_write(npy, lambda f: np.save(f, images))
+    meta = {"spec": src, "res": res, "crop": crop, "channels": channels, "n": len(images),
+            "classes": classes, "labels": labels.tolist(), "skipped": skipped}
+    _atomic_write(manifest, lambda f: f.write(json.dumps(meta).encode()))
+    return np.load(npy, mmap_mode="r"), labels, classes
+
+
+class ImageData(torch.utils.data.Dataset):
+    """uint8 images (N, H, W, C) + labels. Items are (x (C, H, W) in [-1, 1], label).
+    Training uses `batch(idx)` to read whole uint8 batches; `aug` is applied to
+    batch tensors on the training device by `augment`."""
+
+    def __init__(self, images, labels, classes, aug):
+        self.images, self.labels, self.classes, self.aug = images, labels, classes, aug
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)  # (C, H, W) uint8
+        return x.float() / 127.5 - 1, int(self.labels[i])
+
+    def batch(self, idx):
+        idx = np.sort(np.asarray(idx))  # sorted reads are kinder to a memmap
+        x = torch.from_numpy(np.ascontiguousarray(self.images[idx])).permute(0, 3, 1, 2)  # (B, C, H, W)
+        return x, torch.from_numpy(self.labels[idx])
+
+    def subset(self, idx):
+        return ImageData(self.images[np.sort(idx)], self.labels[np.sort(idx)], self.classes, self.aug)
+
+    def split(self):
+        """Deterministic (train, held-out) split; held-out is 1/6 of the data, at most 5,000."""
+        perm = np.random.RandomState(0).permutation(len(self))
+        n_out = min(HELDOUT_MAX, len(self) // 6)
+        return self.subset(perm[n_out:]), self.subset(perm[:n_out])
+
+
+def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
+    """`spec` -> ImageData of (x, label), x float in [-1, 1] of shape (C, res, res).
+    channels=None keeps 1 for built-in gray data and 3 when any folder is in the spec."""
+    sources = [s.strip() for s in spec.split(",") if s.strip()]
+    if not sources:
+        raise UserError("--data is empty")
+    if aug not in ("none", "flip", "deluxe"):
+        raise UserError(f"unknown augmentation {aug!r}")
+    if channels is None:
+        channels = 1 if all(s in ("digits", "lfw") for s in sources) else 3
+    parts, classes = [], []
+    for src in sources:
+        images, labels, names = _load_source(src, res, channels, crop)
+        # A mix keeps every source's classes apart: "digits,lfw" has 11 labels.
+        parts.append((images, labels + len(classes)))
+        classes += [f"{src}:{n}" if len(sources) > 1 else n for n in names]
+    images = parts[0][0] if len(parts) == 1 else np.concatenate([np.asarray(p[0]) for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    if cond and len(classes) < 2:
+        raise UserError(f"--cond needs labelled data with at least 2 classes; {spec} has {len(classes)}")
+    return ImageData(images, labels, classes, aug)
+
+
+def batches(data, batch_size, seed, start_step, device):
+    """Endless (epoch, x uint8 (B, C, H, W), labels) on `device`. Epoch e's order is
+    a permutation drawn from (seed, e) alone, so a resumed run sees the same
+    batches as an uninterrupted one."""
+    per_epoch = max(1, len(data) // batch_size)
+    step = start_step
+    while True:
+        epoch, i = divmod(step, per_epoch)
+        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        idx = perm[i * batch_size:(i + 1) * batch_size]
+        x, y = data.batch(idx.numpy())
+        yield epoch, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        step += 1
+
+
+def to_float(x):
+    return x.float() / 127.5 - 1  # uint8 [0, 255] -> [-1, 1]
+
+
+def augment(x, mode):
+    """Batch augmentation of x in [-1, 1] (B, C, H, W), using the torch RNG of x's device."""
+    if mode == "none":
+        return x
+    B = x.shape[0]
+    flip = torch.rand(B, 1, 1, 1, device=x.device) < 0.5
+    x = torch.where(flip, x.flip(3), x)
+    if mode == "deluxe":
+        angle = (torch.rand(B, device=x.device) * 2 - 1) * math.radians(5)
+        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (B, 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+        brightness = (torch.rand(B, 1, 1, 1, device=x.device) * 2 - 1) * 0.1 * 2  # +-0.1 of the [0,1] range
+        contrast = 1 + (torch.rand(B, 1, 1, 1, device=x.device) * 2 - 1) * 0.1
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * contrast + mean + brightness
+        if x.shape[1] == 3:
+            saturation = 1 + (torch.rand(B, 1, 1, 1, device=x.device) * 2 - 1) * 0.05
+            gray = x.mean(dim=1, keepdim=True)
+            x = (x - gray) * saturation + gray
+    return x.clamp(-1, 1)
+
+
+# ----------------------------------------------------------------------------- device, AMP, seeding
+
+def setup_device(args):
+    """-> (device, amp enabled, amp dtype). AMP 'auto' is on for CUDA only: bf16
+    autocast on CPUs without bf16 units is ~200x slower than fp32."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
+    dtype = torch.float16 if args.amp_dtype == "fp16" else torch.bfloat16
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device, amp, dtype
+
+
+def autocast(device, amp, dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=amp)
+
+
+def grad_scaler(device, amp, dtype):
+    # Loss scaling is needed for fp16 only; bf16 has fp32's exponent range.
+    return torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
+
+
+def seed_everything(seed):
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state():
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- EMA
+
+class EMA:
+    """Exponential moving average of a model's weights, for sampling.
+    Warm-up: the decay used at update n is min(decay, (1 + n) / (10 + n)), so early
+    averages are not dominated by the random initial weights."""
+
+    def __init__(self, model, decay):
+        import copy
+        self.decay, self.num_updates = decay, 0
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model):
+        self.num_updates += 1
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for ema_p, p in zip(self.module.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - d)
+        for ema_b, b in zip(self.module.buffers(), model.buffers()):
+            ema_b.copy_(b)  # BatchNorm statistics are not averaged, they are copied
+
+    def state_dict(self):
+        return {"module": self.module.state_dict(), "num_updates": self.num_updates, "decay": self.decay}
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(state["module"])
+        self.num_updates = state["num_updates"]
+
+
+# ----------------------------------------------------------------------------- checkpoints, logs, images
+
+def save_checkpoint(path, state):
+    _atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path, map_location="cpu"):
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint not found: {path}")
+    except Exception as e:  # torch raises UnpicklingError (or RuntimeError) for non-tensor payloads
+        raise UserError(f"refusing to load {path}: it is not a plain tensor checkpoint and would need "
+                        f"pickle to run code ({str(e).splitlines()[0][:120]})")
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line. On resume, rows logged after the
+    checkpoint's step are dropped, so the log matches an uninterrupted run."""
+
+    def __init__(self, path, resume_step=None):
+        self.path = Path(path)
+        if resume_step is not None and self.path.exists():
+            rows = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+            keep = [r for r in rows if r.get("step", 0) <= resume_step]
+            _atomic_write(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in keep).encode()))
+        elif resume_step is None:
+            self.path.write_text("")
+
+    def write(self, **row):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def save_grid(x, path, nrow=8):
+    """x in [-1, 1] (B, C, H, W) -> PNG grid, 8-bit rounded as torchvision does."""
+    from torchvision.utils import save_image
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image((x.detach().float().cpu() + 1) / 2, path, nrow=nrow, padding=2, pad_value=1.0)
+
+
+def save_gif(frames_dir, path, ms=200):
+    frames = [Image.open(p).convert("RGB") for p in sorted(Path(frames_dir).glob("epoch_*.png"))]
+    if frames:
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=ms, loop=0)
+
+
+def slerp(a, b, t):
+    """Spherical interpolation between latents a, b (D,) at fractions t (K,) -> (K, D):
+    Gaussian latents live near a sphere, and a straight line cuts through its inside."""
+    a_n, b_n = a / a.norm(), b / b.norm()
+    omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
+    t = t[:, None]
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def count_params(*models):
+    return sum(p.numel() for m in models for p in m.parameters())
+
+
+# ----------------------------------------------------------------------------- run bookkeeping
+
+def prepare_run(args, script):
+    """Make the run folder and write args.json. Returns the folder as a Path."""
+    out = Path(args.out or f"runs/{script}")
+    ckpt = out / "ckpt.pt"
+    if out.exists() and ckpt.exists() and not args.resume:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    return out
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM or by the --max-minutes budget; the loop checks it
+    between steps and ends cleanly (checkpoint, final samples, final metrics)."""
+
+    def __init__(self, max_minutes, spent_seconds=0.0):
+        # A resumed run gets what is left of its budget, not a fresh one.
+        self.deadline = time.time() + max_minutes * 60 - spent_seconds if max_minutes else None
+        self.signalled = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signalled:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.signalled = signal.Signals(signum).name
+        print(f"\n{self.signalled}: finishing the current step, then checkpoint and samples", file=sys.stderr)
+
+    def __bool__(self):
+        return bool(self.signalled) or (self.deadline is not None and time.time() > self.deadline)
+
+    def restore(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+
+
+def check_finite(step, out, **losses):
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            raise UserError(f"{name} is {value} at step {step}: training diverged; "
+                            f"last good checkpoint: {Path(out) / 'ckpt.pt'}")
+
+
+def write_json(path, obj):
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")

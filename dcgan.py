@@ -1,0 +1,244 @@
+"""DCGAN: Radford, Metz & Chintala, "Unsupervised Representation Learning with
+Deep Convolutional Generative Adversarial Networks" (2016).
+
+Study steps:
+  phase 1 (pipeline ablations)  python dcgan.py --data DIR --res 64|128 --aug flip|deluxe
+  step 2.1 (the GAN baseline)   python dcgan.py --data DIR --res 64
+  CPU first look                python dcgan.py --data digits --res 32 --max-minutes 5
+
+The networks follow the paper: transposed convolutions with BatchNorm and ReLU in
+the generator, strided convolutions with LeakyReLU(0.2) in the discriminator (no
+BatchNorm on its first layer), N(0, 0.02) weight init, Adam 2e-4 with beta1 = 0.5.
+The number of up/down blocks follows --res (3 at 32, 4 at 64, 5 at 128).
+
+Departures from the paper: the loss is BCE on logits (the sigmoid is folded into
+the loss, which is stable under fp16 autocast); the generator is trained with the
+non-saturating loss -log D(G(z)) (Goodfellow et al. 2014, sec. 3), as the paper's
+code does; samples come from an EMA of the generator's weights; `--cond` adds a
+one-hot label to z and a projection term to D (Miyato & Koyama 2018).
+"""
+import argparse
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import common
+
+
+# ----------------------------------------------------------------------------- model
+
+class Generator(nn.Module):
+    """z (B, nz) [+ one-hot label] -> image (B, C, res, res) in [-1, 1]."""
+
+    def __init__(self, nz=100, ngf=64, channels=3, res=64, n_classes=0):
+        super().__init__()
+        self.nz, self.n_classes = nz, n_classes
+        n_up = int(math.log2(res)) - 2  # 4x4 -> res: 3 blocks at 32, 4 at 64, 5 at 128
+        ch = ngf * 2 ** (n_up - 1)
+        layers = [nn.ConvTranspose2d(nz + n_classes, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+        for _ in range(n_up - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z, y=None):
+        if self.n_classes:
+            z = torch.cat([z, F.one_hot(y, self.n_classes).to(z.dtype)], 1)
+        return self.net(z[:, :, None, None])  # (B, C, res, res)
+
+
+class Discriminator(nn.Module):
+    """image (B, C, res, res) -> real/fake logit (B,)."""
+
+    def __init__(self, ndf=64, channels=3, res=64, n_classes=0):
+        super().__init__()
+        n_down = int(math.log2(res)) - 2
+        layers = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        ch = ndf
+        for _ in range(n_down - 1):
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
+            ch *= 2
+        self.features = nn.Sequential(*layers)  # (B, ch, 4, 4)
+        self.out = nn.Conv2d(ch, 1, 4, 1, 0, bias=False)
+        # Projection discriminator: logit += <embed(y), pooled features>.
+        self.embed = nn.Embedding(n_classes, ch) if n_classes else None
+
+    def forward(self, x, y=None):
+        h = self.features(x)
+        logit = self.out(h).flatten()  # (B,)
+        if self.embed is not None:
+            logit = logit + (self.embed(y) * h.sum(dim=(2, 3))).sum(1)
+        return logit
+
+
+def init_weights(m):
+    # Radford et al. sec. 4: all weights from N(0, 0.02); BatchNorm scale around 1.
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------- losses
+
+def d_loss(real_logits, fake_logits):
+    """-[log D(x) + log(1 - D(G(z)))], on logits."""
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def g_loss(fake_logits):
+    """Non-saturating generator loss -log D(G(z)): strong gradients when D wins."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+@torch.no_grad()
+def generate(G, n, nz, device, labels=None, batch_size=256, generator=None):
+    """n images in [-1, 1] from fresh noise (labels cycle through the classes)."""
+    out = []
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        z = torch.randn(b, nz, generator=generator).to(device)
+        y = labels[i:i + b].to(device) if labels is not None else None
+        out.append(G(z, y).float().cpu())
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(p)
+    p.add_argument("--nz", type=int, default=100, help="latent size")
+    p.add_argument("--ngf", type=int, default=64, help="generator width")
+    p.add_argument("--ndf", type=int, default=64, help="discriminator width")
+    p.add_argument("--beta1", type=float, default=0.5)
+    return p.parse_args(argv)
+
+
+@common.exits_on_user_error
+def main(argv=None):
+    args = parse_args(argv)
+    out = common.prepare_run(args, "dcgan")
+    device, amp, amp_dtype = common.setup_device(args)
+    common.seed_everything(args.seed)
+    data = common.load_dataset(args.data, args.res, crop=args.crop, aug=args.aug, cond=args.cond)
+    train, heldout = data.split()
+    channels, n_classes = train.images.shape[-1], (len(data.classes) if args.cond else 0)
+
+    G = Generator(args.nz, args.ngf, channels, args.res, n_classes).to(device)
+    D = Discriminator(args.ndf, channels, args.res, n_classes).to(device)
+    G.apply(init_weights)
+    D.apply(init_weights)
+    ema = common.EMA(G, args.ema)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+    scaler = common.grad_scaler(device, amp, amp_dtype)
+
+    # Fixed noise, so every epoch's grid shows the same 64 latents.
+    fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    fixed_y = (torch.arange(64) % max(n_classes, 1)).to(device) if n_classes else None
+
+    step, train_seconds, resumed = 0, 0.0, False
+    if args.resume and (out / "ckpt.pt").exists():
+        ckpt = common.load_checkpoint(out / "ckpt.pt", map_location=device)
+        G.load_state_dict(ckpt["G"]); D.load_state_dict(ckpt["D"]); ema.load_state_dict(ckpt["ema"])
+        opt_g.load_state_dict(ckpt["opt_g"]); opt_d.load_state_dict(ckpt["opt_d"]); scaler.load_state_dict(ckpt["scaler"])
+        common.set_rng_state(ckpt["rng"])
+        step, train_seconds, resumed = ckpt["step"], ckpt["train_seconds"], True
+        print(f"resumed {out} at step {step}")
+    log = common.MetricsLog(out / "metrics.jsonl", resume_step=step if resumed else None)
+
+    def checkpoint():
+        common.save_checkpoint(out / "ckpt.pt", {
+            "G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict(),
+            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
+            "rng": common.rng_state(), "step": step, "epoch": step // per_epoch,
+            "train_seconds": train_seconds, "args": vars(args)})
+
+    per_epoch = max(1, len(train) // args.batch_size)
+    total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
+    stop = common.StopFlag(args.max_minutes, train_seconds)
+    losses = {}
+    bar = tqdm(total=total, initial=step, desc="dcgan", dynamic_ncols=True)
+    t0 = time.time()
+    for epoch, x, y in common.batches(train, args.batch_size, args.seed, step, device):
+        if step >= total or stop:
+            break
+        real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
+        y = y if n_classes else None
+        z = torch.randn(real.shape[0], args.nz, device=device)
+
+        # D step: maximise log D(x) + log(1 - D(G(z))).
+        with common.autocast(device, amp, amp_dtype):
+            fake = G(z, y)
+            loss_d = d_loss(D(real, y), D(fake.detach(), y))
+        opt_d.zero_grad(set_to_none=True)
+        scaler.scale(loss_d).backward()
+        scaler.step(opt_d)
+
+        # G step: the fake batch goes through the updated D.
+        with common.autocast(device, amp, amp_dtype):
+            loss_g = g_loss(D(fake, y))
+        opt_g.zero_grad(set_to_none=True)
+        scaler.scale(loss_g).backward()
+        scaler.step(opt_g)
+        scaler.update()
+        ema.update(G)
+        step += 1
+        bar.update(1)
+
+        if step % args.log_every == 0 or step == total:
+            losses = {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+            common.check_finite(step, out, **losses)
+            log.write(kind="train", step=step, epoch=step / per_epoch, **losses)
+            bar.set_postfix(losses)
+        if step % per_epoch == 0:  # end of an epoch
+            epoch = step // per_epoch
+            if epoch % args.sample_every == 0:
+                common.save_grid(ema.module(fixed_z, fixed_y), out / "samples" / f"epoch_{epoch:04d}.png")
+            if epoch % args.ckpt_every == 0:
+                train_seconds += time.time() - t0
+                t0 = time.time()
+                checkpoint()
+    bar.close()
+    stopped_by = stop.signalled or ("max-minutes" if stop else "steps")
+    stop.restore()
+    train_seconds += time.time() - t0
+    checkpoint()
+
+    # Final outputs, all from the EMA generator.
+    G_ema = ema.module
+    t = time.time()
+    final = G_ema(fixed_z, fixed_y).detach()
+    sample_seconds = (time.time() - t) / fixed_z.shape[0]
+    common.save_grid(final, out / "samples.png")
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(args.seed + 1)
+        ends = torch.randn(16, args.nz, generator=g)
+        path = torch.cat([common.slerp(ends[i], ends[i + 8], torch.linspace(0, 1, 8)) for i in range(8)]).to(device)
+        path_y = fixed_y[:8].repeat_interleave(8) if n_classes else None
+        common.save_grid(G_ema(path, path_y), out / "interp.png", nrow=8)
+    common.save_gif(out / "samples", out / "progress.gif")
+    summary = {
+        "model": "dcgan", "params": common.count_params(G, D),
+        "params_G": common.count_params(G), "params_D": common.count_params(D),
+        "steps": step, "epochs": step / per_epoch, "train_seconds": train_seconds,
+        "images_per_s": step * args.batch_size / max(train_seconds, 1e-9),
+        "sample_seconds_per_image": sample_seconds, "final": losses,
+        "stopped_by": stopped_by, "complete": not stop.signalled}
+    common.write_json(out / "summary.json", summary)
+    print(f"done: {step} steps in {train_seconds:.0f}s; outputs in {out}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import dcgan
+
+
+def test_digits_builtin():
+    ds = common.load_dataset("digits", 32, aug="none")
+    assert len(ds) == 1797 and ds.classes == [str(i) for i in range(10)]
+    x, y = ds[0]
+    assert x.shape == (1, 32, 32) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1 and x.max() > 0.5  # ink reaches near white
+    assert sorted(set(ds.labels.tolist())) == list(range(10))
+
+
+def test_lfw_builtin_rgb_on_request():
+    ds = common.load_dataset("lfw", 64, channels=3)
+    assert len(ds) == 100
+    assert ds[5][0].shape == (3, 64, 64)
+
+
+def test_folder_with_every_case(image_tree):
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        ds = common.load_dataset(str(image_tree), 32, cond=True)
+    # rgb.png, deep.jpg (nested twice), gray.png, rgba.png; corrupt.png skipped, notes.txt ignored
+    assert len(ds) == 4
+    assert ds.classes == ["cats", "dogs"]
+    assert sorted(ds.labels.tolist()) == [0, 0, 1, 1]
+    for i in range(len(ds)):
+        x, _ = ds[i]
+        assert x.shape == (3, 32, 32) and -1 <= x.min() and x.max() <= 1
+    manifest = next(common.CACHE_DIR.glob("data/*.json"))
+    meta = [json.loads(p.read_text()) for p in common.CACHE_DIR.glob("data/*.json")]
+    skipped = [s for m in meta for s in m["skipped"]]
+    assert any("corrupt.png" in s for s in skipped), manifest
+
+
+def test_crop_takes_center(tmp_path):
+    from PIL import Image
+    img = np.zeros((218, 178), dtype=np.uint8)
+    img[20:198, :] = 255  # a 178x178 white center inside black top/bottom bands
+    (tmp_path / "f").mkdir()
+    Image.fromarray(img).save(tmp_path / "f" / "a.png")
+    x = common.load_dataset(str(tmp_path / "f"), 32, channels=1, crop=178)[0][0]
+    assert x.min() > 0.9  # the black bands were cropped away
+
+
+def test_mix_spec_lengths():
+    digits, lfw = common.load_dataset("digits", 32), common.load_dataset("lfw", 32)
+    mix = common.load_dataset("digits,lfw", 32)
+    assert len(mix) == len(digits) + len(lfw) == 1897
+    assert len(mix.classes) == 11 and mix.labels.max() == 10  # lfw's label follows the 10 digits
+
+
+def test_cache_reuse_reads_no_images(image_tree, monkeypatch):
+    with pytest.warns(UserWarning):
+        first = common.load_dataset(str(image_tree), 32)
+
+    def no_reads(*a, **k):
+        raise AssertionError("image file opened although the cache exists")
+    monkeypatch.setattr(common.Image, "open", no_reads)
+    second = common.load_dataset(str(image_tree), 32)
+    assert np.array_equal(np.asarray(first.images), np.asarray(second.images))
+    # A changed file list is a new cache entry, not a stale hit.
+    (image_tree / "dogs" / "new.png").write_bytes((image_tree / "dogs" / "gray.png").read_bytes())
+    with pytest.raises(AssertionError, match="image file opened"):
+        common.load_dataset(str(image_tree), 32)
+
+
+def test_split_is_disjoint_and_deterministic():
+    ds = common.load_dataset("digits", 32)
+    train, held = ds.split()
+    assert len(train) + len(held) == len(ds) and len(held) == len(ds) // 6
+    train2, held2 = common.load_dataset("digits", 32).split()
+    assert np.array_equal(np.asarray(held.images), np.asarray(held2.images))
+
+
+@pytest.mark.filterwarnings("ignore:skipped")
+@pytest.mark.parametrize("make_args", [
+    lambda tmp: ["--data", str(tmp / "missing")],
+    lambda tmp: ["--data", str(tmp / "empty")],
+    lambda tmp: ["--data", str(tmp / "only_text")],
+    lambda tmp: ["--data", str(tmp / "only_corrupt")],
+    lambda tmp: ["--data", "lfw", "--cond"],  # --cond needs >= 2 classes
+])
+def test_bad_data_is_one_line_exit_2(tmp_path, capsys, make_args):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "only_text").mkdir()
+    (tmp_path / "only_text" / "a.txt").write_text("x")
+    (tmp_path / "only_corrupt").mkdir()
+    (tmp_path / "only_corrupt" / "a.png").write_bytes(b"garbage")
+    with pytest.raises(SystemExit) as e:
+        dcgan.main(make_args(tmp_path) + ["--out", str(tmp_path / "run"), "--max-steps", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+
+
+def test_bad_flag_value_exit_2(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        dcgan.main(["--aug", "sideways", "--out", str(tmp_path)])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("mode", ["none", "flip", "deluxe"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augment_keeps_range_and_shape(mode, channels):
+    torch.manual_seed(0)
+    x = torch.rand(32, channels, 16, 16) * 2 - 1
+    y = common.augment(x, mode)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    if mode == "none":
+        assert torch.equal(x, y)
+    else:
+        assert not torch.equal(x, y)
+
+
+def test_flip_flips_about_half():
+    torch.manual_seed(0)
+    x = torch.arange(8.0).view(1, 1, 1, 8).expand(1000, 1, 1, 8) / 8
+    y = common.augment(x, "flip")
+    flipped = (y[:, 0, 0, 0] > y[:, 0, 0, -1]).float().mean()
+    assert 0.4 < flipped < 0.6
+    assert torch.equal(y[y[:, 0, 0, 0] > 0.5][0], x[0].flip(2))
+
+
+def test_batches_resume_same_order():
+    ds = common.load_dataset("lfw", 32)
+    full = common.batches(ds, 16, seed=3, start_step=0, device="cpu")
+    seq = [next(full)[1] for _ in range(9)]  # crosses an epoch boundary (6 batches per epoch)
+    resumed = common.batches(ds, 16, seed=3, start_step=5, device="cpu")
+    for i in range(5, 9):
+        assert torch.equal(next(resumed)[1], seq[i])

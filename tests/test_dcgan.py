@@ -1,0 +1,136 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import common
+import dcgan
+from conftest import ROOT
+
+TINY = ["--data", "lfw", "--batch-size", "16", "--ngf", "8", "--ndf", "8", "--log-every", "2",
+        "--sample-every", "1", "--ckpt-every", "1", "--fid-features", "none"]
+
+
+@pytest.mark.parametrize("res", [32, 64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_follow_res(res, channels):
+    G = dcgan.Generator(nz=16, ngf=8, channels=channels, res=res)
+    D = dcgan.Discriminator(ndf=8, channels=channels, res=res)
+    x = G(torch.randn(5, 16))
+    assert x.shape == (5, channels, res, res) and x.abs().max() <= 1
+    assert D(x).shape == (5,)
+
+
+def test_conditional_shapes():
+    G = dcgan.Generator(nz=16, ngf=8, channels=1, res=32, n_classes=10)
+    D = dcgan.Discriminator(ndf=8, channels=1, res=32, n_classes=10)
+    y = torch.arange(4)
+    x = G(torch.randn(4, 16), y)
+    assert D(x, y).shape == (4,)
+    # The label matters: same z, different y, different image.
+    z = torch.randn(1, 16).expand(2, 16)
+    G.eval()
+    out = G(z, torch.tensor([0, 1]))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_losses_are_bce_on_logits():
+    real, fake = torch.tensor([3.0, -1.0]), torch.tensor([-2.0, 0.5])
+    expected = -(torch.log(torch.sigmoid(real)).mean() + torch.log(1 - torch.sigmoid(fake)).mean())
+    assert torch.allclose(dcgan.d_loss(real, fake), expected, atol=1e-6)
+    assert torch.allclose(dcgan.g_loss(fake), -torch.log(torch.sigmoid(fake)).mean(), atol=1e-6)
+
+
+def test_end_to_end_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    summary = dcgan.main(TINY + ["--max-steps", "7", "--out", str(out)])
+    for name in ["args.json", "metrics.jsonl", "samples.png", "progress.gif", "ckpt.pt",
+                 "summary.json", "interp.png", "samples/epoch_0001.png"]:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [2, 4, 6, 7]
+    ckpt = common.load_checkpoint(out / "ckpt.pt")
+    assert ckpt["step"] == 7 and {"G", "D", "ema", "opt_g", "opt_d", "scaler", "rng", "args"} <= set(ckpt)
+    assert summary["steps"] == 7 and summary["params"] > 0 and summary["images_per_s"] > 0
+    assert json.loads((out / "summary.json").read_text())["sample_seconds_per_image"] > 0
+
+
+def test_existing_run_needs_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    dcgan.main(TINY + ["--max-steps", "2", "--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        dcgan.main(TINY + ["--max-steps", "2", "--out", str(out)])
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    dcgan.main(TINY + ["--max-steps", "12", "--out", str(a)])
+    dcgan.main(TINY + ["--max-steps", "5", "--out", str(b)])
+    dcgan.main(TINY + ["--max-steps", "12", "--out", str(b), "--resume"])
+    ca, cb = common.load_checkpoint(a / "ckpt.pt"), common.load_checkpoint(b / "ckpt.pt")
+    assert cb["step"] == 12
+    for key in ca["G"]:
+        assert torch.equal(ca["G"][key], cb["G"][key]), key
+    for key in ca["ema"]["module"]:
+        assert torch.equal(ca["ema"]["module"][key], cb["ema"]["module"][key]), key
+    # Same losses at every logged step; b also logged where its first part ended (step 5).
+    rows = lambda p: [json.loads(l) for l in (p / "metrics.jsonl").read_text().splitlines()]
+    assert rows(a) == [r for r in rows(b) if r["step"] != 5]
+
+
+def test_resume_after_kill(tmp_path):
+    """SIGKILL mid-run: the last checkpoint survives and --resume finishes the run."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "dcgan.py")] + TINY + ["--max-steps", "100000", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 120
+    while not (out / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = common.load_checkpoint(out / "ckpt.pt")["step"]
+    assert saved >= 5
+    summary = dcgan.main(TINY + ["--max-steps", str(saved + 3), "--out", str(out), "--resume"])
+    assert summary["steps"] == saved + 3
+
+
+def test_sigterm_stops_cleanly(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "dcgan.py")] + TINY + ["--max-steps", "100000", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.time() + 120
+    while not (out / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_by"] == "SIGTERM" and summary["complete"] is False
+    assert common.load_checkpoint(out / "ckpt.pt")["step"] == summary["steps"]
+    assert (out / "samples.png").exists()
+
+
+def test_max_minutes_budget(tmp_path):
+    summary = dcgan.main(TINY + ["--max-minutes", "0.05", "--out", str(tmp_path / "run")])
+    assert summary["stopped_by"] == "max-minutes" and summary["complete"] is True
+    assert 2.5 < summary["train_seconds"] < 30
+
+
+def test_nan_loss_stops_with_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(dcgan, "d_loss", lambda r, f: (r.mean() + f.mean()) * float("nan"))
+    with pytest.raises(SystemExit) as e:
+        dcgan.main(TINY + ["--max-steps", "6", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "step 2" in err and "ckpt.pt" in err
+
+
+def test_conditional_run(tmp_path):
+    summary = dcgan.main(["--data", "digits", "--cond", "--batch-size", "16", "--ngf", "8", "--ndf", "8",
+                          "--max-steps", "3", "--out", str(tmp_path / "run"), "--fid-features", "none"])
+    assert summary["steps"] == 3
