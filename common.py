@@ -73,7 +73,9 @@ def add_common_args(parser):
     a("--fid-every", type=int, default=25, help="epochs between FID evaluations (0 = only at the end)")
     a("--fid-n", type=int, default=5000, help="generated images per FID")
     a("--fid-n-real", type=int, default=5000, help="held-out real images per FID")
-    a("--fid-features", default="auto", choices=["auto", "inception", "digits", "none"])
+    a("--fid-features", default="auto", choices=["auto", "inception", "digits", "none"],
+      help="auto: Inception when its weights are found, else the digits net on digits, else none")
+    a("--inception-weights", default=None, help="path to pt_inception-2015-12-05-6726825d.pth")
     a("--log-every", type=int, default=50, help="steps between metrics.jsonl rows")
     a("--sample-every", type=int, default=1, help="epochs between samples/epoch_NNNN.png")
     a("--ckpt-every", type=int, default=1, help="epochs between checkpoints")
@@ -446,6 +448,13 @@ class StopFlag:
     def restore(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+
+
+def progress(total, initial, desc):
+    """A tqdm bar; redrawn at most every 30 s when stderr is a log file, not a terminal."""
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+                mininterval=0.1 if sys.stderr.isatty() else 30)
 
 
 def check_finite(step, out, **losses):

@@ -24,9 +24,9 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import common
+import fid
 
 
 # ----------------------------------------------------------------------------- model
@@ -147,6 +147,21 @@ def main(argv=None):
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = (torch.arange(64) % max(n_classes, 1)).to(device) if n_classes else None
 
+    evaluate = fid.Evaluator(args.fid_features, heldout, args.data, args.res, args.fid_n_real, device,
+                             args.inception_weights)
+    fid_labels = torch.arange(args.fid_n) % n_classes if n_classes else None
+
+    def fid_row():
+        # The same noise at every evaluation (its own generator: training's RNG is untouched).
+        fake = generate(ema.module, args.fid_n, args.nz, device, fid_labels,
+                        generator=torch.Generator().manual_seed(args.seed + 2))
+        row = evaluate(fake)
+        if row:
+            log.write(kind="fid", step=step, epoch=step / per_epoch, **row)
+            print(f"step {step}: FID{'(digits)' if row['features'] == 'digits' else ''} {row['fid']:.3f}, "
+                  f"KID {row['kid']:.5f} ({row['n_fake']} fake vs {row['n_real']} real)")
+        return row
+
     step, train_seconds, resumed = 0, 0.0, False
     if args.resume and (out / "ckpt.pt").exists():
         ckpt = common.load_checkpoint(out / "ckpt.pt", map_location=device)
@@ -167,8 +182,8 @@ def main(argv=None):
     per_epoch = max(1, len(train) // args.batch_size)
     total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
     stop = common.StopFlag(args.max_minutes, train_seconds)
-    losses = {}
-    bar = tqdm(total=total, initial=step, desc="dcgan", dynamic_ncols=True)
+    losses, metrics, fid_step = {}, {}, None
+    bar = common.progress(total, step, "dcgan")
     t0 = time.time()
     for epoch, x, y in common.batches(train, args.batch_size, args.seed, step, device):
         if step >= total or stop:
@@ -205,6 +220,10 @@ def main(argv=None):
             epoch = step // per_epoch
             if epoch % args.sample_every == 0:
                 common.save_grid(ema.module(fixed_z, fixed_y), out / "samples" / f"epoch_{epoch:04d}.png")
+            if args.fid_every and epoch % args.fid_every == 0:
+                t_eval = time.time()
+                metrics, fid_step = fid_row(), step
+                t0 += time.time() - t_eval  # evaluation is not training time
             if epoch % args.ckpt_every == 0:
                 train_seconds += time.time() - t0
                 t0 = time.time()
@@ -214,6 +233,8 @@ def main(argv=None):
     stop.restore()
     train_seconds += time.time() - t0
     checkpoint()
+    if fid_step != step:
+        metrics = fid_row()
 
     # Final outputs, all from the EMA generator.
     G_ema = ema.module
@@ -233,7 +254,7 @@ def main(argv=None):
         "params_G": common.count_params(G), "params_D": common.count_params(D),
         "steps": step, "epochs": step / per_epoch, "train_seconds": train_seconds,
         "images_per_s": step * args.batch_size / max(train_seconds, 1e-9),
-        "sample_seconds_per_image": sample_seconds, "final": losses,
+        "sample_seconds_per_image": sample_seconds, "final": {**losses, **metrics},
         "stopped_by": stopped_by, "complete": not stop.signalled}
     common.write_json(out / "summary.json", summary)
     print(f"done: {step} steps in {train_seconds:.0f}s; outputs in {out}")

@@ -382,31 +382,32 @@ def load_stats(path):
 
 class DigitsNet(nn.Module):
     """A small digit classifier. x (N, C, H, W) in [0, 1] -> (features (N, 64), logits (N, 10)).
-    Images are made gray and resized to 32x32 first, so any --res works."""
+    Images are made gray and resized (antialiased) to 16x16 first, so any --res works; the
+    digits are 8x8 at the source, so 16x16 loses nothing and costs a quarter of 32x32."""
 
     def __init__(self):
         super().__init__()
         block = lambda c_in, c_out: [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
-        self.body = nn.Sequential(*block(1, 32), *block(32, 32), nn.MaxPool2d(2),      # (N, 32, 16, 16)
-                                  *block(32, 64), *block(64, 64), nn.MaxPool2d(2),     # (N, 64, 8, 8)
+        self.body = nn.Sequential(*block(1, 32), *block(32, 32), nn.MaxPool2d(2),      # (N, 32, 8, 8)
+                                  *block(32, 64), *block(64, 64), nn.MaxPool2d(2),     # (N, 64, 4, 4)
                                   *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (N, 128)
                                   nn.Linear(128, 64))
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(64, 10))
 
     def forward(self, x):
         x = x.mean(dim=1, keepdim=True)
-        if x.shape[-1] != 32:
-            x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+        if x.shape[-1] != 16:
+            x = F.interpolate(x, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
         feats = self.body(2 * x - 1)
         return feats, self.head(feats)
 
 
-def train_digits_net(epochs=30, seed=0):
-    """Train DigitsNet on the training split of the built-in digits (random shifts of +-2 px,
+def train_digits_net(epochs=10, seed=0):
+    """Train DigitsNet on the training split of the built-in digits (random shifts of +-1 px,
     so it also reads slightly off-centre generated digits). Deterministic: seeded, CPU,
     and the caller's RNG state is left untouched. -> (model, held-out accuracy)."""
-    train, heldout = common.load_dataset("digits", 32, aug="none").split()
-    x_train = torch.from_numpy(np.array(train.images)).permute(0, 3, 1, 2).float() / 255  # (N, 1, 32, 32)
+    train, heldout = common.load_dataset("digits", 16, aug="none").split()
+    x_train = torch.from_numpy(np.array(train.images)).permute(0, 3, 1, 2).float() / 255  # (N, 1, 16, 16)
     y_train = torch.from_numpy(np.array(train.labels))
     x_test = torch.from_numpy(np.array(heldout.images)).permute(0, 3, 1, 2).float() / 255
     y_test = torch.from_numpy(np.array(heldout.labels))
@@ -419,7 +420,7 @@ def train_digits_net(epochs=30, seed=0):
             model.train()
             for idx in torch.randperm(len(x_train)).split(64):
                 x = x_train[idx]
-                dx, dy = torch.randint(-2, 3, (2,))
+                dx, dy = torch.randint(-1, 2, (2,))
                 x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
                 loss = F.cross_entropy(model(x)[1], y_train[idx])  # logits in, no softmax first
                 opt.zero_grad()

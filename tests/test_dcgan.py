@@ -130,6 +130,21 @@ def test_nan_loss_stops_with_message(tmp_path, monkeypatch, capsys):
     assert e.value.code == 2 and "step 2" in err and "ckpt.pt" in err
 
 
+def test_fid_rows_in_digits_space(tmp_path):
+    out = tmp_path / "run"
+    summary = dcgan.main(["--data", "digits", "--aug", "none", "--batch-size", "64", "--ngf", "8", "--ndf", "8",
+                          "--max-steps", "25", "--fid-every", "1", "--fid-features", "digits",
+                          "--fid-n", "300", "--out", str(out)])
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    fids = [r for r in rows if r["kind"] == "fid"]
+    # One at the end of epoch 1 (1,498 training digits // 64 = 23 steps), one at the end (step 25).
+    assert [r["step"] for r in fids] == [23, 25]
+    for r in fids:
+        assert r["features"] == "digits" and r["n_fake"] == 300 and r["n_real"] == 299
+        assert r["fid"] > 0 and 0 <= r["classes_covered"] <= 10 and "kid" in r
+    assert summary["final"]["fid"] == fids[-1]["fid"]
+
+
 def test_conditional_run(tmp_path):
     summary = dcgan.main(["--data", "digits", "--cond", "--batch-size", "16", "--ngf", "8", "--ndf", "8",
                           "--max-steps", "3", "--out", str(tmp_path / "run"), "--fid-features", "none"])

@@ -1,0 +1,222 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import common
+import fid
+
+
+def random_inception_state(seed=0):
+    """A random but well-scaled state dict for the FID network: He-scaled convs and
+    BatchNorm statistics near identity keep activations O(1) through all 94 layers."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, v in fid.FIDInceptionV3().state_dict().items():
+        if name.endswith("conv.weight"):
+            state[name] = torch.randn(v.shape, generator=g) * math.sqrt(2 / v[0].numel())
+        elif name.endswith("bn.weight") or name.endswith("running_var"):
+            state[name] = 0.5 + torch.rand(v.shape, generator=g)
+        elif name.endswith("bn.bias") or name.endswith("running_mean"):
+            state[name] = torch.randn(v.shape, generator=g) * 0.1
+        elif name.startswith("fc."):
+            state[name] = torch.randn(v.shape, generator=g) * 0.05
+        else:
+            state[name] = v  # num_batches_tracked
+    return state
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return random_inception_state()
+
+
+@pytest.fixture(scope="module")
+def oracle(weights):
+    """pytorch-fid's InceptionV3 with the same random weights (its download patched out)."""
+    import pytorch_fid.inception as pi
+    original = pi.load_state_dict_from_url
+    pi.load_state_dict_from_url = lambda *a, **k: weights
+    try:
+        yield pi.InceptionV3([pi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    finally:
+        pi.load_state_dict_from_url = original
+
+
+def make_folder(root, n, seed, smooth):
+    rng = np.random.RandomState(seed)
+    root.mkdir()
+    for i in range(n):
+        img = rng.rand(48, 48, 3)
+        if smooth:  # a different distribution: blurred blobs
+            img = np.cumsum(np.cumsum(img - 0.5, 0), 1)
+            img = (img - img.min()) / (np.ptp(img) + 1e-9)
+        Image.fromarray((img * 255).astype(np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+def test_state_dict_keys_match_pytorch_fid(oracle, weights):
+    import pytorch_fid.inception as pi
+    ours = fid.FIDInceptionV3().state_dict()
+    assert set(ours) == set(weights)
+    theirs = {k for k in pi.fid_inception_v3.__globals__["_inception_v3"](num_classes=1008, aux_logits=False,
+                                                                          weights=None).state_dict()}
+    assert set(ours) == theirs
+
+
+def test_pool3_matches_pytorch_fid(oracle, weights):
+    model = fid.load_inception(weights)
+    torch.manual_seed(1)
+    x = torch.rand(4, 3, 64, 80)  # not square, not 299: the resize is part of the contract
+    with torch.no_grad():
+        ref = oracle(x)[0].flatten(1)
+    ours, logits = model(x.contiguous(memory_format=torch.channels_last))
+    assert ours.shape == (4, 2048) and logits.shape == (4, 1008)
+    assert ref.abs().mean() > 0.05  # the random network is not degenerate
+    assert torch.allclose(ours, ref, atol=1e-4, rtol=0), (ours - ref).abs().max()
+    # Unfolded network (BatchNorm kept) is the same function.
+    plain = fid.FIDInceptionV3().eval()
+    plain.load_state_dict(weights)
+    with torch.no_grad():
+        assert torch.allclose(plain(x)[0], ref, atol=1e-4, rtol=0)
+        gray = torch.rand(2, 1, 32, 32)
+        assert torch.allclose(plain(gray)[0], plain(gray.repeat(1, 3, 1, 1))[0])
+
+
+def test_fid_on_folders_matches_pytorch_fid(tmp_path, oracle, weights, monkeypatch):
+    from pytorch_fid import fid_score
+    import pytorch_fid.inception as pi
+    a = make_folder(tmp_path / "a", 10, seed=0, smooth=False)
+    b = make_folder(tmp_path / "b", 10, seed=1, smooth=True)
+    monkeypatch.setattr(pi, "load_state_dict_from_url", lambda *a_, **k: weights)
+    ref = fid_score.calculate_fid_given_paths([str(a), str(b)], batch_size=5, device="cpu", dims=2048, num_workers=0)
+    model = fid.load_inception(weights)
+    ours = fid.frechet_distance(*fid.stats(fid.activations(a, model, batch_size=4)),
+                                *fid.stats(fid.activations(b, model, batch_size=3)))
+    assert ref > 0 and abs(ours - ref) / ref < 1e-3, (ours, ref)
+
+
+def test_stats_npz_interchange_with_pytorch_fid(tmp_path, monkeypatch, capsys):
+    from pytorch_fid import fid_score
+    rng = np.random.RandomState(0)
+    acts1, acts2 = rng.randn(50, 8), rng.randn(60, 8) + 0.3
+    np.savez(tmp_path / "theirs.npz", mu=acts1.mean(0), sigma=np.cov(acts1, rowvar=False))  # as pytorch-fid writes
+    fid.save_stats(tmp_path / "ours.npz", *fid.stats(acts2))
+    mu_t, s_t = fid_score.compute_statistics_of_path(str(tmp_path / "ours.npz"), None, 1, 8, "cpu")  # their reader
+    assert np.allclose(mu_t, acts2.mean(0))
+    monkeypatch.setattr(fid, "load_inception", lambda *a, **k: None)
+    value = fid.main([str(tmp_path / "theirs.npz"), str(tmp_path / "ours.npz")])
+    expected = fid_score.calculate_frechet_distance(acts1.mean(0), np.cov(acts1, rowvar=False), mu_t, s_t)
+    assert math.isclose(value, expected, rel_tol=1e-9)
+    assert capsys.readouterr().out.startswith("FID: ")
+
+
+def test_stats_float64_unbiased():
+    acts = np.random.RandomState(0).randn(7, 3).astype(np.float32)
+    mu, sigma = fid.stats(acts)
+    assert mu.dtype == np.float64 and sigma.dtype == np.float64
+    centred = acts.astype(np.float64) - acts.mean(0)
+    assert np.allclose(sigma, centred.T @ centred / 6)
+
+
+def test_frechet_closed_form_diagonal():
+    rng = np.random.RandomState(0)
+    mu1, mu2 = rng.randn(5), rng.randn(5)
+    s1, s2 = rng.rand(5) + 0.1, rng.rand(5) + 0.1
+    expected = ((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum()
+    assert math.isclose(fid.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)), expected, rel_tol=1e-10)
+    assert abs(fid.frechet_distance(mu1, np.diag(s1), mu1, np.diag(s1))) < 1e-10
+
+
+def test_frechet_singular_covariances_fall_back():
+    mu = np.zeros(4)
+    sigma = np.zeros((4, 4))  # rank 0: sqrtm of the product is not finite-friendly
+    value = fid.frechet_distance(mu, sigma, mu + 1, sigma)
+    assert math.isclose(value, 4.0, abs_tol=1e-4)
+
+
+def test_kid_of_a_set_with_itself_is_near_zero():
+    acts = np.random.RandomState(0).randn(400, 16)
+    mean, std = fid.kid(acts, acts, subsets=20, subset_size=100)
+    assert abs(mean) < 3 * std + 1e-3
+    other = np.random.RandomState(1).randn(400, 16) + 0.5
+    assert fid.kid(acts, other, subsets=20, subset_size=100)[0] > 10 * abs(mean)
+
+
+def test_kid_matches_direct_formula():
+    rng = np.random.RandomState(0)
+    x, y = rng.randn(12, 4), rng.randn(12, 4) + 0.2
+    k = lambda a, b: (a @ b / 4 + 1) ** 3
+    m = 12
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    mean, std = fid.kid(x, y, subsets=3, subset_size=m)  # subsets of the whole set: every one is exact
+    assert math.isclose(mean, xx + yy - 2 * xy, rel_tol=1e-10) and std < 1e-10
+
+
+def test_inception_score_closed_forms():
+    assert math.isclose(fid.inception_score(np.zeros((100, 1008)))[0], 1.0, rel_tol=1e-9)
+    k = 7
+    logits = np.full((700, 1008), -50.0)
+    logits[np.arange(700), np.arange(700) % k] = 50.0  # confident, k classes equally often in every split
+    mean, std = fid.inception_score(logits, splits=10)
+    assert math.isclose(mean, k, rel_tol=1e-6) and std < 1e-6
+
+
+def test_missing_weights_offline_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("FID_WEIGHTS", raising=False)
+
+    def offline(url, dst):
+        raise OSError("network is unreachable")
+    monkeypatch.setattr(fid, "_download", offline)
+    with pytest.warns(UserWarning, match="could not download"), pytest.raises(common.UserError) as e:
+        fid.load_inception()
+    msg = str(e.value)
+    assert fid.WEIGHTS_NAME in msg and fid.WEIGHTS_URL in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg
+    (tmp_path / "a").mkdir()
+    with pytest.raises(SystemExit) as e, pytest.warns(UserWarning):
+        fid.main([str(tmp_path / "a"), str(tmp_path / "a")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and fid.WEIGHTS_NAME in err
+
+
+def test_wrong_hash_refused(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / fid.WEIGHTS_NAME
+    torch.save({"x": torch.zeros(1)}, bad)
+    monkeypatch.setenv("FID_WEIGHTS", str(bad))
+    with pytest.raises(common.UserError, match="sha256"):
+        fid.load_inception()
+    with pytest.raises(SystemExit) as e:
+        fid.main([str(tmp_path), str(tmp_path), "--inception-weights", str(bad)])
+    assert e.value.code == 2 and "sha256" in capsys.readouterr().err
+
+
+def test_uint8_rounding_matches_saved_png(tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 8, 8) * 2 - 1
+    common.save_grid(x[:1], tmp_path / "one.png", nrow=1)
+    png = np.asarray(Image.open(tmp_path / "one.png").convert("RGB"))  # a single image gets no padding
+    ours = (fid.to_unit_uint8(x[:1])[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(png, ours)
+
+
+def test_digits_net_accuracy_and_coverage():
+    model, accuracy = fid.train_digits_net()
+    assert accuracy >= 0.97, accuracy
+    # Deterministic: the cached copy a training run uses is the same network.
+    cached = fid.load_digits_net()
+    train, held = common.load_dataset("digits", 32, aug="none").split()
+    x = torch.from_numpy(np.array(held.images)).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        f1, logits = model(x)
+        f2, _ = cached(x)
+    assert f1.shape == (len(held), 64)
+    assert torch.allclose(f1, f2, atol=1e-5)
+    covered, kl = fid.class_coverage(logits.numpy())
+    assert covered == 10 and kl < 0.1
+    covered, kl = fid.class_coverage(np.eye(10)[[3] * 95 + [4] * 5])  # collapse onto one digit (+ a few 4s)
+    assert covered == 2 and kl > 1.5
