@@ -54,7 +54,7 @@ def add_common_args(parser):
     """The flags every training script shares (design section 5)."""
     a = parser.add_argument
     a("--data", default="digits", help="digits | lfw | image folder | comma-separated mix")
-    a("--res", type=int, default=32, choices=[32, 64, 128])
+    a("--res", type=int, default=32, choices=[16, 32, 64, 128], help="16 suits the 8x8 digits on a CPU")
     a("--crop", type=int, default=None, help="center-crop N px before resizing (CelebA: 178)")
     a("--aug", default="flip", choices=["none", "flip", "deluxe"])
     a("--batch-size", type=int, default=64)
@@ -366,6 +366,23 @@ def load_checkpoint(path, map_location="cpu"):
                         f"pickle to run code ({str(e).splitlines()[0][:120]})")
 
 
+def training_state(objects, step, epoch, train_seconds, args):
+    """Everything --resume needs: each object's state_dict (models, optimizers, EMA, grad
+    scalers), the RNG state, step and epoch, the training time so far and the flags."""
+    return {**{name: obj.state_dict() for name, obj in objects.items()}, "rng": rng_state(),
+            "step": step, "epoch": epoch, "train_seconds": train_seconds, "args": vars(args)}
+
+
+def resume(path, objects, device):
+    """Load a training_state checkpoint into `objects`. Returns (step, train_seconds)."""
+    ckpt = load_checkpoint(path, map_location=device)
+    for name, obj in objects.items():
+        obj.load_state_dict(ckpt[name])
+    set_rng_state(ckpt["rng"])
+    print(f"resumed {path} at step {ckpt['step']}")
+    return ckpt["step"], ckpt["train_seconds"]
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per line. On resume, rows logged after the
     checkpoint's step are dropped, so the log matches an uninterrupted run."""
@@ -426,13 +443,13 @@ def prepare_run(args, script):
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM or by the --max-minutes budget; the loop checks it
-    between steps and ends cleanly (checkpoint, final samples, final metrics)."""
+    """Set by SIGINT/SIGTERM; `stop(elapsed)` is also true once the training time (not
+    counting sampling and evaluation, and summed across resumes) passes --max-minutes.
+    The loop checks it between steps and ends cleanly: checkpoint, final samples, metrics."""
 
-    def __init__(self, max_minutes, spent_seconds=0.0):
-        # A resumed run gets what is left of its budget, not a fresh one.
-        self.deadline = time.time() + max_minutes * 60 - spent_seconds if max_minutes else None
-        self.signalled = None
+    def __init__(self, max_minutes):
+        self.max_seconds = max_minutes * 60 if max_minutes else None
+        self.signalled, self.timed_out = None, False
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
@@ -442,12 +459,17 @@ class StopFlag:
         self.signalled = signal.Signals(signum).name
         print(f"\n{self.signalled}: finishing the current step, then checkpoint and samples", file=sys.stderr)
 
-    def __bool__(self):
-        return bool(self.signalled) or (self.deadline is not None and time.time() > self.deadline)
+    def __call__(self, elapsed):
+        self.timed_out = self.max_seconds is not None and elapsed > self.max_seconds
+        return bool(self.signalled) or self.timed_out
+
+    @property
+    def reason(self):
+        return self.signalled or ("max-minutes" if self.timed_out else "steps")
 
     def restore(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def progress(total, initial, desc):

@@ -162,31 +162,24 @@ def main(argv=None):
                   f"KID {row['kid']:.5f} ({row['n_fake']} fake vs {row['n_real']} real)")
         return row
 
-    step, train_seconds, resumed = 0, 0.0, False
-    if args.resume and (out / "ckpt.pt").exists():
-        ckpt = common.load_checkpoint(out / "ckpt.pt", map_location=device)
-        G.load_state_dict(ckpt["G"]); D.load_state_dict(ckpt["D"]); ema.load_state_dict(ckpt["ema"])
-        opt_g.load_state_dict(ckpt["opt_g"]); opt_d.load_state_dict(ckpt["opt_d"]); scaler.load_state_dict(ckpt["scaler"])
-        common.set_rng_state(ckpt["rng"])
-        step, train_seconds, resumed = ckpt["step"], ckpt["train_seconds"], True
-        print(f"resumed {out} at step {step}")
+    objects = {"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler": scaler}
+    step, train_seconds, resumed = 0, 0.0, args.resume and (out / "ckpt.pt").exists()
+    if resumed:
+        step, train_seconds = common.resume(out / "ckpt.pt", objects, device)
     log = common.MetricsLog(out / "metrics.jsonl", resume_step=step if resumed else None)
 
     def checkpoint():
-        common.save_checkpoint(out / "ckpt.pt", {
-            "G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict(),
-            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
-            "rng": common.rng_state(), "step": step, "epoch": step // per_epoch,
-            "train_seconds": train_seconds, "args": vars(args)})
+        common.save_checkpoint(out / "ckpt.pt", common.training_state(objects, step, step // per_epoch,
+                                                                               train_seconds, args))
 
     per_epoch = max(1, len(train) // args.batch_size)
     total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
-    stop = common.StopFlag(args.max_minutes, train_seconds)
+    stop = common.StopFlag(args.max_minutes)
     losses, metrics, fid_step = {}, {}, None
     bar = common.progress(total, step, "dcgan")
     t0 = time.time()
     for epoch, x, y in common.batches(train, args.batch_size, args.seed, step, device):
-        if step >= total or stop:
+        if step >= total or stop(train_seconds + time.time() - t0):
             break
         real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         y = y if n_classes else None
@@ -229,7 +222,6 @@ def main(argv=None):
                 t0 = time.time()
                 checkpoint()
     bar.close()
-    stopped_by = stop.signalled or ("max-minutes" if stop else "steps")
     stop.restore()
     train_seconds += time.time() - t0
     checkpoint()
@@ -255,7 +247,7 @@ def main(argv=None):
         "steps": step, "epochs": step / per_epoch, "train_seconds": train_seconds,
         "images_per_s": step * args.batch_size / max(train_seconds, 1e-9),
         "sample_seconds_per_image": sample_seconds, "final": {**losses, **metrics},
-        "stopped_by": stopped_by, "complete": not stop.signalled}
+        "stopped_by": stop.reason, "complete": not stop.signalled}
     common.write_json(out / "summary.json", summary)
     print(f"done: {step} steps in {train_seconds:.0f}s; outputs in {out}")
     return summary

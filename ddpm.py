@@ -1,0 +1,419 @@
+"""DDPM with a U-Net, the DDIM sampler, and the study's phase-4 evolution.
+
+Papers: Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models" (2020) -- DDPM;
+Nichol & Dhariwal, "Improved DDPM" (2021) -- cosine schedule, eq. 17; Salimans & Ho,
+"Progressive Distillation" (2022) -- v-prediction, sec. 4; Song, Meng & Ermon, "Denoising
+Diffusion Implicit Models" (2021) -- DDIM, eq. 12.
+
+Study steps (phase 4), each fixing what the one before showed:
+  4.1  python ddpm.py --schedule linear --pred eps          the DDPM baseline
+  4.2  python ddpm.py --schedule cosine --pred eps          linear wastes its last steps on pure noise
+  4.3  python ddpm.py --schedule cosine --pred v            eps-prediction is poor at high noise (x0 = (x_t - ..)/sqrt(abar) blows up)
+  4.4  python ddpm.py --schedule cosine --pred v --base-ch 192 --attn-res 8,16,32    wider, more attention
+  CPU first look: python ddpm.py --data digits --res 32 --base-ch 32 --ch-mult 1,2,2 --num-res-blocks 1 \\
+                  --attn-res 8 --lr 1e-3 --max-minutes 10
+
+Forward process: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Ho eq. 4). The network predicts
+eps or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 and is trained with plain MSE on that target
+(Ho's L_simple, eq. 14). Sampling and FID always use the EMA weights.
+
+Departures from the papers: AdamW instead of Adam; no learning-rate warm-up (the CPU runs
+are short); the U-Net's output conv starts at zero; GroupNorm uses 32 groups only where
+that leaves at least 4 channels a group, so small widths work; DDIM clips the predicted x0 to [-1, 1] and re-derives eps from it (as
+the reference implementations do), and its last step uses abar_prev = 1.
+"""
+import argparse
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+import fid
+
+
+# ----------------------------------------------------------------------------- U-Net
+
+def timestep_embedding(t, dim):
+    """Sinusoidal embedding of integer timesteps t (B,) -> (B, dim), as in the Transformer."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)  # (half,)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([args.cos(), args.sin()], dim=1)
+
+
+def norm(ch):
+    # 32 groups as in DDPM where the width allows, but never fewer than 4 channels a group.
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0 and (ch // g >= 4 or g == 1))
+    return nn.GroupNorm(groups, ch)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in, c_out, t_dim, dropout):
+        super().__init__()
+        self.norm1, self.conv1 = norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.t_proj = nn.Linear(t_dim, c_out)
+        self.norm2, self.conv2 = norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.dropout = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, t_emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.t_proj(F.silu(t_emb))[:, :, None, None]  # the timestep shifts every channel
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over the H*W positions, residual."""
+
+    def __init__(self, ch):
+        super().__init__()
+        self.norm, self.qkv, self.proj = norm(ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)  # 3 x (B, HW, C)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C)
+        return x + self.proj(h.transpose(1, 2).reshape(B, C, H, W))
+
+
+class UNet(nn.Module):
+    """model(x_t (B, C, res, res), t (B,) long) -> eps or v prediction, same shape as x_t.
+    Levels of `ch_mult`, `num_res_blocks` ResBlocks each, attention at the resolutions in
+    `attn_res`, a skip connection from every down block to its mirror up block."""
+
+    def __init__(self, channels=3, base_ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_res=(16,),
+                 dropout=0.1, res=32):
+        super().__init__()
+        t_dim = 4 * base_ch
+        self.base_ch = base_ch
+        self.t_mlp = nn.Sequential(nn.Linear(base_ch, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
+        self.conv_in = nn.Conv2d(channels, base_ch, 3, padding=1)
+
+        self.down, skips, ch, size = nn.ModuleList(), [base_ch], base_ch, res
+        for level, mult in enumerate(ch_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(nn.ModuleList([ResBlock(ch, base_ch * mult, t_dim, dropout),
+                                                Attention(base_ch * mult) if size in attn_res else nn.Identity()]))
+                ch = base_ch * mult
+                skips.append(ch)
+            if level < len(ch_mult) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))  # halve H, W
+                skips.append(ch)
+                size //= 2
+        self.mid1, self.mid_attn, self.mid2 = ResBlock(ch, ch, t_dim, dropout), Attention(ch), ResBlock(ch, ch, t_dim, dropout)
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(ch_mult))):
+            for _ in range(num_res_blocks + 1):
+                self.up.append(nn.ModuleList([ResBlock(ch + skips.pop(), base_ch * mult, t_dim, dropout),
+                                              Attention(base_ch * mult) if size in attn_res else nn.Identity()]))
+                ch = base_ch * mult
+            if level > 0:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
+                size *= 2
+        self.out = nn.Sequential(norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)  # start as the zero predictor: a calm first step
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x, t):
+        t_emb = self.t_mlp(timestep_embedding(t, self.base_ch))  # (B, 4 * base_ch)
+        h = self.conv_in(x)
+        hs = [h]
+        for layer in self.down:
+            h = layer[1](layer[0](h, t_emb)) if isinstance(layer, nn.ModuleList) else layer(h)
+            hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, t_emb)), t_emb)
+        for layer in self.up:
+            if isinstance(layer, nn.ModuleList):
+                h = layer[1](layer[0](torch.cat([h, hs.pop()], dim=1), t_emb))
+            else:
+                h = layer(h)
+        return self.out(h)
+
+
+# ----------------------------------------------------------------------------- diffusion: pure functions
+
+def make_betas(schedule, T):
+    """beta_1..beta_T as float64 (T,). linear: 1e-4..0.02 (Ho et al.). cosine: from
+    abar(t) = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi/2), s = 0.008, with
+    beta_t = 1 - abar(t) / abar(t-1) clipped at 0.999 (Nichol & Dhariwal eq. 17)."""
+    if schedule == "linear":
+        return torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    if schedule == "cosine":
+        s = 0.008
+        steps = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        alpha_bar = f / f[0]
+        return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def _at(a, t, x):
+    """a[t] shaped to broadcast against x: (B,) -> (B, 1, 1, 1)."""
+    return a.to(x.device)[t].float().view(-1, *([1] * (x.dim() - 1)))
+
+
+def q_sample(x0, t, noise, alpha_bar):
+    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Ho eq. 4)."""
+    ab = _at(alpha_bar, t, x0)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+def v_target(x0, noise, alpha_bar_t):
+    """v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho sec. 4); alpha_bar_t broadcasts."""
+    return alpha_bar_t.sqrt() * noise - (1 - alpha_bar_t).sqrt() * x0
+
+
+def to_x0_eps(out, x_t, alpha_bar_t, pred):
+    """The network's output (eps or v) at x_t -> (x0, eps)."""
+    a, s = alpha_bar_t.sqrt(), (1 - alpha_bar_t).sqrt()
+    if pred == "eps":
+        return (x_t - s * out) / a, out
+    return a * x_t - s * out, s * x_t + a * out  # from v: x0 = a x_t - s v, eps = s x_t + a v
+
+
+def diffusion_loss(model, x0, alpha_bar, pred):
+    """L_simple: MSE between the network output and its target at a uniform random t."""
+    t = torch.randint(0, len(alpha_bar), (x0.shape[0],), device=x0.device)
+    noise = torch.randn_like(x0)
+    x_t = q_sample(x0, t, noise, alpha_bar)
+    target = noise if pred == "eps" else v_target(x0, noise, _at(alpha_bar, t, x0))
+    return F.mse_loss(model(x_t, t), target)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def ddim_timesteps(T, steps, spacing="leading"):
+    """The S timesteps DDIM visits, descending. For T = 1000, S = 10: leading 900..0,
+    trailing 999..99, linspace 999..0 (Lin et al. 2024, table 2, name these)."""
+    if spacing == "leading":
+        ts = np.arange(steps) * (T // steps)
+    elif spacing == "trailing":
+        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64)[::-1] - 1
+    elif spacing == "linspace":
+        ts = np.linspace(0, T - 1, steps).round().astype(np.int64)
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}")
+    return [int(t) for t in ts[::-1]]
+
+
+@torch.no_grad()
+def ddim_sample(model, shape, alpha_bar, steps, pred, eta=0.0, spacing="leading", x_T=None,
+                generator=None, trajectory=None):
+    """DDIM (Song et al. eq. 12): x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps
+    + sigma z, with sigma = eta sqrt((1 - abar_prev) / (1 - abar) (1 - abar / abar_prev)).
+    eta = 0 is deterministic. The previous timestep is the next entry of the schedule array;
+    after the last entry, abar_prev = 1. If `trajectory` is a list, x_t is appended to it at
+    every step."""
+    device = next(model.parameters()).device
+    x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator).to(device)
+    ts = ddim_timesteps(len(alpha_bar), steps, spacing)
+    ab_all = alpha_bar.to(device)
+    for i, t in enumerate(ts):
+        ab = ab_all[t].float()
+        ab_prev = ab_all[ts[i + 1]].float() if i + 1 < len(ts) else torch.tensor(1.0, device=device)
+        out = model(x, torch.full((x.shape[0],), t, device=device, dtype=torch.long)).float()
+        x0, _ = to_x0_eps(out, x, ab, pred)
+        x0 = x0.clamp(-1, 1)
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # re-derived from the clipped x0
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+        x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        if eta > 0 and i + 1 < len(ts):
+            x = x + sigma * torch.randn(x.shape, generator=generator).to(device)
+        if trajectory is not None:
+            trajectory.append((t, x.cpu()))
+    return x
+
+
+@torch.no_grad()
+def ddpm_sample(model, shape, betas, pred, x_T=None, generator=None):
+    """Ancestral sampling through all T steps (Ho eq. 6-7, fixed-small variance beta~_t)."""
+    device = next(model.parameters()).device
+    betas = betas.to(device)
+    alphas = 1 - betas
+    alpha_bar = torch.cumprod(alphas, 0)
+    x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator).to(device)
+    for t in reversed(range(len(betas))):
+        ab, ab_prev = alpha_bar[t].float(), (alpha_bar[t - 1] if t > 0 else torch.tensor(1.0, device=device)).float()
+        out = model(x, torch.full((x.shape[0],), t, device=device, dtype=torch.long)).float()
+        x0 = to_x0_eps(out, x, ab, pred)[0].clamp(-1, 1)
+        # Posterior q(x_{t-1} | x_t, x0): mean is a blend of x0 and x_t (Ho eq. 7).
+        mean = (betas[t] * ab_prev.sqrt() / (1 - ab)).float() * x0 + ((1 - ab_prev) * alphas[t].sqrt() / (1 - ab)).float() * x
+        if t > 0:
+            var = (betas[t] * (1 - ab_prev) / (1 - ab)).float()
+            x = mean + var.sqrt() * torch.randn(x.shape, generator=generator).to(device)
+        else:
+            x = mean
+    return x
+
+
+def sample(model, n, args, alpha_bar, betas, channels, generator, batch_size=256):
+    """n images in [-1, 1] with the sampler the flags choose, in batches."""
+    out = []
+    for i in range(0, n, batch_size):
+        shape = (min(batch_size, n - i), channels, args.res, args.res)
+        if args.sampler == "ddim":
+            out.append(ddim_sample(model, shape, alpha_bar, args.sample_steps, args.pred, args.eta, args.spacing,
+                                   generator=generator).cpu())
+        else:
+            out.append(ddpm_sample(model, shape, betas, args.pred, generator=generator).cpu())
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(p)
+    p.add_argument("--T", type=int, default=1000, help="diffusion steps")
+    p.add_argument("--schedule", default="linear", choices=["linear", "cosine"])
+    p.add_argument("--pred", default="eps", choices=["eps", "v"])
+    p.add_argument("--base-ch", type=int, default=128)
+    p.add_argument("--ch-mult", type=common.csv_ints, default=None, help="default by res: 1,2,2 (16), 1,2,2,2 (32), 1,2,2,4 (64), 1,1,2,3,4 (128)")
+    p.add_argument("--num-res-blocks", type=int, default=2)
+    p.add_argument("--attn-res", type=common.csv_ints, default=None, help="default: res/8 and res/4 (8,16 at 64)")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--sample-steps", type=int, default=100, help="DDIM steps")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"])
+    args = p.parse_args(argv)
+    args.ch_mult = args.ch_mult or {16: [1, 2, 2], 32: [1, 2, 2, 2], 64: [1, 2, 2, 4], 128: [1, 1, 2, 3, 4]}[args.res]
+    args.attn_res = args.attn_res or [args.res // 8, args.res // 4]
+    if args.res % 2 ** (len(args.ch_mult) - 1):
+        p.error(f"--ch-mult has {len(args.ch_mult)} levels; --res {args.res} cannot be halved that often")
+    if not 1 <= args.sample_steps <= args.T:
+        p.error(f"--sample-steps must be in 1..{args.T}")
+    return args
+
+
+@common.exits_on_user_error
+def main(argv=None):
+    args = parse_args(argv)
+    if args.cond:
+        raise common.UserError("ddpm.py is unconditional; --cond is not supported")
+    out = common.prepare_run(args, "ddpm")
+    device, amp, amp_dtype = common.setup_device(args)
+    common.seed_everything(args.seed)
+    data = common.load_dataset(args.data, args.res, crop=args.crop, aug=args.aug)
+    train, heldout = data.split()
+    channels = train.images.shape[-1]
+
+    betas = make_betas(args.schedule, args.T)  # float64: cumprod over 1000 steps keeps its precision
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    model = UNet(channels, args.base_ch, args.ch_mult, args.num_res_blocks, args.attn_res, args.dropout, args.res).to(device)
+    ema = common.EMA(model, args.ema)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    scaler = common.grad_scaler(device, amp, amp_dtype)
+
+    evaluate = fid.Evaluator(args.fid_features, heldout, args.data, args.res, args.fid_n_real, device,
+                             args.inception_weights)
+
+    def fid_row():
+        fake = sample(ema.module, args.fid_n, args, alpha_bar, betas, channels,
+                      generator=torch.Generator().manual_seed(args.seed + 2))
+        row = evaluate(fake)
+        if row:
+            log.write(kind="fid", step=step, epoch=step / per_epoch, **row)
+            print(f"step {step}: FID{'(digits)' if row['features'] == 'digits' else ''} {row['fid']:.3f}, "
+                  f"KID {row['kid']:.5f} ({row['n_fake']} fake vs {row['n_real']} real)")
+        return row
+
+    objects = {"model": model, "ema": ema, "opt": opt, "scaler": scaler}
+    step, train_seconds, resumed = 0, 0.0, args.resume and (out / "ckpt.pt").exists()
+    if resumed:
+        step, train_seconds = common.resume(out / "ckpt.pt", objects, device)
+    log = common.MetricsLog(out / "metrics.jsonl", resume_step=step if resumed else None)
+    per_epoch = max(1, len(train) // args.batch_size)
+
+    def checkpoint():
+        common.save_checkpoint(out / "ckpt.pt", common.training_state(objects, step, step // per_epoch,
+                                                                      train_seconds, args))
+
+    # Fixed starting noise, so every epoch's grid follows the same 64 trajectories.
+    fixed_x_T = torch.randn(64, channels, args.res, args.res, generator=torch.Generator().manual_seed(args.seed))
+    total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
+    stop = common.StopFlag(args.max_minutes)
+    losses, metrics, fid_step = {}, {}, None
+    bar = common.progress(total, step, "ddpm")
+    t0 = time.time()
+    for epoch, x, _ in common.batches(train, args.batch_size, args.seed, step, device):
+        if step >= total or stop(train_seconds + time.time() - t0):
+            break
+        x0 = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
+        with common.autocast(device, amp, amp_dtype):
+            loss = diffusion_loss(model, x0, alpha_bar, args.pred)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        ema.update(model)
+        step += 1
+        bar.update(1)
+
+        if step % args.log_every == 0 or step == total:
+            losses = {"loss": loss.item()}
+            common.check_finite(step, out, **losses)
+            log.write(kind="train", step=step, epoch=step / per_epoch, **losses)
+            bar.set_postfix(losses)
+        if step % per_epoch == 0:
+            epoch = step // per_epoch
+            if epoch % args.sample_every == 0:
+                t_eval = time.time()
+                grid = ddim_sample(ema.module, None, alpha_bar, args.sample_steps, args.pred, x_T=fixed_x_T)
+                common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
+                t0 += time.time() - t_eval  # sampling is not training time
+            if args.fid_every and epoch % args.fid_every == 0:
+                t_eval = time.time()
+                metrics, fid_step = fid_row(), step
+                t0 += time.time() - t_eval
+            if epoch % args.ckpt_every == 0:
+                train_seconds += time.time() - t0
+                t0 = time.time()
+                checkpoint()
+    bar.close()
+    stop.restore()
+    train_seconds += time.time() - t0
+    checkpoint()
+    if fid_step != step:
+        metrics = fid_row()
+
+    # Final outputs from the EMA weights with the chosen sampler.
+    t = time.time()
+    if args.sampler == "ddim":
+        final = ddim_sample(ema.module, None, alpha_bar, args.sample_steps, args.pred, args.eta, args.spacing,
+                            x_T=fixed_x_T, generator=torch.Generator().manual_seed(args.seed + 3))
+    else:
+        final = ddpm_sample(ema.module, None, betas, args.pred, x_T=fixed_x_T,
+                            generator=torch.Generator().manual_seed(args.seed + 3))
+    sample_seconds = (time.time() - t) / fixed_x_T.shape[0]
+    common.save_grid(final, out / "samples.png")
+    # denoise.png: one row per sample, x_t at 9 evenly spaced DDIM steps, then the final x0.
+    path = []
+    ddim_sample(ema.module, None, alpha_bar, args.sample_steps, args.pred, x_T=fixed_x_T[:8], trajectory=path)
+    keep = np.linspace(0, len(path) - 1, 9).round().astype(int)
+    strip = torch.stack([fixed_x_T[:8]] + [path[i][1] for i in keep], dim=1)  # (8, 10, C, H, W)
+    common.save_grid(strip.flatten(0, 1), out / "denoise.png", nrow=10)
+    common.save_gif(out / "samples", out / "progress.gif")
+    summary = {
+        "model": "ddpm", "schedule": args.schedule, "pred": args.pred, "params": common.count_params(model),
+        "steps": step, "epochs": step / per_epoch, "train_seconds": train_seconds,
+        "images_per_s": step * args.batch_size / max(train_seconds, 1e-9),
+        "sampler": args.sampler, "sample_steps": args.sample_steps if args.sampler == "ddim" else args.T,
+        "sample_seconds_per_image": sample_seconds, "final": {**losses, **metrics},
+        "stopped_by": stop.reason, "complete": not stop.signalled}
+    common.write_json(out / "summary.json", summary)
+    print(f"done: {step} steps in {train_seconds:.0f}s; outputs in {out}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

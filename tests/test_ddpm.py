@@ -1,0 +1,163 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import common
+import ddpm
+
+TINY = ["--data", "lfw", "--res", "16", "--batch-size", "16", "--base-ch", "8", "--ch-mult", "1,2",
+        "--num-res-blocks", "1", "--attn-res", "8", "--dropout", "0", "--T", "50", "--sample-steps", "5",
+        "--log-every", "2", "--sample-every", "1", "--ckpt-every", "1", "--fid-features", "none"]
+
+
+def test_linear_betas_end_points():
+    b = ddpm.make_betas("linear", 1000)
+    assert b.dtype == torch.float64 and b.shape == (1000,)
+    assert math.isclose(b[0].item(), 1e-4) and math.isclose(b[-1].item(), 0.02)
+    assert torch.all(b[1:] > b[:-1])
+
+
+def test_cosine_alpha_bar_is_the_cos2_formula():
+    T, s = 1000, 0.008
+    b = ddpm.make_betas("cosine", T)
+    alpha_bar = torch.cumprod(1 - b, 0)
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+    for t in [0, 1, 10, 250, 500, 900, 990]:  # before the 0.999 clip bites at the very end
+        assert math.isclose(alpha_bar[t].item(), f(t + 1) / f(0), rel_tol=1e-9), t
+    assert b.max() <= 0.999 and b[-1] == 0.999
+    assert torch.all(alpha_bar[1:] < alpha_bar[:-1])
+
+
+def test_unknown_schedule_fails():
+    with pytest.raises(ValueError):
+        ddpm.make_betas("quadratic", 10)
+
+
+def test_q_sample_moments():
+    torch.manual_seed(0)
+    alpha_bar = torch.cumprod(1 - ddpm.make_betas("linear", 1000), 0)
+    x0 = torch.full((200_000, 1, 1, 1), 0.7)
+    t = torch.full((200_000,), 300)
+    x_t = ddpm.q_sample(x0, t, torch.randn_like(x0), alpha_bar)
+    ab = alpha_bar[300].item()
+    assert math.isclose(x_t.mean().item(), math.sqrt(ab) * 0.7, abs_tol=5e-3)
+    assert math.isclose(x_t.var().item(), 1 - ab, rel_tol=2e-2)
+
+
+@pytest.mark.parametrize("pred", ["eps", "v"])
+def test_conversions_invert(pred):
+    torch.manual_seed(0)
+    x0, eps = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    ab = torch.tensor([0.9, 0.5, 0.1, 0.01]).view(4, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    out = eps if pred == "eps" else ddpm.v_target(x0, eps, ab)
+    x0_hat, eps_hat = ddpm.to_x0_eps(out, x_t, ab, pred)
+    assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.allclose(eps_hat, eps, atol=1e-5)
+
+
+def test_ddim_timesteps_spacings():
+    assert ddpm.ddim_timesteps(1000, 10, "leading") == list(range(900, -1, -100))
+    assert ddpm.ddim_timesteps(1000, 10, "trailing") == list(range(999, 98, -100))
+    ts = ddpm.ddim_timesteps(1000, 10, "linspace")
+    assert ts[0] == 999 and ts[-1] == 0 and len(ts) == 10 and ts == sorted(ts, reverse=True)
+
+
+class Oracle(torch.nn.Module):
+    """Returns the true eps (or v) of a fixed x0 at any x_t: a perfect denoiser for one image."""
+
+    def __init__(self, x0, alpha_bar, pred):
+        super().__init__()
+        self.x0, self.alpha_bar, self.pred = x0, alpha_bar, pred
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.seen = []
+
+    def forward(self, x, t):
+        assert t.dtype == torch.long and t.shape == (x.shape[0],)
+        self.seen.append(int(t[0]))
+        ab = self.alpha_bar[t].float().view(-1, 1, 1, 1)
+        eps = (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+        return eps if self.pred == "eps" else ddpm.v_target(self.x0, eps, ab)
+
+
+@pytest.mark.parametrize("pred", ["eps", "v"])
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_ddim_with_oracle_returns_x0(pred, spacing):
+    torch.manual_seed(0)
+    alpha_bar = torch.cumprod(1 - ddpm.make_betas("cosine", 1000), 0)
+    x0 = torch.rand(3, 1, 8, 8) * 1.8 - 0.9
+    oracle = Oracle(x0, alpha_bar, pred)
+    out = ddpm.ddim_sample(oracle, x0.shape, alpha_bar, 10, pred, eta=0.0, spacing=spacing)
+    assert torch.allclose(out, x0, atol=1e-4)
+    assert oracle.seen == ddpm.ddim_timesteps(1000, 10, spacing)  # the previous t comes from the array
+
+
+def test_ddpm_ancestral_with_oracle_returns_x0():
+    torch.manual_seed(0)
+    betas = ddpm.make_betas("linear", 100)
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    x0 = torch.rand(2, 1, 4, 4) * 1.8 - 0.9
+    out = ddpm.ddpm_sample(Oracle(x0, alpha_bar, "eps"), x0.shape, betas, "eps")
+    # float32 eps at t = 0 (1 - abar = 1e-4) costs a few 1e-5 when turned back into x0.
+    assert torch.allclose(out, x0, atol=5e-4)
+
+
+@pytest.mark.parametrize("res,channels", [(16, 1), (32, 1), (32, 3), (64, 3), (128, 1)])
+def test_unet_keeps_shape_and_uses_t(res, channels):
+    torch.manual_seed(0)
+    mult = {16: [1, 2], 32: [1, 2, 2], 64: [1, 2, 2], 128: [1, 1, 2]}[res]
+    model = ddpm.UNet(channels, 8, mult, 1, [res // 4], 0.0, res).eval()
+    torch.nn.init.normal_(model.out[-1].weight, std=0.1)  # the zero-initialised output would hide t
+    x = torch.randn(2, channels, res, res)
+    a = model(x, torch.tensor([0, 0]))
+    b = model(x, torch.tensor([500, 500]))
+    assert a.shape == x.shape
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_unet_output_starts_at_zero():
+    model = ddpm.UNet(1, 8, [1, 2], 1, [8], 0.0, 16)
+    assert torch.count_nonzero(model(torch.randn(2, 1, 16, 16), torch.tensor([3, 4]))) == 0
+
+
+def test_attention_where_asked():
+    model = ddpm.UNet(1, 8, [1, 2, 2], 1, [8], 0.0, 32)
+    n_attn = sum(isinstance(m, ddpm.Attention) for m in model.modules())
+    assert n_attn == 1 + 1 + 2  # down at 16? no; down at 8: 1, middle: 1, up at 8: 2 (num_res_blocks + 1)
+
+
+def test_end_to_end_and_resume(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    summary = ddpm.main(TINY + ["--schedule", "cosine", "--pred", "v", "--max-steps", "12", "--out", str(a)])
+    for name in ["args.json", "metrics.jsonl", "samples.png", "progress.gif", "ckpt.pt", "summary.json",
+                 "denoise.png", "samples/epoch_0001.png"]:
+        assert (a / name).is_file() and (a / name).stat().st_size > 0, name
+    assert summary["steps"] == 12 and summary["sample_seconds_per_image"] > 0
+    ddpm.main(TINY + ["--schedule", "cosine", "--pred", "v", "--max-steps", "7", "--out", str(b)])
+    ddpm.main(TINY + ["--schedule", "cosine", "--pred", "v", "--max-steps", "12", "--out", str(b), "--resume"])
+    ca, cb = common.load_checkpoint(a / "ckpt.pt"), common.load_checkpoint(b / "ckpt.pt")
+    assert cb["step"] == 12
+    for key in ca["ema"]["module"]:
+        assert torch.equal(ca["ema"]["module"][key], cb["ema"]["module"][key]), key
+
+
+def test_ddpm_sampler_and_fid_rows(tmp_path):
+    out = tmp_path / "run"
+    flags = [f for f in TINY if f not in ("lfw",)]
+    flags[flags.index("--data") + 1:flags.index("--data") + 1] = ["digits"]
+    summary = ddpm.main(flags + ["--sampler", "ddpm", "--max-steps", "3", "--fid-features", "digits",
+                                 "--fid-n", "40", "--out", str(out)])
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    fids = [r for r in rows if r["kind"] == "fid"]
+    assert len(fids) == 1 and fids[0]["features"] == "digits" and fids[0]["n_fake"] == 40
+    assert summary["sample_steps"] == 50
+
+
+def test_bad_flags_exit_2(tmp_path):
+    for bad in (["--schedule", "quadratic"], ["--pred", "x0"], ["--res", "32", "--ch-mult", "1,2,2,2,2,2,2"],
+                ["--sample-steps", "0"], ["--spacing", "odd"]):
+        with pytest.raises(SystemExit) as e:
+            ddpm.main(bad + ["--out", str(tmp_path / "x")])
+        assert e.value.code == 2, bad
