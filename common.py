@@ -373,14 +373,28 @@ def training_state(objects, step, epoch, train_seconds, args):
             "step": step, "epoch": epoch, "train_seconds": train_seconds, "args": vars(args)}
 
 
-def resume(path, objects, device):
-    """Load a training_state checkpoint into `objects`. Returns (step, train_seconds)."""
+def start_or_resume(out, objects, args, device):
+    """With --resume and OUT/ckpt.pt present, load it into `objects` (a training_state
+    checkpoint); else start at step 0. -> (step, train_seconds, MetricsLog)."""
+    path = Path(out) / "ckpt.pt"
+    if not (args.resume and path.exists()):
+        return 0, 0.0, MetricsLog(Path(out) / "metrics.jsonl")
     ckpt = load_checkpoint(path, map_location=device)
     for name, obj in objects.items():
         obj.load_state_dict(ckpt[name])
     set_rng_state(ckpt["rng"])
     print(f"resumed {path} at step {ckpt['step']}")
-    return ckpt["step"], ckpt["train_seconds"]
+    return ckpt["step"], ckpt["train_seconds"], MetricsLog(Path(out) / "metrics.jsonl", resume_step=ckpt["step"])
+
+
+def log_fid(log, row, step, epoch):
+    """Write a {"kind": "fid"} row (when FID is on) and say it on stdout."""
+    if row:
+        log.write(kind="fid", step=step, epoch=epoch, **row)
+        space = "(digits)" if row["features"] == "digits" else ""
+        print(f"step {step}: FID{space} {row['fid']:.3f}, KID {row['kid']:.5f} "
+              f"({row['n_fake']} fake vs {row['n_real']} real)")
+    return row
 
 
 class MetricsLog:
@@ -402,16 +416,18 @@ class MetricsLog:
 
 
 def save_grid(x, path, nrow=8):
-    """x in [-1, 1] (B, C, H, W) -> PNG grid, 8-bit rounded as torchvision does."""
+    """x in [-1, 1] (B, C, H, W) -> PNG grid, 8-bit rounded as torchvision does. Atomic,
+    so a run killed mid-write leaves no truncated PNG for progress.gif to choke on."""
     from torchvision.utils import save_image
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image((x.detach().float().cpu() + 1) / 2, path, nrow=nrow, padding=2, pad_value=1.0)
+    grid = (x.detach().float().cpu() + 1) / 2
+    _atomic_write(path, lambda f: save_image(grid, f, format="PNG", nrow=nrow, padding=2, pad_value=1.0))
 
 
 def save_gif(frames_dir, path, ms=200):
     frames = [Image.open(p).convert("RGB") for p in sorted(Path(frames_dir).glob("epoch_*.png"))]
     if frames:
-        frames[0].save(path, save_all=True, append_images=frames[1:], duration=ms, loop=0)
+        _atomic_write(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+                                                     duration=ms, loop=0))
 
 
 def slerp(a, b, t):

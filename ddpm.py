@@ -318,18 +318,10 @@ def main(argv=None):
     def fid_row():
         fake = sample(ema.module, args.fid_n, args, alpha_bar, betas, channels,
                       generator=torch.Generator().manual_seed(args.seed + 2))
-        row = evaluate(fake)
-        if row:
-            log.write(kind="fid", step=step, epoch=step / per_epoch, **row)
-            print(f"step {step}: FID{'(digits)' if row['features'] == 'digits' else ''} {row['fid']:.3f}, "
-                  f"KID {row['kid']:.5f} ({row['n_fake']} fake vs {row['n_real']} real)")
-        return row
+        return common.log_fid(log, evaluate(fake), step, step / per_epoch)
 
     objects = {"model": model, "ema": ema, "opt": opt, "scaler": scaler}
-    step, train_seconds, resumed = 0, 0.0, args.resume and (out / "ckpt.pt").exists()
-    if resumed:
-        step, train_seconds = common.resume(out / "ckpt.pt", objects, device)
-    log = common.MetricsLog(out / "metrics.jsonl", resume_step=step if resumed else None)
+    step, train_seconds, log = common.start_or_resume(out, objects, args, device)
     per_epoch = max(1, len(train) // args.batch_size)
 
     def checkpoint():

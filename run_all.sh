@@ -30,26 +30,37 @@ case "$PRESET" in
   smoke)
     # Built-in digits at 32x32 on the CPU. Small nets that take thousands of
     # steps beat big ones that take hundreds; each run is bounded in minutes.
+    # The digits are 8x8 at the source, so res 16 loses nothing and is 4x cheaper than 32.
     DATA="${DATA:-digits}"
     MINUTES="${MINUTES:-4}"
-    COMMON=(--data "$DATA" --res 32 --device cpu --epochs 100000 --max-minutes "$MINUTES"
-            --sample-every 20 --ckpt-every 20 --fid-every 0 --log-every 50)
-    GAN_SIZE=(--ngf 32 --ndf 32)
+    COMMON=(--data "$DATA" --device cpu --epochs 100000 --max-minutes "$MINUTES" --aug none
+            --fid-every 0 --fid-n 1000 --fid-features digits --log-every 50)
+    GAN=(--res 32 --ngf 32 --ndf 32 --sample-every 20 --ckpt-every 20)
+    DDPM=(--res 16 --ch-mult 1,2,2 --num-res-blocks 1 --dropout 0 --lr 1e-3 --sample-steps 20
+          --sample-every 10 --ckpt-every 10)
+    DDPM_BASE=(--base-ch 32 --attn-res 8)
+    DDPM_WIDE=(--base-ch 48 --attn-res 4,8)
     ;;
   test)
     # A few steps per run: used by the test suite to walk every phase quickly.
     DATA="${DATA:-digits}"
-    COMMON=(--data "$DATA" --res 32 --device cpu --max-steps 3 --batch-size 16
+    COMMON=(--data "$DATA" --device cpu --max-steps 3 --batch-size 16 --aug none
             --fid-features none --log-every 1)
-    GAN_SIZE=(--ngf 8 --ndf 8)
+    GAN=(--res 32 --ngf 8 --ndf 8)
+    DDPM=(--res 16 --ch-mult 1,2 --num-res-blocks 1 --dropout 0 --T 50 --sample-steps 5)
+    DDPM_BASE=(--base-ch 8 --attn-res 8)
+    DDPM_WIDE=(--base-ch 12 --attn-res 8)
     ;;
   full)
     # The study's standard settings: batch 64, fp16 AMP + GradScaler (auto on
     # CUDA), EMA 0.9999, FID every 25 epochs on 5,000 held-out images, 100 epochs.
     : "${DATA:?the full preset needs DATA=/path/to/images (for CelebA, img_align_celeba/)}"
-    COMMON=(--data "$DATA" --crop "${CROP:-178}" --res 64 --epochs 100 --batch-size 64
+    COMMON=(--data "$DATA" --crop "${CROP:-178}" --res 64 --epochs 100 --batch-size 64 --aug flip
             --fid-every 25 --fid-n 5000 --fid-n-real 5000 --sample-every 1 --ckpt-every 1)
-    GAN_SIZE=(--ngf 64 --ndf 64)
+    GAN=(--ngf 64 --ndf 64)
+    DDPM=(--lr 2e-4 --dropout 0.1 --num-res-blocks 2 --sample-steps 100)
+    DDPM_BASE=(--base-ch 128 --attn-res 8,16)
+    DDPM_WIDE=(--base-ch 192 --attn-res 8,16,32)
     ;;
   *) echo "run_all.sh: unknown preset $PRESET (smoke, full or test)" >&2; exit 2 ;;
 esac
@@ -78,13 +89,29 @@ want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 # Phase 2: GAN evolution. Step 2.1 is DCGAN (Radford et al. 2016), the baseline
 # whose failures (mode collapse, a discriminator that wins) motivate the rest.
 if want 2; then
-  run 2.1_dcgan dcgan.py "${COMMON[@]}" "${GAN_SIZE[@]}"
+  run 2.1_dcgan dcgan.py "${COMMON[@]}" "${GAN[@]}"
+fi
+
+# ---------------------------------------------------------------------------
+# Phase 4: DDPM evolution (ddpm.py). Each step changes one thing:
+#   4.1 linear schedule, eps-prediction: the DDPM baseline (Ho et al. 2020).
+#   4.2 cosine schedule: linear destroys the signal too early; the last ~20% of its
+#       steps are nearly pure noise, wasted capacity (Nichol & Dhariwal 2021).
+#   4.3 v-prediction: eps-prediction's x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar)
+#       amplifies errors at high noise; v stays well scaled (Salimans & Ho 2022).
+#   4.4 a wider U-Net with attention at more resolutions: is capacity the limit now?
+if want 4; then
+  run 4.1_ddpm_linear_eps ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule linear --pred eps
+  run 4.2_ddpm_cosine_eps ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule cosine --pred eps
+  run 4.3_ddpm_cosine_v   ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule cosine --pred v
+  run 4.4_ddpm_wide       ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_WIDE[@]}" --schedule cosine --pred v
 fi
 
 # ---------------------------------------------------------------------------
 echo
 if [ ${#FAILED[@]} -gt 0 ]; then
   echo "finished with failed runs: ${FAILED[*]} (see $RUNS/<name>/FAILED)"
+  exit 1
 else
   echo "all runs finished; outputs in $RUNS/ (samples.png, progress.gif, metrics.jsonl in each run)"
 fi

@@ -1,0 +1,42 @@
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+RUNS = ["2.1_dcgan", "4.1_ddpm_linear_eps", "4.2_ddpm_cosine_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide"]
+
+
+def run_all(runs_dir, *args):
+    env = dict(os.environ, RUNS=str(runs_dir), PYTHON=sys.executable)
+    return subprocess.run(["bash", str(ROOT / "run_all.sh"), "--preset", "test", *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_every_phase_runs_then_skips(tmp_path):
+    first = run_all(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for name in RUNS:
+        assert (tmp_path / name / "summary.json").is_file(), name
+        assert (tmp_path / name / "samples.png").is_file(), name
+    second = run_all(tmp_path)
+    assert second.returncode == 0
+    assert second.stdout.count("finished, skipped") == len(RUNS), second.stdout
+
+
+def test_failed_run_is_reported_and_study_goes_on(tmp_path):
+    (tmp_path / "4.2_ddpm_cosine_eps").mkdir(parents=True)
+    # A corrupt checkpoint makes exactly one run fail (it is resumed and refused).
+    (tmp_path / "4.2_ddpm_cosine_eps" / "ckpt.pt").write_bytes(b"not a checkpoint")
+    res = run_all(tmp_path, "--only", "4")
+    assert res.returncode == 1  # the study went on, and the exit code still tells
+    assert "4.2_ddpm_cosine_eps: FAILED" in res.stderr
+    assert (tmp_path / "4.2_ddpm_cosine_eps" / "FAILED").is_file()
+    for name in ["4.1_ddpm_linear_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide"]:
+        assert (tmp_path / name / "summary.json").is_file(), name
+    assert not (tmp_path / "2.1_dcgan").exists()  # --only 4
+
+
+def test_unknown_preset_exit_2(tmp_path):
+    res = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--preset", "huge"], capture_output=True, text=True)
+    assert res.returncode == 2 and "unknown preset" in res.stderr
