@@ -32,7 +32,7 @@ case "$PRESET" in
     # steps beat big ones that take hundreds; each run is bounded in minutes.
     # The digits are 8x8 at the source, so res 16 loses nothing and is 4x cheaper than 32.
     DATA="${DATA:-digits}"
-    MINUTES="${MINUTES:-4}"
+    MINUTES="${MINUTES:-3}"
     COMMON=(--data "$DATA" --device cpu --epochs 100000 --max-minutes "$MINUTES" --aug none
             --fid-every 0 --fid-n 1000 --fid-features digits --log-every 50)
     GAN=(--res 32 --ngf 32 --ndf 32 --sample-every 20 --ckpt-every 20)
