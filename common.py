@@ -236,19 +236,36 @@ def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
     return ImageData(images, labels, classes, aug)
 
 
-def batches(data, batch_size, seed, start_step, device):
+class _EpochBatches(torch.utils.data.Dataset):
+    """Batch `first + i` of one epoch's permutation, as uint8 tensors: the unit a
+    data-loading worker reads from the memmap."""
+
+    def __init__(self, data, perm, batch_size, first, per_epoch):
+        self.data, self.perm, self.batch_size, self.first, self.per_epoch = data, perm, batch_size, first, per_epoch
+
+    def __len__(self):
+        return self.per_epoch - self.first
+
+    def __getitem__(self, i):
+        b = self.first + i
+        return self.data.batch(self.perm[b * self.batch_size:(b + 1) * self.batch_size])
+
+
+def batches(data, batch_size, seed, start_step, device, workers=0):
     """Endless (epoch, x uint8 (B, C, H, W), labels) on `device`. Epoch e's order is
-    a permutation drawn from (seed, e) alone, so a resumed run sees the same
-    batches as an uninterrupted one."""
+    a permutation drawn from (seed, e) alone, so a resumed run sees the same batches
+    as an uninterrupted one. `workers` > 0 reads batches in worker processes (worth
+    it when the cache is larger than RAM and the memmap reads hit the disk)."""
     per_epoch = max(1, len(data) // batch_size)
-    step = start_step
+    epoch, first = divmod(start_step, per_epoch)
+    pin = torch.device(device).type == "cuda"
     while True:
-        epoch, i = divmod(step, per_epoch)
-        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        idx = perm[i * batch_size:(i + 1) * batch_size]
-        x, y = data.batch(idx.numpy())
-        yield epoch, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        step += 1
+        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 100003 + epoch)).numpy()
+        loader = torch.utils.data.DataLoader(_EpochBatches(data, perm, batch_size, first, per_epoch),
+                                             batch_size=None, num_workers=workers, pin_memory=pin)
+        for x, y in loader:
+            yield epoch, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        epoch, first = epoch + 1, 0
 
 
 def to_float(x):

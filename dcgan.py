@@ -170,7 +170,7 @@ def main(argv=None):
     losses, metrics, fid_step = {}, {}, None
     bar = common.progress(total, step, "dcgan")
     t0 = time.time()
-    for epoch, x, y in common.batches(train, args.batch_size, args.seed, step, device):
+    for epoch, x, y in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
         if step >= total or stop(train_seconds + time.time() - t0):
             break
         real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)

@@ -135,3 +135,7 @@ def test_batches_resume_same_order():
     resumed = common.batches(ds, 16, seed=3, start_step=5, device="cpu")
     for i in range(5, 9):
         assert torch.equal(next(resumed)[1], seq[i])
+    # Worker processes read the same batches in the same order.
+    with_workers = common.batches(ds, 16, seed=3, start_step=0, device="cpu", workers=2)
+    for i in range(9):
+        assert torch.equal(next(with_workers)[1], seq[i])
