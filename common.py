@@ -260,9 +260,12 @@ def batches(data, batch_size, seed, start_step, device, workers=0):
     epoch, first = divmod(start_step, per_epoch)
     pin = torch.device(device).type == "cuda"
     while True:
-        perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 100003 + epoch)).numpy()
+        g = torch.Generator().manual_seed(seed * 100003 + epoch)
+        perm = torch.randperm(len(data), generator=g).numpy()
+        # The loader draws its workers' base seed from `g`, not from the global RNG that
+        # the training noise comes from (which would break exact resume).
         loader = torch.utils.data.DataLoader(_EpochBatches(data, perm, batch_size, first, per_epoch),
-                                             batch_size=None, num_workers=workers, pin_memory=pin)
+                                             batch_size=None, num_workers=workers, pin_memory=pin, generator=g)
         for x, y in loader:
             yield epoch, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         epoch, first = epoch + 1, 0
