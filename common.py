@@ -8,7 +8,6 @@ the first sub-folder), or a comma-separated mix of these. Images are
 center-cropped, resized with antialiasing to `--res` and cached once as a uint8
 `.npy` under the cache dir; training reads the cache and augments batches.
 """
-import argparse
 import functools
 import hashlib
 import json
@@ -17,7 +16,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 

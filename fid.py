@@ -27,7 +27,6 @@ class coverage. It is never to be compared with Inception FID.
 import argparse
 import hashlib
 import os
-import sys
 import urllib.request
 import warnings
 from pathlib import Path

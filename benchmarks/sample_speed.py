@@ -45,7 +45,7 @@ def main():
     print(f"|{'-' * 18}|{'-' * 15}|{'-' * 11}|{'-' * 13}|")
     ddpm.ddim_sample(model, shape, alpha_bar, 2, "v")  # warm-up
     rows = [(f"DDIM {s} steps", s, lambda s=s: ddpm.ddim_sample(model, shape, alpha_bar, s, "v")) for s in (10, 50, 100)]
-    rows.append((f"DDPM ancestral", args.T, lambda: ddpm.ddpm_sample(model, shape, betas, "v")))
+    rows.append(("DDPM ancestral", args.T, lambda: ddpm.ddpm_sample(model, shape, betas, "v")))
     for name, calls, run in rows:
         t = time.time()
         run()
