@@ -84,15 +84,21 @@ def test_resume_matches_uninterrupted(tmp_path):
     assert rows(a) == [r for r in rows(b) if r["step"] != 5]
 
 
-def test_resume_after_kill(tmp_path):
-    """SIGKILL mid-run: the last checkpoint survives and --resume finishes the run."""
-    out = tmp_path / "run"
+def start_until_checkpoint(out):
+    """Start a long dcgan.py run in a subprocess; return it once its first checkpoint exists."""
     cmd = [sys.executable, str(ROOT / "dcgan.py")] + TINY + ["--max-steps", "100000", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
     deadline = time.time() + 120
     while not (out / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    time.sleep(0.5)
+    return proc
+
+
+def test_resume_after_kill(tmp_path):
+    """SIGKILL mid-run: the last checkpoint survives and --resume finishes the run."""
+    out = tmp_path / "run"
+    proc = start_until_checkpoint(out)
+    time.sleep(0.5)  # let it get into the middle of writing something
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = common.load_checkpoint(out / "ckpt.pt")["step"]
@@ -103,11 +109,7 @@ def test_resume_after_kill(tmp_path):
 
 def test_sigterm_stops_cleanly(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "dcgan.py")] + TINY + ["--max-steps", "100000", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-    deadline = time.time() + 120
-    while not (out / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    proc = start_until_checkpoint(out)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
     summary = json.loads((out / "summary.json").read_text())

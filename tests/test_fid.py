@@ -113,6 +113,19 @@ def test_stats_npz_interchange_with_pytorch_fid(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.startswith("FID: ")
 
 
+def test_cli_save_stats_then_compare(tmp_path, capsys):
+    folder = make_folder(tmp_path / "digits_like", 100, seed=0, smooth=True)  # more images than the 64 dims
+    fid.main(["--save-stats", str(folder), str(tmp_path / "s.npz"), "--features", "digits"])
+    mu, sigma = fid.load_stats(tmp_path / "s.npz")
+    assert mu.shape == (64,) and sigma.shape == (64, 64)
+    value = fid.main([str(folder), str(tmp_path / "s.npz"), "--features", "digits"])
+    assert abs(value) < 1e-6  # a folder against its own statistics
+    assert "FID(digits): " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        fid.main([str(tmp_path / "missing"), str(tmp_path / "s.npz"), "--features", "digits"])
+    assert e.value.code == 2
+
+
 def test_stats_float64_unbiased():
     acts = np.random.RandomState(0).randn(7, 3).astype(np.float32)
     mu, sigma = fid.stats(acts)
