@@ -4,7 +4,7 @@ Deep Convolutional Generative Adversarial Networks" (2016).
 Study steps:
   phase 1 (pipeline ablations)  python dcgan.py --data DIR --res 64|128 --aug flip|deluxe
   step 2.1 (the GAN baseline)   python dcgan.py --data DIR --res 64
-  CPU first look                python dcgan.py --data digits --res 32 --max-minutes 5
+  CPU first look                python dcgan.py --data digits --res 32 --aug none --ngf 32 --ndf 32 --max-minutes 3
 
 The networks follow the paper: transposed convolutions with BatchNorm and ReLU in
 the generator, strided convolutions with LeakyReLU(0.2) in the discriminator (no
