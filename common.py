@@ -8,6 +8,7 @@ the first sub-folder), or a comma-separated mix of these. Images are
 center-cropped, resized with antialiasing to `--res` and cached once as a uint8
 `.npy` under the cache dir; training reads the cache and augments batches.
 """
+import contextlib
 import functools
 import hashlib
 import json
@@ -16,6 +17,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -474,6 +476,26 @@ def prepare_run(args, script):
     (out / "samples").mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
     return out
+
+
+class TrainClock:
+    """Training seconds so far, summed across resumes. Sampling and evaluation run
+    inside `paused()` and do not count, so --max-minutes and images/s measure training."""
+
+    def __init__(self, seconds=0.0):
+        self._base, self._start = seconds, time.time()
+
+    @property
+    def seconds(self):
+        return self._base + time.time() - self._start
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.time()
+        try:
+            yield
+        finally:
+            self._start += time.time() - t
 
 
 class StopFlag:

@@ -162,16 +162,16 @@ def main(argv=None):
 
     def checkpoint():
         common.save_checkpoint(out / "ckpt.pt", common.training_state(objects, step, step // per_epoch,
-                                                                               train_seconds, args))
+                                                                      clock.seconds, args))
 
     per_epoch = max(1, len(train) // args.batch_size)
     total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
     stop = common.StopFlag(args.max_minutes)
     losses, metrics, fid_step = {}, {}, None
     bar = common.progress(total, step, "dcgan")
-    t0 = time.time()
+    clock = common.TrainClock(train_seconds)
     for epoch, x, y in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
-        if step >= total or stop(train_seconds + time.time() - t0):
+        if step >= total or stop(clock.seconds):
             break
         real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         y = y if n_classes else None
@@ -206,16 +206,13 @@ def main(argv=None):
             if epoch % args.sample_every == 0:
                 common.save_grid(ema.module(fixed_z, fixed_y), out / "samples" / f"epoch_{epoch:04d}.png")
             if args.fid_every and epoch % args.fid_every == 0:
-                t_eval = time.time()
-                metrics, fid_step = fid_row(), step
-                t0 += time.time() - t_eval  # evaluation is not training time
+                with clock.paused():  # evaluation is not training time
+                    metrics, fid_step = fid_row(), step
             if epoch % args.ckpt_every == 0:
-                train_seconds += time.time() - t0
-                t0 = time.time()
                 checkpoint()
     bar.close()
     stop.restore()
-    train_seconds += time.time() - t0
+    train_seconds = clock.seconds
     checkpoint()
     if fid_step != step:
         metrics = fid_row()

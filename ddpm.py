@@ -327,7 +327,7 @@ def main(argv=None):
 
     def checkpoint():
         common.save_checkpoint(out / "ckpt.pt", common.training_state(objects, step, step // per_epoch,
-                                                                      train_seconds, args))
+                                                                      clock.seconds, args))
 
     # Fixed starting noise, so every epoch's grid follows the same 64 trajectories.
     fixed_x_T = torch.randn(64, channels, args.res, args.res, generator=torch.Generator().manual_seed(args.seed))
@@ -335,9 +335,9 @@ def main(argv=None):
     stop = common.StopFlag(args.max_minutes)
     losses, metrics, fid_step = {}, {}, None
     bar = common.progress(total, step, "ddpm")
-    t0 = time.time()
+    clock = common.TrainClock(train_seconds)
     for epoch, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
-        if step >= total or stop(train_seconds + time.time() - t0):
+        if step >= total or stop(clock.seconds):
             break
         x0 = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         with common.autocast(device, amp, amp_dtype):
@@ -360,21 +360,17 @@ def main(argv=None):
         if step % per_epoch == 0:
             epoch = step // per_epoch
             if epoch % args.sample_every == 0:
-                t_eval = time.time()
-                grid = ddim_sample(ema.module, None, alpha_bar, args.sample_steps, args.pred, x_T=fixed_x_T)
-                common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
-                t0 += time.time() - t_eval  # sampling is not training time
+                with clock.paused():  # sampling is not training time
+                    grid = ddim_sample(ema.module, None, alpha_bar, args.sample_steps, args.pred, x_T=fixed_x_T)
+                    common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
             if args.fid_every and epoch % args.fid_every == 0:
-                t_eval = time.time()
-                metrics, fid_step = fid_row(), step
-                t0 += time.time() - t_eval
+                with clock.paused():
+                    metrics, fid_step = fid_row(), step
             if epoch % args.ckpt_every == 0:
-                train_seconds += time.time() - t0
-                t0 = time.time()
                 checkpoint()
     bar.close()
     stop.restore()
-    train_seconds += time.time() - t0
+    train_seconds = clock.seconds
     checkpoint()
     if fid_step != step:
         metrics = fid_row()

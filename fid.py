@@ -469,17 +469,18 @@ class Evaluator:
     space for the whole run ('inception' or 'digits'); real statistics are cached on disk."""
 
     def __init__(self, features, heldout, spec, res, n_real, device, weights=None):
+        self.model = None
         if features == "auto":
-            try:
-                find_weights(weights)
-                features = "inception"
+            try:  # load once: finding the weights already costs a sha256 of the 100 MB file
+                self.model, features = load_inception(weights, device), "inception"
             except common.UserError as e:
                 features = "digits" if spec == "digits" else "none"
                 warnings.warn(f"{e}; FID uses {'the digits feature space' if features == 'digits' else 'nothing: skipped'}")
         self.features, self.device = features, device
         if features == "none":
             return
-        self.model = load_inception(weights, device) if features == "inception" else load_digits_net(device)
+        if self.model is None:
+            self.model = load_inception(weights, device) if features == "inception" else load_digits_net(device)
         self.n_real = min(n_real, len(heldout))
         key = f"{features}_{spec}_{res}_{self.n_real}".replace("/", "_").replace(",", "+")[-150:]
         path = common.CACHE_DIR / "fid_stats" / f"{key}.npz"
