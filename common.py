@@ -8,6 +8,7 @@ the first sub-folder), or a comma-separated mix of these. Images are
 center-cropped, resized with antialiasing to `--res` and cached once as a uint8
 `.npy` under the cache dir; training reads the cache and augments batches.
 """
+import argparse
 import contextlib
 import functools
 import hashlib
@@ -81,6 +82,32 @@ def add_common_args(parser):
     a("--ckpt-every", type=int, default=1, help="epochs between checkpoints")
     a("--cond", action="store_true", help="class-conditional model (labels from the data)")
     return parser
+
+
+def add_gan_args(parser, lr):
+    """Flags the three GAN scripts share: the seed reports' training variants."""
+    a = parser.add_argument
+    parser.set_defaults(lr=lr)
+    a("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR: Heusel et al. 2017")
+    a("--lr-d", type=float, default=None, help="discriminator/critic lr (default --lr)")
+    a("--lr-decay", type=float, default=None, metavar="GAMMA", help="multiply both lrs by GAMMA every step")
+    a("--diffaug", type=diffaug_policy, default=(), metavar="OPS",
+      help="DiffAugment on real and fake images: comma list of " + ",".join(DIFFAUG_OPS))
+    return parser
+
+
+def gan_optimizers(G, D, args, betas):
+    """Adam for G and for D at --lr-g / --lr-d (each defaults to --lr), and with
+    --lr-decay the per-step exponential schedulers, as a dict ready for the checkpoint."""
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d or args.lr, betas=betas)
+    schedulers = {}
+    if args.lr_decay is not None:
+        if not 0 < args.lr_decay <= 1:
+            raise UserError(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
+        schedulers = {"sched_g": torch.optim.lr_scheduler.ExponentialLR(opt_g, args.lr_decay),
+                      "sched_d": torch.optim.lr_scheduler.ExponentialLR(opt_d, args.lr_decay)}
+    return opt_g, opt_d, schedulers
 
 
 # ----------------------------------------------------------------------------- data
@@ -299,6 +326,57 @@ def augment(x, mode):
     return x.clamp(-1, 1)
 
 
+DIFFAUG_OPS = ("color", "translation", "cutout")
+
+
+def diffaug_policy(text):
+    """argparse type for --diffaug: '' (off) or a comma list of DIFFAUG_OPS."""
+    ops = [o.strip() for o in text.split(",") if o.strip()]
+    bad = [o for o in ops if o not in DIFFAUG_OPS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown DiffAugment op(s) {bad}; choose from {','.join(DIFFAUG_OPS)}")
+    return tuple(ops)
+
+
+def diff_augment(x, policy):
+    """DiffAugment (Zhao et al. 2020): the same kind of random, differentiable
+    augmentation on real *and* fake images, in D's and G's steps, so D cannot
+    memorise a small training set and G's gradients pass through. x in [-1, 1]
+    (B, C, H, W); draws from the torch RNG of x's device. Each op as in the paper's
+    code: color (brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]),
+    translation (up to 1/8 of the size, zero padded), cutout (a square of half the size)."""
+    if not policy:
+        return x
+    B, C, H, W = x.shape
+    rand = functools.partial(torch.rand, device=x.device, dtype=x.dtype)
+    if "color" in policy:
+        x = x + (rand(B, 1, 1, 1) - 0.5)
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * (rand(B, 1, 1, 1) * 2) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (rand(B, 1, 1, 1) + 0.5) + mean
+    rows = torch.arange(H, device=x.device).view(1, H, 1)  # (1, H, 1)
+    cols = torch.arange(W, device=x.device).view(1, 1, W)  # (1, 1, W)
+    if "translation" in policy:
+        sh, sw = int(H * 0.125 + 0.5), int(W * 0.125 + 0.5)
+        dy = torch.randint(-sh, sh + 1, (B, 1, 1), device=x.device)
+        dx = torch.randint(-sw, sw + 1, (B, 1, 1), device=x.device)
+        # Read pixel (i + dy, j + dx) from a copy padded by one zero pixel all round:
+        # a shift past the border reads the padding.
+        src_r = (rows + dy + 1).clamp(0, H + 1)  # (B, H, 1)
+        src_c = (cols + dx + 1).clamp(0, W + 1)  # (B, 1, W)
+        padded = F.pad(x, [1, 1, 1, 1])  # (B, C, H + 2, W + 2)
+        b = torch.arange(B, device=x.device).view(B, 1, 1)
+        x = padded.permute(0, 2, 3, 1)[b, src_r, src_c].permute(0, 3, 1, 2)  # (B, C, H, W)
+    if "cutout" in policy:
+        ch, cw = int(H * 0.5 + 0.5), int(W * 0.5 + 0.5)
+        top = torch.randint(0, H + (1 - ch % 2), (B, 1, 1), device=x.device) - ch // 2
+        left = torch.randint(0, W + (1 - cw % 2), (B, 1, 1), device=x.device) - cw // 2
+        hole = (rows >= top) & (rows < top + ch) & (cols >= left) & (cols < left + cw)  # (B, H, W)
+        x = x * (~hole).unsqueeze(1).to(x.dtype)
+    return x
+
+
 # ----------------------------------------------------------------------------- device, AMP, seeding
 
 def setup_device(args):
@@ -443,8 +521,10 @@ def save_grid(x, path, nrow=8):
     _atomic_write(path, lambda f: save_image(grid, f, format="PNG", nrow=nrow, padding=2, pad_value=1.0))
 
 
-def save_gif(frames_dir, path, ms=200):
-    frames = [Image.open(p).convert("RGB") for p in sorted(Path(frames_dir).glob("epoch_*.png"))]
+def save_gif(frames_dir, path, ms=200, fallback=None):
+    """The epoch grids as an animated GIF; a run shorter than an epoch gets `fallback` (its final grid)."""
+    files = sorted(Path(frames_dir).glob("epoch_*.png")) or ([Path(fallback)] if fallback else [])
+    frames = [Image.open(p).convert("RGB") for p in files]
     if frames:
         _atomic_write(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
                                                      duration=ms, loop=0))
@@ -459,6 +539,30 @@ def slerp(a, b, t):
     if omega.abs() < 1e-6:
         return (1 - t) * a + t * b
     return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def latent_walk(nz, seed, rows=8, cols=8):
+    """(rows * cols, nz) latents: each row a slerp path between two random N(0, I)
+    latents, for interp.png."""
+    ends = torch.randn(2 * rows, nz, generator=torch.Generator().manual_seed(seed))
+    t = torch.linspace(0, 1, cols)
+    return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
+
+
+@torch.no_grad()
+def save_gan_outputs(G, fixed_z, out, seed, labels=None):
+    """A GAN's final pictures from its (EMA) generator G(z, y): samples.png from the
+    fixed noise, interp.png (latent slerp rows), progress.gif from the epoch grids.
+    Returns the sampling seconds per image."""
+    t = time.time()
+    final = G(fixed_z, labels)
+    sample_seconds = (time.time() - t) / fixed_z.shape[0]
+    save_grid(final, Path(out) / "samples.png")
+    walk = latent_walk(fixed_z.shape[1], seed).to(fixed_z.device)
+    walk_y = labels[:8].repeat_interleave(8) if labels is not None else None  # one class per row
+    save_grid(G(walk, walk_y), Path(out) / "interp.png")
+    save_gif(Path(out) / "samples", Path(out) / "progress.gif", fallback=Path(out) / "samples.png")
+    return sample_seconds
 
 
 def count_params(*models):

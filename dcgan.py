@@ -31,20 +31,59 @@ import fid
 
 # ----------------------------------------------------------------------------- model
 
-class Generator(nn.Module):
-    """z (B, nz) [+ one-hot label] -> image (B, C, res, res) in [-1, 1]."""
+class CSPUp(nn.Module):
+    """Cross-stage-partial 2x upsampling (after Wang et al. 2020, CSPNet): half the
+    channels are upsampled straight through (nearest neighbour, no weights), the
+    other half go through transposed conv + BN + ReLU; the concatenation is mixed
+    to c_out channels by a 1x1 conv (CSPNet's transition). Half the transposed-conv
+    cost of a DCGAN block, and a gradient highway through the plain half."""
 
-    def __init__(self, nz=100, ngf=64, channels=3, res=64, n_classes=0):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.half = c_in // 2
+        self.conv = nn.Sequential(nn.ConvTranspose2d(c_in - self.half, self.half, 4, 2, 1, bias=False),
+                                  nn.BatchNorm2d(self.half), nn.ReLU(True))
+        self.mix = nn.Conv2d(2 * self.half, c_out, 1, bias=False)
+
+    def forward(self, x):  # (B, c_in, H, W)
+        straight, learned = x[:, :self.half], x[:, self.half:]
+        h = torch.cat([F.interpolate(straight, scale_factor=2, mode="nearest"), self.conv(learned)], 1)
+        return self.mix(h)  # (B, c_out, 2H, 2W)
+
+
+def up_block(arch, c_in, c_out):
+    """One 2x upsampling stage of the generator, (B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
+    if arch == "dcgan":
+        up = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)
+    elif arch == "upconv":
+        # Resize-convolution (Odena et al. 2016): every output pixel gets the same number
+        # of kernel taps, so no checkerboard from the stride-2 transposed conv's overlap.
+        up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False))
+    elif arch == "csp":
+        return nn.Sequential(CSPUp(c_in, c_out), nn.BatchNorm2d(c_out), nn.ReLU(True))
+    else:
+        raise ValueError(f"unknown generator architecture {arch!r}")
+    return nn.Sequential(up, nn.BatchNorm2d(c_out), nn.ReLU(True))
+
+
+class Generator(nn.Module):
+    """z (B, nz) [+ one-hot label] -> image (B, C, res, res) in [-1, 1].
+    arch: dcgan (transposed convs), upconv (nearest upsample + conv), csp (CSPUp blocks)."""
+
+    def __init__(self, nz=100, ngf=64, channels=3, res=64, n_classes=0, arch="dcgan"):
         super().__init__()
         self.nz, self.n_classes = nz, n_classes
         n_up = int(math.log2(res)) - 2  # 4x4 -> res: 3 blocks at 32, 4 at 64, 5 at 128
         ch = ngf * 2 ** (n_up - 1)
         layers = [nn.ConvTranspose2d(nz + n_classes, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
         for _ in range(n_up - 1):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            layers.append(up_block(arch, ch, ch // 2))  # (B, ch / 2, 2H, 2W)
             ch //= 2
-        layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        if arch == "upconv":
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, channels, 3, 1, 1)]
+        else:
+            layers.append(nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False))
+        self.net = nn.Sequential(*layers, nn.Tanh())
 
     def forward(self, z, y=None):
         if self.n_classes:
@@ -117,6 +156,8 @@ def generate(G, n, nz, device, labels=None, batch_size=256, generator=None):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p)
+    common.add_gan_args(p, lr=2e-4)
+    p.add_argument("--g-arch", default="dcgan", choices=["dcgan", "upconv", "csp"], help="generator upsampling")
     p.add_argument("--nz", type=int, default=100, help="latent size")
     p.add_argument("--ngf", type=int, default=64, help="generator width")
     p.add_argument("--ndf", type=int, default=64, help="discriminator width")
@@ -134,13 +175,12 @@ def main(argv=None):
     train, heldout = data.split()
     channels, n_classes = train.images.shape[-1], (len(data.classes) if args.cond else 0)
 
-    G = Generator(args.nz, args.ngf, channels, args.res, n_classes).to(device)
+    G = Generator(args.nz, args.ngf, channels, args.res, n_classes, args.g_arch).to(device)
     D = Discriminator(args.ndf, channels, args.res, n_classes).to(device)
     G.apply(init_weights)
     D.apply(init_weights)
     ema = common.EMA(G, args.ema)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
+    opt_g, opt_d, schedulers = common.gan_optimizers(G, D, args, betas=(args.beta1, 0.999))
     scaler = common.grad_scaler(device, amp, amp_dtype)
 
     # Fixed noise, so every epoch's grid shows the same 64 latents.
@@ -152,12 +192,17 @@ def main(argv=None):
     fid_labels = torch.arange(args.fid_n) % n_classes if n_classes else None
 
     def fid_row():
+        if evaluate.features == "none":  # no feature space: skip the sampling too
+            return {}
         # The same noise at every evaluation (its own generator: training's RNG is untouched).
         fake = generate(ema.module, args.fid_n, args.nz, device, fid_labels,
                         generator=torch.Generator().manual_seed(args.seed + 2))
         return common.log_fid(log, evaluate(fake), step, step / per_epoch)
 
-    objects = {"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler": scaler}
+    def D_aug(x, y):  # with --diffaug, D sees every image, real or fake, augmented
+        return D(common.diff_augment(x, args.diffaug), y)
+
+    objects = {"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler": scaler, **schedulers}
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
 
     def checkpoint():
@@ -180,18 +225,20 @@ def main(argv=None):
         # D step: maximise log D(x) + log(1 - D(G(z))).
         with common.autocast(device, amp, amp_dtype):
             fake = G(z, y)
-            loss_d = d_loss(D(real, y), D(fake.detach(), y))
+            loss_d = d_loss(D_aug(real, y), D_aug(fake.detach(), y))
         opt_d.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()
         scaler.step(opt_d)
 
         # G step: the fake batch goes through the updated D.
         with common.autocast(device, amp, amp_dtype):
-            loss_g = g_loss(D(fake, y))
+            loss_g = g_loss(D_aug(fake, y))
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()
         scaler.step(opt_g)
         scaler.update()
+        for scheduler in schedulers.values():
+            scheduler.step()
         ema.update(G)
         step += 1
         bar.update(1)
@@ -217,19 +264,7 @@ def main(argv=None):
     if fid_step != step:
         metrics = fid_row()
 
-    # Final outputs, all from the EMA generator.
-    G_ema = ema.module
-    t = time.time()
-    final = G_ema(fixed_z, fixed_y).detach()
-    sample_seconds = (time.time() - t) / fixed_z.shape[0]
-    common.save_grid(final, out / "samples.png")
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(args.seed + 1)
-        ends = torch.randn(16, args.nz, generator=g)
-        path = torch.cat([common.slerp(ends[i], ends[i + 8], torch.linspace(0, 1, 8)) for i in range(8)]).to(device)
-        path_y = fixed_y[:8].repeat_interleave(8) if n_classes else None
-        common.save_grid(G_ema(path, path_y), out / "interp.png", nrow=8)
-    common.save_gif(out / "samples", out / "progress.gif")
+    sample_seconds = common.save_gan_outputs(ema.module, fixed_z, out, args.seed + 1, fixed_y)
     summary = {
         "model": "dcgan", "params": common.count_params(G, D),
         "params_G": common.count_params(G), "params_D": common.count_params(D),

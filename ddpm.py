@@ -317,6 +317,8 @@ def main(argv=None):
                              args.inception_weights)
 
     def fid_row():
+        if evaluate.features == "none":  # no feature space: skip the sampling too
+            return {}
         fake = sample(ema.module, args.fid_n, args, alpha_bar, betas, channels,
                       generator=torch.Generator().manual_seed(args.seed + 2))
         return common.log_fid(log, evaluate(fake), step, step / per_epoch)

@@ -120,3 +120,83 @@ def test_save_grid_rounds_like_save_image(tmp_path):
     img = np.asarray(Image.open(tmp_path / "g.png"))
     assert img.shape[:2] == (4 + 4, 2 * 4 + 6)  # padding 2 around and between tiles
     assert img[2, 2, 0] == 0 and img[5, 13, 0] == 255
+
+
+# ----------------------------------------------------------------------------- DiffAugment
+
+ALL_OPS = ("color", "translation", "cutout")
+
+
+def test_diff_augment_shapes_and_seed():
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    torch.manual_seed(1)
+    a = common.diff_augment(x, ALL_OPS)
+    torch.manual_seed(1)
+    b = common.diff_augment(x, ALL_OPS)
+    torch.manual_seed(2)
+    c = common.diff_augment(x, ALL_OPS)
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert common.diff_augment(x, ()) is x  # off means untouched
+
+
+def test_diff_augment_is_differentiable():
+    # G learns through D's view of its samples: the gradient must reach the pixels.
+    x = (torch.rand(4, 1, 16, 16) * 2 - 1).requires_grad_(True)
+    common.diff_augment(x, ALL_OPS).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_translation_shifts_whole_images():
+    B, H, W = 8, 16, 16
+    x = torch.arange(1, H * W + 1, dtype=torch.float32).view(1, 1, H, W).repeat(B, 1, 1, 1)  # unique values
+    torch.manual_seed(0)
+    out = common.diff_augment(x, ("translation",))
+    shifts = set()
+    for b in range(B):
+        # Every pixel is either padding (0) or the input pixel at one shift (dy, dx), within 1/8 of the size.
+        nz = out[b, 0].nonzero()
+        i, j = nz[0].tolist()
+        v = int(out[b, 0, i, j].item()) - 1
+        dy, dx = v // W - i, v % W - j
+        assert abs(dy) <= 2 and abs(dx) <= 2
+        for i, j in nz.tolist():
+            assert out[b, 0, i, j] == x[b, 0, i + dy, j + dx]
+        assert (out[b, 0] == 0).sum() == H * W - len(nz)
+        shifts.add((dy, dx))
+    assert len(shifts) > 1  # each image draws its own shift
+
+
+def test_cutout_zeroes_one_square_of_half_the_size():
+    x = torch.ones(16, 1, 16, 16)
+    torch.manual_seed(0)
+    out = common.diff_augment(x, ("cutout",))
+    for img in out[:, 0]:
+        rows, cols = (img == 0).nonzero(as_tuple=True)
+        assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a filled rectangle
+        assert rows.max() - rows.min() + 1 <= 8 and cols.max() - cols.min() + 1 <= 8
+        assert ((img == 0) | (img == 1)).all()
+    assert (out == 0).float().mean() > 0.1
+
+
+def test_color_moves_brightness_and_keeps_structure():
+    x = torch.rand(32, 3, 8, 8) * 2 - 1
+    torch.manual_seed(0)
+    out = common.diff_augment(x, ("color",))
+    shift = (out - x).mean(dim=(1, 2, 3))
+    assert shift.std() > 0.1  # brightness varies per image, up to +-0.5
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_diffaug_policy_parses_and_rejects():
+    assert common.diffaug_policy("color,cutout") == ("color", "cutout")
+    assert common.diffaug_policy("") == ()
+    with pytest.raises(Exception, match="unknown DiffAugment"):
+        common.diffaug_policy("color,blur")
+
+
+def test_latent_walk_rows_run_between_two_latents():
+    z = common.latent_walk(16, seed=3)
+    assert z.shape == (64, 16)
+    ends = torch.randn(16, 16, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(z[0], ends[0], atol=1e-5) and torch.allclose(z[7], ends[8], atol=1e-5)
+    assert torch.allclose(z[56], ends[7], atol=1e-5) and torch.allclose(z[63], ends[15], atol=1e-5)

@@ -26,6 +26,37 @@ def test_shapes_follow_res(res, channels):
     assert D(x).shape == (5,)
 
 
+@pytest.mark.parametrize("arch", ["dcgan", "upconv", "csp"])
+@pytest.mark.parametrize("res", [32, 64, 128])
+def test_generator_archs_follow_res(arch, res):
+    G = dcgan.Generator(nz=16, ngf=8, channels=3, res=res, arch=arch)
+    x = G(torch.randn(3, 16))
+    assert x.shape == (3, 3, res, res) and x.abs().max() <= 1
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "upconv", "csp"])
+def test_up_blocks_double_height_and_width(arch):
+    block = dcgan.up_block(arch, 32, 16)
+    assert block(torch.randn(2, 32, 5, 7)).shape == (2, 16, 10, 14)
+    assert dcgan.CSPUp(32, 16)(torch.randn(2, 32, 4, 4)).shape == (2, 16, 8, 8)
+
+
+def test_upconv_has_no_transposed_conv_after_the_projection():
+    G = dcgan.Generator(nz=16, ngf=8, channels=1, res=64, arch="upconv")
+    transposed = [m for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(transposed) == 1 and transposed[0] is G.net[0]  # only z (1x1) -> 4x4
+
+
+def test_csp_half_of_the_channels_goes_straight_through():
+    block = dcgan.CSPUp(8, 4)
+    with torch.no_grad():  # let the 1x1 mix read only the straight half, unchanged
+        block.mix.weight.zero_()
+        block.mix.weight[:, :4, 0, 0] = torch.eye(4)
+    x = torch.randn(2, 8, 3, 3)
+    assert torch.equal(block(x), torch.nn.functional.interpolate(x[:, :4], scale_factor=2, mode="nearest"))
+    assert block.conv[0].in_channels == 4 and block.conv[0].out_channels == 4  # the learned half
+
+
 def test_conditional_shapes():
     G = dcgan.Generator(nz=16, ngf=8, channels=1, res=32, n_classes=10)
     D = dcgan.Discriminator(ndf=8, channels=1, res=32, n_classes=10)
@@ -145,6 +176,42 @@ def test_fid_rows_in_digits_space(tmp_path):
         assert r["features"] == "digits" and r["n_fake"] == 300 and r["n_real"] == 299
         assert r["fid"] > 0 and 0 <= r["classes_covered"] <= 10 and "kid" in r
     assert summary["final"]["fid"] == fids[-1]["fid"]
+
+
+def test_ttur_and_lr_decay(tmp_path):
+    out = tmp_path / "run"
+    dcgan.main(TINY + ["--max-steps", "5", "--lr-g", "1e-4", "--lr-d", "4e-4", "--lr-decay", "0.9",
+                       "--out", str(out)])
+    ckpt = common.load_checkpoint(out / "ckpt.pt")
+    assert ckpt["opt_g"]["param_groups"][0]["lr"] == pytest.approx(1e-4 * 0.9 ** 5)
+    assert ckpt["opt_d"]["param_groups"][0]["lr"] == pytest.approx(4e-4 * 0.9 ** 5)
+    assert ckpt["sched_g"]["last_epoch"] == 5
+
+
+def test_variants_resume_exactly(tmp_path):
+    """Every seed variant at once (CSP generator, TTUR, lr decay, DiffAugment): the
+    scheduler state and DiffAugment's random draws must survive a resume."""
+    flags = TINY + ["--g-arch", "csp", "--lr-g", "1e-4", "--lr-d", "3e-4", "--lr-decay", "0.95",
+                    "--diffaug", "color,translation,cutout"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    dcgan.main(flags + ["--max-steps", "12", "--out", str(a)])
+    dcgan.main(flags + ["--max-steps", "6", "--out", str(b)])
+    dcgan.main(flags + ["--max-steps", "12", "--out", str(b), "--resume"])
+    ca, cb = common.load_checkpoint(a / "ckpt.pt"), common.load_checkpoint(b / "ckpt.pt")
+    for key in ca["G"]:
+        assert torch.equal(ca["G"][key], cb["G"][key]), key
+    assert ca["opt_d"]["param_groups"][0]["lr"] == cb["opt_d"]["param_groups"][0]["lr"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--g-arch", "resnet"], "invalid choice"),
+    (["--diffaug", "color,blur"], "unknown DiffAugment"),
+    (["--lr-decay", "1.5"], "--lr-decay"),
+])
+def test_bad_variant_flags_exit_2(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as e:
+        dcgan.main(TINY + ["--max-steps", "1", "--out", str(tmp_path / "run")] + flags)
+    assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_conditional_run(tmp_path):
