@@ -377,6 +377,47 @@ def diff_augment(x, policy):
     return x
 
 
+# ----------------------------------------------------------------------------- pretrained weights
+
+def find_pretrained(name, url, path=None, env=None, flag="", download=True):
+    """A pretrained weights file: `path` (a --flag), then $env, then the torch hub
+    checkpoint cache (downloaded there when missing and online). The sha256 prefix in
+    the file name (torch hub's convention) is checked. Raises UserError saying what
+    to put where."""
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / name
+    found = Path(path) if path else Path(os.environ[env]) if env and os.environ.get(env) else cache
+    if not found.exists() and found == cache and download:
+        try:
+            download_file(url, cache)
+        except OSError as e:
+            warnings.warn(f"could not download {url}: {e}")
+    if not found.exists():
+        raise UserError(f"weights {name} not found at {found}. Download {url} and put it at {cache}"
+                        f" (or pass {flag} PATH, or set {env}=PATH)")
+    expected = name.rsplit("-", 1)[1].split(".")[0]
+    h = hashlib.sha256()
+    with open(found, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if not h.hexdigest().startswith(expected):
+        raise UserError(f"{found} is not {name}: its sha256 does not start with {expected}")
+    return found
+
+
+def download_file(url, dst):
+    import urllib.request
+    from tqdm import tqdm
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(url, timeout=20) as r:
+        total = int(r.headers.get("Content-Length", 0))
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name) as bar:
+            def write(f):
+                for chunk in iter(lambda: r.read(1 << 20), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            _atomic_write(dst, write)
+
+
 # ----------------------------------------------------------------------------- device, AMP, seeding
 
 def setup_device(args):
@@ -600,6 +641,33 @@ class TrainClock:
             yield
         finally:
             self._start += time.time() - t
+
+
+def epoch_end(out, epoch, args, clock, save_samples, evaluate, checkpoint):
+    """What every training loop does when an epoch ends: the epoch's sample grid
+    (every --sample-every epochs) and an evaluation (every --fid-every), neither
+    counted as training time, then a checkpoint (every --ckpt-every).
+    `save_samples(path)`, `evaluate() -> row`, `checkpoint()`. Returns the row or None."""
+    row = None
+    with clock.paused():
+        if epoch % args.sample_every == 0:
+            save_samples(Path(out) / "samples" / f"epoch_{epoch:04d}.png")
+        if args.fid_every and epoch % args.fid_every == 0:
+            row = evaluate()
+    if epoch % args.ckpt_every == 0:
+        checkpoint()
+    return row
+
+
+def write_summary(out, model, params, step, epochs, images, train_seconds, sample_seconds, final, stop, **extra):
+    """summary.json: the run's size, speed, final losses and metrics, and how it stopped
+    (`complete` is false when a signal cut it short, so run_all.sh resumes it)."""
+    summary = {"model": model, **extra, **params, "steps": step, "epochs": epochs, "train_seconds": train_seconds,
+               "images_per_s": images / max(train_seconds, 1e-9), "sample_seconds_per_image": sample_seconds,
+               "final": final, "stopped_by": stop.reason, "complete": not stop.signalled}
+    write_json(Path(out) / "summary.json", summary)
+    print(f"done: {step} steps in {train_seconds:.0f}s; outputs in {out}")
+    return summary
 
 
 class StopFlag:

@@ -6,6 +6,16 @@ Study steps:
   step 2.1 (the GAN baseline)   python dcgan.py --data DIR --res 64
   CPU first look                python dcgan.py --data digits --res 32 --aug none --ngf 32 --ndf 32 --max-minutes 3
 
+Variants from the seed reports (each one flag, combinable):
+  --g-arch upconv    nearest upsample + 3x3 conv instead of transposed conv (Odena et al.
+                     2016, "Deconvolution and Checkerboard Artifacts")
+  --g-arch csp       CSP-up blocks: half the channels upsampled straight through, half
+                     through transposed conv + BN + ReLU, concatenated (after CSPNet)
+  --lr-g 1e-4 --lr-d 4e-4   two time-scale update rule (Heusel et al. 2017)
+  --lr-decay 0.9999  both learning rates times GAMMA after every step
+  --diffaug color,translation,cutout   DiffAugment (Zhao et al. 2020) on real and fake
+                     images in D's and G's steps, for small datasets
+
 The networks follow the paper: transposed convolutions with BatchNorm and ReLU in
 the generator, strided convolutions with LeakyReLU(0.2) in the discriminator (no
 BatchNorm on its first layer), N(0, 0.02) weight init, Adam 2e-4 with beta1 = 0.5.
@@ -19,7 +29,6 @@ one-hot label to z and a projection term to D (Miyato & Koyama 2018).
 """
 import argparse
 import math
-import time
 
 import torch
 import torch.nn as nn
@@ -249,14 +258,10 @@ def main(argv=None):
             log.write(kind="train", step=step, epoch=step / per_epoch, **losses)
             bar.set_postfix(losses)
         if step % per_epoch == 0:  # end of an epoch
-            epoch = step // per_epoch
-            if epoch % args.sample_every == 0:
-                common.save_grid(ema.module(fixed_z, fixed_y), out / "samples" / f"epoch_{epoch:04d}.png")
-            if args.fid_every and epoch % args.fid_every == 0:
-                with clock.paused():  # evaluation is not training time
-                    metrics, fid_step = fid_row(), step
-            if epoch % args.ckpt_every == 0:
-                checkpoint()
+            row = common.epoch_end(out, step // per_epoch, args, clock,
+                                   lambda path: common.save_grid(ema.module(fixed_z, fixed_y), path), fid_row, checkpoint)
+            if row is not None:
+                metrics, fid_step = row, step
     bar.close()
     stop.restore()
     train_seconds = clock.seconds
@@ -265,16 +270,9 @@ def main(argv=None):
         metrics = fid_row()
 
     sample_seconds = common.save_gan_outputs(ema.module, fixed_z, out, args.seed + 1, fixed_y)
-    summary = {
-        "model": "dcgan", "params": common.count_params(G, D),
-        "params_G": common.count_params(G), "params_D": common.count_params(D),
-        "steps": step, "epochs": step / per_epoch, "train_seconds": train_seconds,
-        "images_per_s": step * args.batch_size / max(train_seconds, 1e-9),
-        "sample_seconds_per_image": sample_seconds, "final": {**losses, **metrics},
-        "stopped_by": stop.reason, "complete": not stop.signalled}
-    common.write_json(out / "summary.json", summary)
-    print(f"done: {step} steps in {train_seconds:.0f}s; outputs in {out}")
-    return summary
+    params = {"params": common.count_params(G, D), "params_G": common.count_params(G), "params_D": common.count_params(D)}
+    return common.write_summary(out, "dcgan", params, step, step / per_epoch, step * args.batch_size, train_seconds,
+                                sample_seconds, {**losses, **metrics}, stop)
 
 
 if __name__ == "__main__":

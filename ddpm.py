@@ -333,6 +333,10 @@ def main(argv=None):
 
     # Fixed starting noise, so every epoch's grid follows the same 64 trajectories.
     fixed_x_T = torch.randn(64, channels, args.res, args.res, generator=torch.Generator().manual_seed(args.seed))
+
+    def save_epoch_grid(path):
+        common.save_grid(ddim_sample(ema.module, None, alpha_bar, args.sample_steps, args.pred, x_T=fixed_x_T), path)
+
     total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
     stop = common.StopFlag(args.max_minutes)
     losses, metrics, fid_step = {}, {}, None
@@ -359,17 +363,10 @@ def main(argv=None):
             common.check_finite(step, out, **losses)
             log.write(kind="train", step=step, epoch=step / per_epoch, **losses)
             bar.set_postfix(losses)
-        if step % per_epoch == 0:
-            epoch = step // per_epoch
-            if epoch % args.sample_every == 0:
-                with clock.paused():  # sampling is not training time
-                    grid = ddim_sample(ema.module, None, alpha_bar, args.sample_steps, args.pred, x_T=fixed_x_T)
-                    common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
-            if args.fid_every and epoch % args.fid_every == 0:
-                with clock.paused():
-                    metrics, fid_step = fid_row(), step
-            if epoch % args.ckpt_every == 0:
-                checkpoint()
+        if step % per_epoch == 0:  # end of an epoch
+            row = common.epoch_end(out, step // per_epoch, args, clock, save_epoch_grid, fid_row, checkpoint)
+            if row is not None:
+                metrics, fid_step = row, step
     bar.close()
     stop.restore()
     train_seconds = clock.seconds
@@ -394,16 +391,10 @@ def main(argv=None):
     strip = torch.stack([fixed_x_T[:8]] + [path[i][1] for i in keep], dim=1)  # (8, 10, C, H, W)
     common.save_grid(strip.flatten(0, 1), out / "denoise.png", nrow=10)
     common.save_gif(out / "samples", out / "progress.gif")
-    summary = {
-        "model": "ddpm", "schedule": args.schedule, "pred": args.pred, "params": common.count_params(model),
-        "steps": step, "epochs": step / per_epoch, "train_seconds": train_seconds,
-        "images_per_s": step * args.batch_size / max(train_seconds, 1e-9),
-        "sampler": args.sampler, "sample_steps": args.sample_steps if args.sampler == "ddim" else args.T,
-        "sample_seconds_per_image": sample_seconds, "final": {**losses, **metrics},
-        "stopped_by": stop.reason, "complete": not stop.signalled}
-    common.write_json(out / "summary.json", summary)
-    print(f"done: {step} steps in {train_seconds:.0f}s; outputs in {out}")
-    return summary
+    return common.write_summary(out, "ddpm", {"params": common.count_params(model)}, step, step / per_epoch,
+                                step * args.batch_size, train_seconds, sample_seconds, {**losses, **metrics}, stop,
+                                schedule=args.schedule, pred=args.pred, sampler=args.sampler,
+                                sample_steps=args.sample_steps if args.sampler == "ddim" else args.T)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,6 @@ cached; its 64-d penultimate layer is the feature space of FID(digits), and its 
 class coverage. It is never to be compared with Inception FID.
 """
 import argparse
-import hashlib
-import os
-import urllib.request
 import warnings
 from pathlib import Path
 
@@ -215,46 +212,10 @@ class FIDInceptionV3(nn.Module):
 
 # ----------------------------------------------------------------------------- weights
 
-def _sha256_prefix(path, n=8):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
-
-
 def find_weights(path=None, download=True):
     """--inception-weights PATH, then $FID_WEIGHTS, then the torch hub checkpoint cache
     (downloaded there when missing and online). Raises UserError saying what to put where."""
-    cache = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_NAME
-    candidates = [Path(path)] if path else ([Path(os.environ["FID_WEIGHTS"])] if os.environ.get("FID_WEIGHTS") else [cache])
-    found = candidates[0]
-    if not found.exists() and found == cache and download:
-        try:
-            _download(WEIGHTS_URL, cache)
-        except OSError as e:
-            warnings.warn(f"could not download {WEIGHTS_URL}: {e}")
-    if not found.exists():
-        raise common.UserError(
-            f"Inception weights {WEIGHTS_NAME} not found at {found}. Download {WEIGHTS_URL} and put it at "
-            f"{cache} (or pass --inception-weights PATH, or set FID_WEIGHTS=PATH)")
-    expected = WEIGHTS_NAME.rsplit("-", 1)[1].split(".")[0]  # torch hub convention: sha256 prefix in the name
-    if _sha256_prefix(found, len(expected)) != expected:
-        raise common.UserError(f"{found} is not {WEIGHTS_NAME}: its sha256 does not start with {expected}")
-    return found
-
-
-def _download(url, dst):
-    from tqdm import tqdm
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(url, timeout=20) as r:
-        total = int(r.headers.get("Content-Length", 0))
-        with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name) as bar:
-            def write(f):
-                for chunk in iter(lambda: r.read(1 << 20), b""):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-            common._atomic_write(dst, write)
+    return common.find_pretrained(WEIGHTS_NAME, WEIGHTS_URL, path, "FID_WEIGHTS", "--inception-weights", download)
 
 
 def load_inception(weights=None, device="cpu"):

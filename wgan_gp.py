@@ -210,13 +210,10 @@ def main(argv=None):
             bar.set_postfix(losses)
         if step * args.n_critic // per_epoch > epoch:  # an epoch of real batches is done
             epoch = step * args.n_critic // per_epoch
-            if epoch % args.sample_every == 0:
-                common.save_grid(ema.module(fixed_z), out / "samples" / f"epoch_{epoch:04d}.png")
-            if args.fid_every and epoch % args.fid_every == 0:
-                with clock.paused():  # evaluation is not training time
-                    metrics, fid_step = fid_row(), step
-            if epoch % args.ckpt_every == 0:
-                checkpoint()
+            row = common.epoch_end(out, epoch, args, clock, lambda path: common.save_grid(ema.module(fixed_z), path),
+                                   fid_row, checkpoint)
+            if row is not None:
+                metrics, fid_step = row, step
     bar.close()
     stop.restore()
     train_seconds = clock.seconds
@@ -225,16 +222,11 @@ def main(argv=None):
         metrics = fid_row()
 
     sample_seconds = common.save_gan_outputs(ema.module, fixed_z, out, args.seed + 1)
-    summary = {
-        "model": "wgan_gp", "params": common.count_params(G, C),
-        "params_G": common.count_params(G), "params_D": common.count_params(C),
-        "steps": step, "epochs": step * args.n_critic / per_epoch, "train_seconds": train_seconds,
-        "images_per_s": step * args.n_critic * args.batch_size / max(train_seconds, 1e-9),
-        "sample_seconds_per_image": sample_seconds, "final": {**losses, **metrics},
-        "stopped_by": stop.reason, "complete": not stop.signalled}
-    common.write_json(out / "summary.json", summary)
-    print(f"done: {step} steps in {train_seconds:.0f}s; outputs in {out}")
-    return summary
+    params = {"params": common.count_params(G, C), "params_G": common.count_params(G), "params_D": common.count_params(C)}
+    # images/s counts the real images the critic reads (n_critic batches per generator step).
+    return common.write_summary(out, "wgan_gp", params, step, step * args.n_critic / per_epoch,
+                                step * args.n_critic * args.batch_size, train_seconds, sample_seconds,
+                                {**losses, **metrics}, stop)
 
 
 if __name__ == "__main__":

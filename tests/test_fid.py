@@ -185,7 +185,7 @@ def test_missing_weights_offline_message(tmp_path, monkeypatch, capsys):
 
     def offline(url, dst):
         raise OSError("network is unreachable")
-    monkeypatch.setattr(fid, "_download", offline)
+    monkeypatch.setattr(common, "download_file", offline)
     with pytest.warns(UserWarning, match="could not download"), pytest.raises(common.UserError) as e:
         fid.load_inception()
     msg = str(e.value)

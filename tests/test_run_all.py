@@ -4,11 +4,13 @@ import sys
 
 from conftest import ROOT
 
-RUNS = ["2.1_dcgan", "4.1_ddpm_linear_eps", "4.2_ddpm_cosine_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide"]
+RUNS = ["2.1_dcgan", "2.2_wgan_gp", "2.3_sagan", "2.4_sagan_high", "3.1_vae_mse", "3.3_vae_patchgan", "4.1_ddpm_linear_eps", "4.2_ddpm_cosine_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide"]
 
 
 def run_all(runs_dir, *args):
-    env = dict(os.environ, RUNS=str(runs_dir), PYTHON=sys.executable)
+    # No VGG-16 weights (an empty torch hub dir): step 3.2 must be skipped, saying so.
+    env = dict(os.environ, RUNS=str(runs_dir), PYTHON=sys.executable, TORCH_HOME=str(runs_dir / "torch"))
+    env.pop("VGG_WEIGHTS", None)
     return subprocess.run(["bash", str(ROOT / "run_all.sh"), "--preset", "test", *args], env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -19,6 +21,8 @@ def test_every_phase_runs_then_skips(tmp_path):
     for name in RUNS:
         assert (tmp_path / name / "summary.json").is_file(), name
         assert (tmp_path / name / "samples.png").is_file(), name
+    assert "3.2_vae_perceptual: skipped: VGG-16 weights" in first.stdout
+    assert "vgg16-397923af.pth" in (tmp_path / "3.2_vae_perceptual" / "SKIPPED").read_text()
     second = run_all(tmp_path)
     assert second.returncode == 0
     assert second.stdout.count("finished, skipped") == len(RUNS), second.stdout

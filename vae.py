@@ -1,0 +1,330 @@
+"""VAE: Kingma & Welling, "Auto-Encoding Variational Bayes" (2014), and its study
+evolution toward sharper samples.
+
+  L = L_mse + lambda_vgg L_vgg + lambda_adv L_adv + beta L_kl
+
+  step 3.1 MSE VAE               python vae.py --data DIR --res 64 --beta 1.0
+  step 3.2 + VGG perceptual      python vae.py --data DIR --res 64 --beta 1e-4 --perceptual 0.1
+  step 3.3 + PatchGAN            python vae.py --data DIR --res 64 --beta 1e-4 --perceptual 0.1 --adv 0.1 --adv-start 2000
+  CPU first look (3.1)           python vae.py --data digits --res 32 --aug none --max-minutes 3
+
+3.1: a convolutional encoder gives q(z|x) = N(mu, diag(exp(logvar))) over a
+256-d latent; z = mu + exp(logvar / 2) * eps (the reparameterisation trick,
+sec. 2.4, so gradients flow through the sample); the decoder maps z back to
+pixels. Minimising per-pixel MSE is the Gaussian likelihood, whose optimum
+under uncertainty is the *mean* of the plausible images: blurry.
+3.2: match VGG-16 feature maps at relu1_2, relu2_2 and relu3_3 as well (Johnson
+et al. 2016): edges and textures count, not just per-pixel averages.
+3.3: a PatchGAN discriminator (Isola et al. 2017, 70x70 receptive field) judges
+each patch of the reconstruction real or fake, which punishes blur directly
+(as in VQGAN's training, Esser et al. 2021), from step --adv-start on.
+
+Conventions and departures: L_mse is the mean over pixels and L_kl is summed over
+the latent dimensions (averaged over the batch), so beta = 1 weighs the KL heavily
+against a per-pixel error (prior samples are smooth, reconstructions blurry: the
+3.1 failure); the study's 3.2/3.3 use beta = 1e-4. The decoder upsamples by
+nearest neighbour + 3x3 conv, never transposed convs (no checkerboard). The
+adversarial loss is non-saturating BCE on logits. Samples come from an EMA of
+the VAE's weights. VGG-16 needs torchvision's ImageNet weights (vgg16-397923af.pth);
+without them --perceptual stops at start-up with a message saying where to put them.
+"""
+import argparse
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+import fid
+
+VGG_NAME = "vgg16-397923af.pth"
+VGG_URL = f"https://download.pytorch.org/models/{VGG_NAME}"
+
+
+# ----------------------------------------------------------------------------- model
+
+def down(c_in, c_out):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, True))
+
+
+def up(c_in, c_out):
+    # Nearest upsample + conv: every output pixel gets the same number of kernel taps.
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, True))
+
+
+class VAE(nn.Module):
+    """Encoder: image (B, C, res, res) -> mu, logvar (B, latent). Decoder: z -> image in [-1, 1]."""
+
+    def __init__(self, channels=3, res=64, latent=256, width=32):
+        super().__init__()
+        self.latent = latent
+        n = int(math.log2(res)) - 2  # halvings down to 4x4
+        chs = [width * 2 ** i for i in range(n + 1)]  # e.g. 32, 64, 128, 256 at res 32
+        self.encoder = nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1), nn.LeakyReLU(0.2, True),
+                                     *[down(chs[i], chs[i + 1]) for i in range(n)], nn.Flatten())
+        self.to_stats = nn.Linear(chs[-1] * 16, 2 * latent)
+        self.from_z = nn.Linear(latent, chs[-1] * 16)
+        self.decoder = nn.Sequential(*[up(chs[i + 1], chs[i]) for i in reversed(range(n))],
+                                     nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh())
+        self.top = chs[-1]
+
+    def encode(self, x):
+        mu, logvar = self.to_stats(self.encoder(x)).chunk(2, dim=1)  # (B, latent) each
+        return mu, logvar
+
+    def decode(self, z):
+        h = F.leaky_relu(self.from_z(z), 0.2).view(-1, self.top, 4, 4)  # (B, top, 4, 4)
+        return self.decoder(h)  # (B, C, res, res)
+
+    def forward(self, x):
+        mu, logvar = self.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterisation
+        return self.decode(z), mu, logvar
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (pix2pix's 3-layer discriminator): image (B, C, H, W) -> a grid of
+    real/fake logits (B, 1, h, w), each seeing a 70x70 patch; 6x6 at 64x64."""
+
+    def __init__(self, channels=3, ndf=64):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * 4, ndf * 8, 4, 1, 1, bias=False), nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * 8, 1, 4, 1, 1))
+
+    def forward(self, x):
+        return self.net(x)  # (B, 1, h, w)
+
+
+class VGGPerceptual(nn.Module):
+    """Feature-matching loss on VGG-16 (torchvision's layout) at relu1_2, relu2_2 and
+    relu3_3: sum over the taps of the mean squared feature difference. Inputs in
+    [-1, 1]; gray images are repeated to RGB and both are normalised with ImageNet
+    statistics. `state_dict`: torchvision's vgg16 weights; None keeps random ones."""
+
+    TAPS = {3: "relu1_2", 8: "relu2_2", 15: "relu3_3"}  # indices into vgg16().features
+
+    def __init__(self, state_dict=None):
+        super().__init__()
+        from torchvision.models import vgg16
+        vgg = vgg16()
+        if state_dict is not None:
+            vgg.load_state_dict(state_dict)
+        self.features = vgg.features[:16].eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def taps(self, x):
+        """x in [-1, 1] (B, 1 or 3, H, W) -> {tap name: feature map}."""
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        h, out = ((x + 1) / 2 - self.mean) / self.std, {}
+        for i, layer in enumerate(self.features):
+            h = layer(h)
+            if i in self.TAPS:
+                out[self.TAPS[i]] = h
+        return out
+
+    def forward(self, x, y):
+        fx, fy = self.taps(x), self.taps(y)
+        return sum(F.mse_loss(fx[k], fy[k]) for k in fx)
+
+
+def load_vgg(path=None):
+    """torchvision's VGG-16 ImageNet state dict: --vgg-weights PATH, $VGG_WEIGHTS, or the torch hub cache."""
+    return torch.load(common.find_pretrained(VGG_NAME, VGG_URL, path, "VGG_WEIGHTS", "--vgg-weights"),
+                      map_location="cpu", weights_only=True)
+
+
+# ----------------------------------------------------------------------------- losses
+
+def kl_divergence(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dims, averaged over the batch
+    (Kingma & Welling appendix B: -1/2 sum(1 + logvar - mu^2 - exp(logvar)))."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(dim=1).mean()
+
+
+def d_loss(real_logits, fake_logits):
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def g_adv_loss(fake_logits):
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def heldout_mse(vae, data, device, batch_size=256):
+    """Mean squared error of reconstructions (from mu, no sampling) of held-out images, in [-1, 1] units."""
+    total, n = 0.0, 0
+    for i in range(0, len(data), batch_size):
+        x = common.to_float(data.batch(range(i, min(i + batch_size, len(data))))[0].to(device))
+        total += F.mse_loss(vae.decode(vae.encode(x)[0]), x, reduction="sum").item()
+        n += x.numel()
+    return total / n
+
+
+@torch.no_grad()
+def prior_samples(vae, n, device, generator, batch_size=256):
+    return torch.cat([vae.decode(torch.randn(min(batch_size, n - i), vae.latent, generator=generator).to(device)).cpu()
+                      for i in range(0, n, batch_size)])
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(p)
+    p.set_defaults(lr=1e-3)
+    p.add_argument("--latent", type=int, default=256)
+    p.add_argument("--width", type=int, default=32, help="encoder/decoder base channels")
+    p.add_argument("--beta", type=float, default=1.0, help="KL weight (1.0 for 3.1, 1e-4 for 3.2/3.3)")
+    p.add_argument("--perceptual", type=float, default=0.0, metavar="LAMBDA", help="VGG-16 feature loss weight (3.2)")
+    p.add_argument("--vgg-weights", default=None, help=f"path to torchvision's {VGG_NAME}")
+    p.add_argument("--adv", type=float, default=0.0, metavar="LAMBDA", help="PatchGAN loss weight (3.3)")
+    p.add_argument("--adv-start", type=int, default=0, metavar="STEP", help="step at which the PatchGAN starts")
+    p.add_argument("--ndf", type=int, default=64, help="PatchGAN width")
+    p.add_argument("--lr-d", type=float, default=2e-4, help="PatchGAN learning rate")
+    return p.parse_args(argv)
+
+
+@common.exits_on_user_error
+def main(argv=None):
+    args = parse_args(argv)
+    if args.cond:
+        raise common.UserError("vae.py is unconditional; --cond is implemented in dcgan.py")
+    if min(args.beta, args.perceptual, args.adv) < 0:
+        raise common.UserError("--beta, --perceptual and --adv must be >= 0")
+    out = common.prepare_run(args, "vae")
+    device, amp, amp_dtype = common.setup_device(args)
+    common.seed_everything(args.seed)
+    # Weights first: a missing VGG file is a one-line error before any work is done.
+    vgg = VGGPerceptual(load_vgg(args.vgg_weights)).to(device) if args.perceptual else None
+    data = common.load_dataset(args.data, args.res, crop=args.crop, aug=args.aug)
+    train, heldout = data.split()
+    channels = train.images.shape[-1]
+
+    vae = VAE(channels, args.res, args.latent, args.width).to(device)
+    ema = common.EMA(vae, args.ema)
+    opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
+    objects = {"vae": vae, "ema": ema, "opt": opt}
+    D = None
+    if args.adv:
+        D = PatchDiscriminator(channels, args.ndf).to(device)
+        opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.5, 0.999))
+        objects.update(D=D, opt_d=opt_d)
+    scaler = common.grad_scaler(device, amp, amp_dtype)
+    objects["scaler"] = scaler
+    fixed_z = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    # 32 held-out images (repeated if there are fewer) for recon.png and interp.png.
+    shown = common.to_float(heldout.batch(torch.arange(32) % len(heldout))[0]).to(device)
+    evaluate = fid.Evaluator(args.fid_features, heldout, args.data, args.res, args.fid_n_real, device,
+                             args.inception_weights)
+
+    def eval_row():
+        # Held-out reconstruction error always; FID of prior samples when a feature space is on.
+        model = ema.module
+        row = {"heldout_mse": heldout_mse(model, heldout, device)}
+        if evaluate.features != "none":
+            row.update(evaluate(prior_samples(model, args.fid_n, device, torch.Generator().manual_seed(args.seed + 2))))
+            common.log_fid(log, row, step, step / per_epoch)
+        else:
+            log.write(kind="eval", step=step, epoch=step / per_epoch, **row)
+        return row
+
+    step, train_seconds, log = common.start_or_resume(out, objects, args, device)
+
+    def checkpoint():
+        common.save_checkpoint(out / "ckpt.pt", common.training_state(objects, step, step // per_epoch,
+                                                                      clock.seconds, args))
+
+    per_epoch = max(1, len(train) // args.batch_size)
+    total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
+    stop = common.StopFlag(args.max_minutes)
+    losses, metrics, eval_step = {}, {}, None
+    bar = common.progress(total, step, "vae")
+    clock = common.TrainClock(train_seconds)
+    for epoch, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
+        if step >= total or stop(clock.seconds):
+            break
+        x = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
+        adv_on = D is not None and step >= args.adv_start
+        with common.autocast(device, amp, amp_dtype):
+            recon, mu, logvar = vae(x)
+            rec = F.mse_loss(recon.float(), x)
+            kl = kl_divergence(mu.float(), logvar.float())
+            loss = rec + args.beta * kl
+            if vgg is not None:
+                perc = vgg(recon, x).float()
+                loss = loss + args.perceptual * perc
+            if adv_on:
+                adv = g_adv_loss(D(recon).float())
+                loss = loss + args.adv * adv
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+
+        if adv_on:  # the PatchGAN learns to tell inputs from their reconstructions
+            with common.autocast(device, amp, amp_dtype):
+                loss_d = d_loss(D(x).float(), D(recon.detach()).float())
+            opt_d.zero_grad(set_to_none=True)
+            scaler.scale(loss_d).backward()
+            scaler.step(opt_d)
+        scaler.update()
+        ema.update(vae)
+        step += 1
+        bar.update(1)
+
+        if step % args.log_every == 0 or step == total:
+            losses = {"loss": loss.item(), "mse": rec.item(), "kl": kl.item()}
+            if vgg is not None:
+                losses["perceptual"] = perc.item()
+            if adv_on:
+                losses.update(adv=adv.item(), loss_d=loss_d.item())
+            common.check_finite(step, out, **losses)
+            log.write(kind="train", step=step, epoch=step / per_epoch, **losses)
+            bar.set_postfix(losses)
+        if step % per_epoch == 0:  # end of an epoch
+            row = common.epoch_end(out, step // per_epoch, args, clock,
+                                   lambda path: common.save_grid(ema.module.decode(fixed_z), path), eval_row, checkpoint)
+            if row is not None:
+                metrics, eval_step = row, step
+    bar.close()
+    stop.restore()
+    train_seconds = clock.seconds
+    checkpoint()
+    if eval_step != step:
+        metrics = eval_row()
+
+    # Final pictures, all from the EMA weights.
+    model = ema.module
+    with torch.no_grad():
+        t = time.time()
+        final = model.decode(fixed_z)
+        sample_seconds = (time.time() - t) / fixed_z.shape[0]
+        common.save_grid(final, out / "samples.png")
+        # recon.png: rows alternate 8 held-out inputs and their reconstructions (from mu).
+        inputs = shown
+        recons = model.decode(model.encode(inputs)[0])
+        pairs = torch.stack([inputs.view(-1, 8, *inputs.shape[1:]), recons.view(-1, 8, *inputs.shape[1:])], 1)
+        common.save_grid(pairs.flatten(0, 2), out / "recon.png")
+        # interp.png: slerp between the codes (mu) of two held-out images, 8 pairs.
+        mus = model.encode(shown[:16])[0].cpu()
+        walk = torch.cat([common.slerp(mus[i], mus[i + 8], torch.linspace(0, 1, 8)) for i in range(8)]).to(device)
+        common.save_grid(model.decode(walk), out / "interp.png")
+    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
+    params = {"params": common.count_params(vae, *([D] if D is not None else [])),
+              "params_vae": common.count_params(vae), "params_D": common.count_params(D) if D is not None else 0}
+    return common.write_summary(out, "vae", params, step, step / per_epoch, step * args.batch_size, train_seconds,
+                                sample_seconds, {**losses, **metrics}, stop)
+
+
+if __name__ == "__main__":
+    main()
