@@ -43,6 +43,9 @@ case "$PRESET" in
     GAN_HIGH=(--res 64 --ngf 16 --ndf 16 --attn-res 8,16)
     VAE=(--res 32 --width 32 --sample-every 20 --ckpt-every 20)
     ADV_START=300
+    # Phase 1 on the 100 built-in LFW faces, upscaled to 128 so MTCNN can find them.
+    FACES="$RUNS/data/lfw_faces"
+    PIPE=(--ngf 16 --ndf 16 --max-minutes "${MINUTES_PIPE:-1}" --fid-features auto --sample-every 50 --ckpt-every 50)
     DDPM=(--res 16 --ch-mult 1,2,2 --num-res-blocks 1 --dropout 0 --lr 1e-3 --sample-steps 20
           --sample-every 10 --ckpt-every 10)
     DDPM_BASE=(--base-ch 32 --attn-res 8)
@@ -58,6 +61,8 @@ case "$PRESET" in
     GAN_HIGH=(--res 64 --ngf 4 --ndf 4 --attn-res 16,32)
     VAE=(--res 32 --width 8 --latent 16 --ndf 8)
     ADV_START=1
+    FACES="$RUNS/data/lfw_faces"
+    PIPE=(--ngf 4 --ndf 4)
     DDPM=(--res 16 --ch-mult 1,2 --num-res-blocks 1 --dropout 0 --T 50 --sample-steps 5)
     DDPM_BASE=(--base-ch 8 --attn-res 8)
     DDPM_WIDE=(--base-ch 12 --attn-res 8)
@@ -73,6 +78,8 @@ case "$PRESET" in
     GAN_HIGH=(--res 128 --ngf 64 --ndf 64 --attn-res 16,32)
     VAE=(--width 64)
     ADV_START=5000
+    FACES="$DATA"
+    PIPE=()
     DDPM=(--lr 2e-4 --dropout 0.1 --num-res-blocks 2 --sample-steps 100)
     DDPM_BASE=(--base-ch 128 --attn-res 8,16)
     DDPM_WIDE=(--base-ch 192 --attn-res 8,16,32)
@@ -99,6 +106,62 @@ run() {
   fi
 }
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
+# ---------------------------------------------------------------------------
+# Phase 1: the data pipeline every later step uses, judged by DCGAN's FID at 64:
+#   1A resolution: 64 vs 128 (raw images)
+#   1B alignment:  raw vs MTCNN-aligned faces (align.py: eyes, nose and mouth
+#                  corners moved onto fixed positions by a similarity transform)
+#   1C augmentation: flip vs deluxe (flip + rotation +-5 deg + colour jitter), aligned
+#   1D data: aligned only vs aligned + raw mixed
+# The winners go to $RUNS/phase1.json. Without Inception weights there is no FID on
+# faces, and the comparison says so instead of guessing.
+if want 1; then
+  if [ "$PRESET" != full ] && [ ! -f "$FACES/.complete" ]; then
+    "$PY" - "$FACES" <<'EOF'
+import sys
+from pathlib import Path
+from PIL import Image
+from skimage.data import lfw_subset
+out = Path(sys.argv[1])
+out.mkdir(parents=True, exist_ok=True)
+for i, face in enumerate(lfw_subset()[:100]):  # 25x25 floats in [0, 1]
+    Image.fromarray((face * 255).round().astype("uint8")).resize((128, 128), Image.BICUBIC).save(out / f"{i:03d}.png")
+(out / ".complete").write_text("")
+EOF
+  fi
+  ALIGNED="$RUNS/data/aligned_128"
+  echo "== aligning $FACES -> $ALIGNED (resumable; done files are skipped)"
+  if "$PY" align.py "$FACES" "$ALIGNED" --size 128; then
+    P1=("${COMMON[@]}" "${GAN[@]}" "${PIPE[@]}")
+    run 1A_raw_64         dcgan.py "${P1[@]}" --data "$FACES" --res 64 --aug flip
+    run 1A_raw_128        dcgan.py "${P1[@]}" --data "$FACES" --res 128 --aug flip
+    run 1B_aligned_64     dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug flip
+    run 1C_aligned_deluxe dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug deluxe
+    run 1D_aligned_mix    dcgan.py "${P1[@]}" --data "$ALIGNED,$FACES" --res 64 --aug flip
+    "$PY" - "$RUNS" <<'EOF'
+import json, sys
+from pathlib import Path
+runs = Path(sys.argv[1])
+def fid(name):
+    path = runs / name / "summary.json"
+    return json.loads(path.read_text())["final"].get("fid") if path.exists() else None
+result = {}
+for step, a, b in [("1A resolution", "1A_raw_64", "1A_raw_128"), ("1B alignment", "1A_raw_64", "1B_aligned_64"),
+                   ("1C augmentation", "1B_aligned_64", "1C_aligned_deluxe"), ("1D data", "1B_aligned_64", "1D_aligned_mix")]:
+    fa, fb = fid(a), fid(b)
+    if fa is None or fb is None:
+        result[step] = {"winner": None, "why": "no FID (Inception weights missing, or a run failed)"}
+    else:
+        result[step] = {"winner": a if fa <= fb else b, "fid": {a: fa, b: fb}}
+    print(f"phase 1 {step}: {result[step]}")
+(runs / "phase1.json").write_text(json.dumps(result, indent=2) + "\n")
+EOF
+  else
+    echo "== align.py failed; phase 1 runs skipped" >&2
+    FAILED+=("1_align")
+  fi
+fi
 
 # ---------------------------------------------------------------------------
 # Phase 2: GAN evolution. Each step fixes the failure of the one before:

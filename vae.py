@@ -45,14 +45,21 @@ VGG_URL = f"https://download.pytorch.org/models/{VGG_NAME}"
 
 # ----------------------------------------------------------------------------- model
 
+def norm(ch):
+    # GroupNorm, not BatchNorm: a decoded image must not depend on the rest of the batch,
+    # and at evaluation the decoder sees posterior means, not the noisy z of training, so
+    # BatchNorm's running statistics would not fit.
+    return nn.GroupNorm(min(32, ch // 4), ch)
+
+
 def down(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, True))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), norm(c_out), nn.LeakyReLU(0.2, True))
 
 
 def up(c_in, c_out):
     # Nearest upsample + conv: every output pixel gets the same number of kernel taps.
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False),
-                         nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, True))
+                         norm(c_out), nn.LeakyReLU(0.2, True))
 
 
 class VAE(nn.Module):
