@@ -1,10 +1,11 @@
+import json
 import os
 import subprocess
 import sys
 
 from conftest import ROOT
 
-RUNS = ["2.1_dcgan", "2.2_wgan_gp", "2.3_sagan", "2.4_sagan_high", "3.1_vae_mse", "3.3_vae_patchgan", "4.1_ddpm_linear_eps", "4.2_ddpm_cosine_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide"]
+RUNS = ["1A_raw_64", "1A_raw_128", "1B_aligned_64", "1C_aligned_deluxe", "1D_aligned_mix", "2.1_dcgan", "2.2_wgan_gp", "2.3_sagan", "2.4_sagan_high", "3.1_vae_mse", "3.3_vae_patchgan", "4.1_ddpm_linear_eps", "4.2_ddpm_cosine_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide"]
 
 
 def run_all(runs_dir, *args):
@@ -22,10 +23,16 @@ def test_every_phase_runs_then_skips(tmp_path):
         assert (tmp_path / name / "summary.json").is_file(), name
         assert (tmp_path / name / "samples.png").is_file(), name
     assert "3.2_vae_perceptual: skipped: VGG-16 weights" in first.stdout
+    # Phase 1 aligned the built-in faces once and says why it names no winner (no Inception FID here).
+    assert "aligned: 100" in first.stdout and (tmp_path / "data" / "aligned_128" / "000.png").is_file()
+    phase1 = json.loads((tmp_path / "phase1.json").read_text())
+    assert set(phase1) == {"1A resolution", "1B alignment", "1C augmentation", "1D data"}
+    assert all(v["winner"] is None and "no FID" in v["why"] for v in phase1.values())
     assert "vgg16-397923af.pth" in (tmp_path / "3.2_vae_perceptual" / "SKIPPED").read_text()
     second = run_all(tmp_path)
     assert second.returncode == 0
     assert second.stdout.count("finished, skipped") == len(RUNS), second.stdout
+    assert "100 already done, 0 to align" in second.stdout
 
 
 def test_failed_run_is_reported_and_study_goes_on(tmp_path):
