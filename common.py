@@ -606,6 +606,20 @@ def save_gan_outputs(G, fixed_z, out, seed, labels=None):
     return sample_seconds
 
 
+@torch.no_grad()
+def generate(G, n, nz, device, seed, labels=None, batch_size=256):
+    """n images from G(z, y), z ~ N(0, I) from a generator seeded with `seed` (the same
+    noise at every evaluation, and training's RNG untouched), in batches, gathered on
+    the CPU. `labels` (n,) for a conditional G."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, batch_size):
+        z = torch.randn(min(batch_size, n - i), nz, generator=g).to(device)
+        y = labels[i:i + len(z)].to(device) if labels is not None else None
+        out.append(G(z, y).float().cpu())
+    return torch.cat(out)
+
+
 def count_params(*models):
     return sum(p.numel() for m in models for p in m.parameters())
 

@@ -149,17 +149,6 @@ def g_loss(fake_logits):
 # ----------------------------------------------------------------------------- sampling
 
 @torch.no_grad()
-def generate(G, n, nz, device, labels=None, batch_size=256, generator=None):
-    """n images in [-1, 1] from fresh noise (labels cycle through the classes)."""
-    out = []
-    for i in range(0, n, batch_size):
-        b = min(batch_size, n - i)
-        z = torch.randn(b, nz, generator=generator).to(device)
-        y = labels[i:i + b].to(device) if labels is not None else None
-        out.append(G(z, y).float().cpu())
-    return torch.cat(out)
-
-
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv=None):
@@ -203,9 +192,7 @@ def main(argv=None):
     def fid_row():
         if evaluate.features == "none":  # no feature space: skip the sampling too
             return {}
-        # The same noise at every evaluation (its own generator: training's RNG is untouched).
-        fake = generate(ema.module, args.fid_n, args.nz, device, fid_labels,
-                        generator=torch.Generator().manual_seed(args.seed + 2))
+        fake = common.generate(ema.module, args.fid_n, args.nz, device, args.seed + 2, fid_labels)
         return common.log_fid(log, evaluate(fake), step, step / per_epoch)
 
     def D_aug(x, y):  # with --diffaug, D sees every image, real or fake, augmented

@@ -49,7 +49,9 @@ def norm(ch):
     # GroupNorm, not BatchNorm: a decoded image must not depend on the rest of the batch,
     # and at evaluation the decoder sees posterior means, not the noisy z of training, so
     # BatchNorm's running statistics would not fit.
-    return nn.GroupNorm(min(32, ch // 4), ch)
+    # 32 groups where the width allows, never fewer than 4 channels a group (any width works).
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0 and (ch // g >= 4 or g == 1))
+    return nn.GroupNorm(groups, ch)
 
 
 def down(c_in, c_out):
@@ -178,12 +180,6 @@ def heldout_mse(vae, data, device, batch_size=256):
     return total / n
 
 
-@torch.no_grad()
-def prior_samples(vae, n, device, generator, batch_size=256):
-    return torch.cat([vae.decode(torch.randn(min(batch_size, n - i), vae.latent, generator=generator).to(device)).cpu()
-                      for i in range(0, n, batch_size)])
-
-
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv=None):
@@ -240,7 +236,8 @@ def main(argv=None):
         model = ema.module
         row = {"heldout_mse": heldout_mse(model, heldout, device)}
         if evaluate.features != "none":
-            row.update(evaluate(prior_samples(model, args.fid_n, device, torch.Generator().manual_seed(args.seed + 2))))
+            prior = common.generate(lambda z, y: model.decode(z), args.fid_n, args.latent, device, args.seed + 2)
+            row.update(evaluate(prior))
             common.log_fid(log, row, step, step / per_epoch)
         else:
             log.write(kind="eval", step=step, epoch=step / per_epoch, **row)

@@ -146,11 +146,7 @@ def main(argv=None):
     def fid_row():
         if evaluate.features == "none":  # no feature space: skip the sampling too
             return {}
-        # The same noise at every evaluation (its own generator: training's RNG is untouched).
-        g = torch.Generator().manual_seed(args.seed + 2)
-        with torch.no_grad():
-            fake = torch.cat([ema.module(torch.randn(min(256, args.fid_n - i), args.nz, generator=g).to(device)).cpu()
-                              for i in range(0, args.fid_n, 256)])
+        fake = common.generate(ema.module, args.fid_n, args.nz, device, args.seed + 2)
         return common.log_fid(log, evaluate(fake), step, step * args.n_critic / per_epoch)
 
     objects = {"G": G, "C": C, "ema": ema, "opt_g": opt_g, "opt_c": opt_c, "scaler": scaler, **schedulers}
