@@ -193,7 +193,7 @@ def main(argv=None):
         if evaluate.features == "none":  # no feature space: skip the sampling too
             return {}
         fake = common.generate(ema.module, args.fid_n, args.nz, device, args.seed + 2, fid_labels)
-        return common.log_fid(log, evaluate(fake), step, step / per_epoch)
+        return common.log_fid(log, evaluate(fake, out / "worst.png"), step, step / per_epoch)
 
     def D_aug(x, y):  # with --diffaug, D sees every image, real or fake, augmented
         return D(common.diff_augment(x, args.diffaug), y)

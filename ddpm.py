@@ -321,7 +321,7 @@ def main(argv=None):
             return {}
         fake = sample(ema.module, args.fid_n, args, alpha_bar, betas, channels,
                       generator=torch.Generator().manual_seed(args.seed + 2))
-        return common.log_fid(log, evaluate(fake), step, step / per_epoch)
+        return common.log_fid(log, evaluate(fake, out / "worst.png"), step, step / per_epoch)
 
     objects = {"model": model, "ema": ema, "opt": opt, "scaler": scaler}
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from scipy import linalg
+from scipy.spatial.distance import cdist, pdist
 
 import common
 
@@ -329,6 +330,19 @@ def inception_score(logits, splits=10):
     return float(np.mean(scores)), float(np.std(scores))
 
 
+def diversity(acts, n=500):
+    """Mean pairwise Euclidean distance between the first n feature vectors: near 0 when a
+    model repeats itself (mode collapse), compared with the same number on real images."""
+    return float(pdist(np.asarray(acts, np.float64)[:n]).mean())
+
+
+def farthest_from(acts, real_acts, k=16):
+    """Indices of the k rows of acts farthest from their nearest real neighbour: the samples
+    that look least like any training-distribution image, the worst first."""
+    nearest = cdist(acts, real_acts).min(axis=1)
+    return np.argsort(-nearest, kind="stable")[:k]
+
+
 def save_stats(path, mu, sigma):
     common._atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
 
@@ -454,9 +468,11 @@ class Evaluator:
             common._atomic_write(path, lambda f: np.savez(f, acts=self.real_acts, mu=self.real_acts.mean(0),
                                                           sigma=np.cov(self.real_acts, rowvar=False)))
         self.real_stats = stats(self.real_acts)
+        self.real_diversity = diversity(self.real_acts)
 
-    def __call__(self, fake):
-        """fake: generated images in [-1, 1] (N, C, H, W) -> metrics dict (empty when off)."""
+    def __call__(self, fake, worst_path=None):
+        """fake: generated images in [-1, 1] (N, C, H, W) -> metrics dict (empty when off).
+        worst_path: where to save a 4x4 grid of the 16 samples farthest from any real image."""
         if self.features == "none":
             return {}
         acts, logits = activations(to_unit_uint8(fake), self.model, device=self.device, with_logits=True)
@@ -465,7 +481,10 @@ class Evaluator:
                           "samples bias FID upwards; compare only at equal counts, or use KID")
         kid_mean, kid_std = kid(acts, self.real_acts, subsets=50)
         row = {"features": self.features, "fid": frechet_distance(*stats(acts), *self.real_stats),
-               "kid": kid_mean, "kid_std": kid_std, "n_fake": len(acts), "n_real": self.n_real}
+               "kid": kid_mean, "kid_std": kid_std, "n_fake": len(acts), "n_real": self.n_real,
+               "diversity": diversity(acts), "diversity_real": self.real_diversity}
+        if worst_path is not None:
+            common.save_grid(fake[torch.from_numpy(farthest_from(acts, self.real_acts))], worst_path, nrow=4)
         if self.features == "inception":
             row["is"], row["is_std"] = inception_score(logits)
         else:

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # genstudy: the whole study as one recipe, read top to bottom.
 #
-#   bash run_all.sh --preset smoke              built-in digits on the CPU, minutes
+#   bash run_all.sh --preset smoke              built-in data on the CPU, under 30 minutes
 #   DATA=/data/celeba bash run_all.sh --preset full    the study's settings on a GPU
-#   bash run_all.sh --preset smoke --only 2     one phase
+#   bash run_all.sh --preset smoke --only 2     one phase (then the report)
 #
-# Every run writes runs/<name>/. Re-running the script skips finished runs and
-# resumes unfinished ones (--resume); a run that fails is reported and the study
-# goes on with the next one.
+# Every run writes runs/<name>/, and the study ends with runs/REPORT.md (report.py).
+# Re-running the script skips finished runs and resumes unfinished ones (--resume);
+# a run that fails is reported and the study goes on with the next one.
 set -uo pipefail
 cd "$(dirname "$0")"
 
@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --preset) PRESET="${2:?--preset needs smoke|full}"; shift 2 ;;
     --only) ONLY="${2:?--only needs a phase number}"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (use --preset smoke|full, --only PHASE)" >&2; exit 2 ;;
   esac
 done
@@ -28,26 +28,28 @@ mkdir -p "$RUNS"
 
 case "$PRESET" in
   smoke)
-    # Built-in digits at 32x32 on the CPU. Small nets that take thousands of
-    # steps beat big ones that take hundreds; each run is bounded in minutes.
-    # The digits are 8x8 at the source, so res 16 loses nothing and is 4x cheaper than 32.
+    # The built-in digits on the CPU, each run bounded in minutes (1 per step, 2 for
+    # the phase-5 finalists). The digits are 8x8 at the source, so 16x16 loses nothing
+    # and costs a quarter of 32x32: small nets taking thousands of steps beat big ones
+    # taking hundreds. FID(digits) from 500 samples against the 299 held-out digits.
     DATA="${DATA:-digits}"
-    MINUTES="${MINUTES:-3}"
+    MINUTES="${MINUTES:-1}"
     COMMON=(--data "$DATA" --device cpu --epochs 100000 --max-minutes "$MINUTES" --aug none
-            --fid-every 0 --fid-n 1000 --fid-features digits --log-every 50)
-    GAN=(--res 32 --ngf 32 --ndf 32 --sample-every 20 --ckpt-every 20)
-    # Self-attention at res/4, the depth where the full study puts it (16 at 64): at
-    # 32x32 that is 8x8, which also keeps the penalty's double backward cheap on a CPU.
+            --fid-n 500 --fid-features digits --log-every 25)
+    FINAL=(--max-minutes "${FINAL_MINUTES:-2}")
+    GAN=(--res 16 --ngf 32 --ndf 32 --fid-every 10 --sample-every 5 --ckpt-every 20)
+    # Self-attention at 8x8, the depth of the study's 16x16 at 64, relative to the image.
     SAGAN=(--attn-res 8)
-    # 2.4 asks "does it hold at a higher resolution?": on a CPU in minutes that is 64, not 128.
-    GAN_HIGH=(--res 64 --ngf 16 --ndf 16 --attn-res 8,16)
-    VAE=(--res 32 --width 32 --sample-every 20 --ckpt-every 20)
+    # 2.4 asks "does it hold at a higher resolution?": twice the side, as 64 -> 128.
+    GAN_HIGH=(--res 32 --ngf 16 --ndf 16 --attn-res 8)
+    VAE=(--res 16 --width 32 --fid-every 5 --sample-every 2 --ckpt-every 10)
     ADV_START=300
     # Phase 1 on the 100 built-in LFW faces, upscaled to 128 so MTCNN can find them.
     FACES="$RUNS/data/lfw_faces"
-    PIPE=(--ngf 16 --ndf 16 --max-minutes "${MINUTES_PIPE:-1}" --fid-features auto --sample-every 50 --ckpt-every 50)
+    PIPE=(--ngf 16 --ndf 16 --max-minutes "${MINUTES_PIPE:-0.5}" --fid-features auto --fid-every 0
+          --sample-every 50 --ckpt-every 50)
     DDPM=(--res 16 --ch-mult 1,2,2 --num-res-blocks 1 --dropout 0 --lr 1e-3 --sample-steps 20
-          --sample-every 10 --ckpt-every 10)
+          --fid-every 5 --sample-every 1 --ckpt-every 5)
     DDPM_BASE=(--base-ch 32 --attn-res 8)
     DDPM_WIDE=(--base-ch 48 --attn-res 4,8)
     ;;
@@ -56,6 +58,7 @@ case "$PRESET" in
     DATA="${DATA:-digits}"
     COMMON=(--data "$DATA" --device cpu --max-steps 3 --batch-size 16 --aug none
             --fid-features none --log-every 1)
+    FINAL=(--max-steps 6)
     GAN=(--res 32 --ngf 8 --ndf 8)
     SAGAN=(--attn-res 16)
     GAN_HIGH=(--res 64 --ngf 4 --ndf 4 --attn-res 16,32)
@@ -73,6 +76,7 @@ case "$PRESET" in
     : "${DATA:?the full preset needs DATA=/path/to/images (for CelebA, img_align_celeba/)}"
     COMMON=(--data "$DATA" --crop "${CROP:-178}" --res 64 --epochs 100 --batch-size 64 --aug flip
             --fid-every 25 --fid-n 5000 --fid-n-real 5000 --sample-every 1 --ckpt-every 1)
+    FINAL=(--epochs 200)
     GAN=(--ngf 64 --ndf 64)
     SAGAN=(--attn-res 16)
     GAN_HIGH=(--res 128 --ngf 64 --ndf 64 --attn-res 16,32)
@@ -87,21 +91,32 @@ case "$PRESET" in
   *) echo "run_all.sh: unknown preset $PRESET (smoke, full or test)" >&2; exit 2 ;;
 esac
 
-# run NAME SCRIPT FLAGS...: skip a finished run, resume an unfinished one.
+# run NAME SCRIPT FLAGS...: skip a finished run, resume an unfinished one. Every run is
+# recorded (phase 5 retrains the winners with their own flags) but only runs in the
+# phases asked for. A failed run leaves FAILED (exit code and last error line) for
+# the report; its output also goes to stderr.log.
 FAILED=()
+declare -A SCRIPT_OF FLAGS_OF
 run() {
   local name="$1" script="$2"; shift 2
+  SCRIPT_OF[$name]="$script"
+  FLAGS_OF[$name]="$(printf '%q ' "$@")"
+  want "$PHASE" || return 0
   local out="$RUNS/$name"
   if [ -f "$out/summary.json" ] && grep -q '"complete": true' "$out/summary.json"; then
     echo "== $name: finished, skipped"
     return 0
   fi
   echo "== $name: $PY $script $*"
-  if "$PY" "$script" "$@" --out "$out" --resume; then
+  mkdir -p "$out"
+  { "$PY" "$script" "$@" --out "$out" --resume 2>&1 1>&3 | tee "$out/stderr.log" >&2; } 3>&1
+  local status=${PIPESTATUS[0]}
+  if [ "$status" -eq 0 ]; then
     rm -f "$out/FAILED"
   else
-    echo "== $name: FAILED (exit $?), going on with the next run" >&2
-    echo "$script $*" > "$out/FAILED" 2>/dev/null || true
+    echo "== $name: FAILED (exit $status), going on with the next run" >&2
+    { echo "exit $status"; tr '\r' '\n' < "$out/stderr.log" | grep -v -e 'it/s' -e 's/it' | grep . | tail -n 1
+    } > "$out/FAILED"
     FAILED+=("$name")
   fi
 }
@@ -116,6 +131,7 @@ want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 #   1D data: aligned only vs aligned + raw mixed
 # The winners go to $RUNS/phase1.json. Without Inception weights there is no FID on
 # faces, and the comparison says so instead of guessing.
+PHASE=1
 if want 1; then
   if [ "$PRESET" != full ] && [ ! -f "$FACES/.complete" ]; then
     "$PY" - "$FACES" <<'EOF'
@@ -175,15 +191,17 @@ fi
 #   2.4 the same at a higher resolution (128 in the full study): does it hold?
 # The full preset also runs 2.3 with SAGAN's hinge loss: spectral norm and a
 # gradient penalty pull against each other, and the report shows both.
-if want 2; then
-  run 2.1_dcgan      dcgan.py   "${COMMON[@]}" "${GAN[@]}"
-  run 2.2_wgan_gp    wgan_gp.py "${COMMON[@]}" "${GAN[@]}"
-  run 2.3_sagan      sagan.py   "${COMMON[@]}" "${GAN[@]}" "${SAGAN[@]}"
-  run 2.4_sagan_high sagan.py   "${COMMON[@]}" "${GAN[@]}" "${GAN_HIGH[@]}"
-  if [ "$PRESET" = full ]; then
-    run 2.3h_sagan_hinge sagan.py "${COMMON[@]}" "${GAN[@]}" "${SAGAN[@]}" --loss hinge --n-critic 1 \
-      --lr-g 1e-4 --lr-d 4e-4
-  fi
+# (Phases 2-4 list their runs even when --only skips them: phase 5 needs their flags.)
+PHASE=2
+run 2.1_dcgan      dcgan.py   "${COMMON[@]}" "${GAN[@]}"
+run 2.2_wgan_gp    wgan_gp.py "${COMMON[@]}" "${GAN[@]}"
+run 2.3_sagan      sagan.py   "${COMMON[@]}" "${GAN[@]}" "${SAGAN[@]}"
+run 2.4_sagan_high sagan.py   "${COMMON[@]}" "${GAN[@]}" "${GAN_HIGH[@]}"
+GAN_FINALISTS=(2.1_dcgan 2.2_wgan_gp 2.3_sagan)
+if [ "$PRESET" = full ]; then
+  run 2.3h_sagan_hinge sagan.py "${COMMON[@]}" "${GAN[@]}" "${SAGAN[@]}" --loss hinge --n-critic 1 \
+    --lr-g 1e-4 --lr-d 4e-4
+  GAN_FINALISTS+=(2.3h_sagan_hinge)
 fi
 
 # ---------------------------------------------------------------------------
@@ -195,24 +213,25 @@ fi
 #       L = L_mse + 0.1 L_vgg + 0.1 L_adv + 1e-4 L_kl.
 # VGG-16 needs torchvision's ImageNet weights; without them 3.2 is skipped (and
 # 3.3 runs without its perceptual term), saying so.
+PHASE=3
 have_vgg() {
   "$PY" -c "import common, vae; common.find_pretrained(vae.VGG_NAME, vae.VGG_URL, None, 'VGG_WEIGHTS', download=False)" \
     >/dev/null 2>&1
 }
-if want 3; then
-  run 3.1_vae_mse vae.py "${COMMON[@]}" "${VAE[@]}" --beta 1.0
-  PERCEPTUAL=(--perceptual 0.1)
-  if [ "$PRESET" = full ] || have_vgg; then
-    run 3.2_vae_perceptual vae.py "${COMMON[@]}" "${VAE[@]}" --beta 1e-4 "${PERCEPTUAL[@]}"
-  else
-    PERCEPTUAL=()
-    msg="VGG-16 weights (vgg16-397923af.pth) not found in \$VGG_WEIGHTS or the torch hub cache"
+run 3.1_vae_mse vae.py "${COMMON[@]}" "${VAE[@]}" --beta 1.0
+PERCEPTUAL=(--perceptual 0.1)
+if [ "$PRESET" = full ] || have_vgg; then
+  run 3.2_vae_perceptual vae.py "${COMMON[@]}" "${VAE[@]}" --beta 1e-4 "${PERCEPTUAL[@]}"
+else
+  PERCEPTUAL=()
+  msg="VGG-16 weights (vgg16-397923af.pth) not found in \$VGG_WEIGHTS or the torch hub cache"
+  if want 3; then
     echo "== 3.2_vae_perceptual: skipped: $msg; 3.3 runs without its perceptual term"
     mkdir -p "$RUNS/3.2_vae_perceptual" && echo "$msg" > "$RUNS/3.2_vae_perceptual/SKIPPED"
   fi
-  run 3.3_vae_patchgan vae.py "${COMMON[@]}" "${VAE[@]}" --beta 1e-4 "${PERCEPTUAL[@]}" --adv 0.1 \
-    --adv-start "$ADV_START"
 fi
+run 3.3_vae_patchgan vae.py "${COMMON[@]}" "${VAE[@]}" --beta 1e-4 "${PERCEPTUAL[@]}" --adv 0.1 \
+  --adv-start "$ADV_START"
 
 # ---------------------------------------------------------------------------
 # Phase 4: DDPM evolution (ddpm.py). Each step changes one thing:
@@ -222,18 +241,42 @@ fi
 #   4.3 v-prediction: eps-prediction's x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar)
 #       amplifies errors at high noise; v stays well scaled (Salimans & Ho 2022).
 #   4.4 a wider U-Net with attention at more resolutions: is capacity the limit now?
-if want 4; then
-  run 4.1_ddpm_linear_eps ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule linear --pred eps
-  run 4.2_ddpm_cosine_eps ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule cosine --pred eps
-  run 4.3_ddpm_cosine_v   ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule cosine --pred v
-  run 4.4_ddpm_wide       ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_WIDE[@]}" --schedule cosine --pred v
+PHASE=4
+run 4.1_ddpm_linear_eps ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule linear --pred eps
+run 4.2_ddpm_cosine_eps ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule cosine --pred eps
+run 4.3_ddpm_cosine_v   ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule cosine --pred v
+run 4.4_ddpm_wide       ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_WIDE[@]}" --schedule cosine --pred v
+
+# ---------------------------------------------------------------------------
+# Phase 5: the cross-family comparison. The best run of each family (lowest FID;
+# without FID, the first finished one) is trained again, longer (FINAL: 200 epochs
+# in the full study) under identical conditions: same data, resolution, batch,
+# budget and evaluation. 2.4 is not a candidate: it changes the resolution.
+# The picks are made once and kept in $RUNS/phase5.json (delete it to pick again).
+PHASE=5
+if want 5; then
+  for family in gan vae ddpm; do
+    case $family in
+      gan) candidates=("${GAN_FINALISTS[@]}") ;;
+      vae) candidates=(3.1_vae_mse 3.2_vae_perceptual 3.3_vae_patchgan) ;;
+      ddpm) candidates=(4.1_ddpm_linear_eps 4.2_ddpm_cosine_eps 4.3_ddpm_cosine_v 4.4_ddpm_wide) ;;
+    esac
+    if best=$("$PY" report.py "$RUNS" --pick "$family" "${candidates[@]}"); then
+      eval "run 5_$family ${SCRIPT_OF[$best]} ${FLAGS_OF[$best]} $(printf '%q ' "${FINAL[@]}")"
+    else
+      echo "== 5_$family: no finished $family run to retrain" >&2
+      FAILED+=("5_$family")
+    fi
+  done
 fi
 
 # ---------------------------------------------------------------------------
+# The report: one table per phase, FID curves, sample grids, the phase-5 comparison.
+"$PY" report.py "$RUNS" || FAILED+=("report")
 echo
 if [ ${#FAILED[@]} -gt 0 ]; then
-  echo "finished with failed runs: ${FAILED[*]} (see $RUNS/<name>/FAILED)"
+  echo "finished with failed runs: ${FAILED[*]} (see $RUNS/<name>/FAILED); report: $RUNS/REPORT.md"
   exit 1
 else
-  echo "all runs finished; outputs in $RUNS/ (samples.png, progress.gif, metrics.jsonl in each run)"
+  echo "all runs finished; the report is $RUNS/REPORT.md"
 fi

@@ -201,7 +201,7 @@ def main(argv=None):
         if evaluate.features == "none":  # no feature space: skip the sampling too
             return {}
         fake = common.generate(ema.module, args.fid_n, args.nz, device, args.seed + 2)
-        return common.log_fid(log, evaluate(fake), step, step * args.n_critic / per_epoch)
+        return common.log_fid(log, evaluate(fake, out / "worst.png"), step, step * args.n_critic / per_epoch)
 
     objects = {"G": G, "C": C, "ema": ema, "opt_g": opt_g, "opt_c": opt_c, "scaler": scaler, **schedulers}
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)

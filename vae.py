@@ -237,7 +237,7 @@ def main(argv=None):
         row = {"heldout_mse": heldout_mse(model, heldout, device)}
         if evaluate.features != "none":
             prior = common.generate(lambda z, y: model.decode(z), args.fid_n, args.latent, device, args.seed + 2)
-            row.update(evaluate(prior))
+            row.update(evaluate(prior, out / "worst.png"))
             common.log_fid(log, row, step, step / per_epoch)
         else:
             log.write(kind="eval", step=step, epoch=step / per_epoch, **row)

@@ -1,0 +1,334 @@
+"""report.py: turn the study's run folders into REPORT.md.
+
+  python report.py runs                                  # runs/REPORT.md + runs/report/*.png
+  python report.py runs --pick gan 2.1_dcgan 2.2_wgan_gp # phase 5: print (and keep) the best run
+
+It reads run folders only (args.json, summary.json, metrics.jsonl, FAILED, SKIPPED and the
+PNGs each script wrote) and imports no model code, so it also reports a study that is still
+running or one whose runs failed. A folder is a run when its name starts with a digit; the
+digit is its phase (5_gan is the phase-5 finalist of the GAN family).
+
+Each phase gets a table (step, model, FID at the last evaluation, params, train time,
+images/s, observed failure), a FID-curve plot and a 16-sample grid per step. Phase 5 adds
+KID, IS, diversity, sample time, progression grids, interpolations, the DDPM denoising strip
+and each finalist's 16 worst samples (worst.png: farthest from any held-out image in feature
+space). The "observed failure" column comes from the run's own numbers, never from a guess:
+  failed / skipped / unfinished       the FAILED or SKIPPED file, or no summary.json
+  NaN                                 a non-finite value anywhere in metrics.jsonl
+  discriminator wins                  DCGAN's loss_D below 0.1 over the last tenth of training
+  diverged                            the mean of `loss` (VAE, DDPM) or of the critic's
+                                      Wasserstein estimate over the last tenth of training is
+                                      over 3x its best tenth
+  mode collapse                       fewer than 8 of the 10 digit classes (digits features)
+  low diversity                       mean pairwise feature distance under half the real one
+  posterior collapse                  VAE's KL under 0.5 nats over the last tenth
+"""
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PHASES = {
+    "1": "Phase 1: the data pipeline (DCGAN on faces)",
+    "2": "Phase 2: GAN evolution",
+    "3": "Phase 3: VAE evolution",
+    "4": "Phase 4: DDPM evolution",
+    "5": "Phase 5: the best of each family, trained longer under identical conditions",
+}
+PROGRESS_AT = (10, 50, 100, 200)  # the full study's 200 epochs; a shorter run shows its share
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+def read_json(path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_rows(path):
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a run killed mid-write leaves half a line
+            pass
+    return rows
+
+
+def load_run(folder):
+    summary = read_json(folder / "summary.json")
+    run = {"name": folder.name, "dir": folder, "args": read_json(folder / "args.json") or {},
+           "summary": summary, "rows": read_rows(folder / "metrics.jsonl"), "note": ""}
+    if (folder / "SKIPPED").is_file():
+        run["status"], run["note"] = "skipped", (folder / "SKIPPED").read_text().strip()
+    elif (folder / "FAILED").is_file():
+        run["status"], run["note"] = "failed", " ".join((folder / "FAILED").read_text().split("\n")).strip()
+    else:
+        run["status"] = "complete" if summary and summary.get("complete") else "unfinished"
+    run["fids"] = [r for r in run["rows"] if r.get("kind") == "fid" and math.isfinite(r.get("fid", math.nan))]
+    return run
+
+
+def load_runs(root):
+    return {f.name: load_run(f) for f in sorted(Path(root).iterdir()) if f.is_dir() and f.name[:1].isdigit()}
+
+
+def last_fid(run):
+    return run["fids"][-1] if run["fids"] else None
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+def tenths(values):
+    """Means of ten consecutive chunks: the curve with the step-to-step noise averaged out."""
+    return [float(np.mean(c)) for c in np.array_split(np.asarray(values, float), min(10, len(values)))]
+
+
+def diagnose(run):
+    """The run's observed failures, each with the number that shows it (empty: none seen)."""
+    if run["status"] != "complete":
+        return [f"{run['status']}: {run['note'] or 'no summary.json (re-run to resume it)'}"]
+    found = []
+    for row in run["rows"]:
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            found.append(f"NaN: {bad[0]} at step {row.get('step')}")
+            break
+    train = [r for r in run["rows"] if r.get("kind") == "train"]
+    series = {k: [r[k] for r in train if k in r and math.isfinite(r[k])] for k in ("loss_d", "loss", "wasserstein", "kl")}
+    if len(series["loss_d"]) >= 10 and tenths(series["loss_d"])[-1] < 0.1:
+        found.append(f"discriminator wins: loss_D {tenths(series['loss_d'])[-1]:.3f} at the end")
+    for key in ("loss", "wasserstein"):
+        if len(series[key]) >= 10:
+            curve = tenths(series[key])
+            if min(curve) > 0 and curve[-1] > 3 * min(curve):
+                found.append(f"diverged: {key} {min(curve):.3g} at best, {curve[-1]:.3g} at the end")
+    if run["summary"].get("model") == "vae" and len(series["kl"]) >= 10 and tenths(series["kl"])[-1] < 0.5:
+        found.append(f"posterior collapse: KL {tenths(series['kl'])[-1]:.2f} nats")
+    row = last_fid(run)
+    if row and row.get("classes_covered", 10) < 8:
+        found.append(f"mode collapse: {row['classes_covered']}/10 digit classes")
+    if row and row.get("diversity_real") and row["diversity"] < 0.5 * row["diversity_real"]:
+        found.append(f"low diversity: {row['diversity'] / row['diversity_real']:.2f} of real")
+    return found
+
+
+# ----------------------------------------------------------------------------- formatting
+
+def fmt(x, spec=".2f"):
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def minutes(seconds):
+    return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def describe(run):
+    """The run's model in a few words, from its args.json."""
+    a, model = run["args"], (run["summary"] or {}).get("model", run["args"].get("out", "?").split("/")[-1])
+    extra = {"dcgan": f"{a.get('g_arch', 'dcgan')} G, aug {a.get('aug')}", "vae": f"beta {a.get('beta')}, "
+             f"perceptual {a.get('perceptual')}, adv {a.get('adv')}", "ddpm": f"{a.get('schedule')} "
+             f"{a.get('pred')}, {a.get('base_ch')} ch", "sagan": f"{a.get('loss')}, attn {a.get('attn_res')}",
+             "wgan_gp": f"n_critic {a.get('n_critic')}"}.get(model, "")
+    return f"{model} {a.get('res', '?')}px" + (f" ({extra})" if extra else "")
+
+
+def evaluated(row):
+    if row is None:
+        return "no FID (feature space off, or no Inception weights)"
+    space = "FID(digits)" if row["features"] == "digits" else "FID(Inception pool3)"
+    return f"{space}, {row['n_fake']} samples vs {row['n_real']} held-out, epoch {row['epoch']:.0f}"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+def phase_table(runs):
+    rows = []
+    for run in runs:
+        s, row = run["summary"] or {}, last_fid(run)
+        rows.append([run["name"].split("_")[0], f"`{run['name']}`", describe(run), fmt(row and row["fid"]),
+                     evaluated(row), fmt(s.get("params", 0) / 1e6 if s else None, ".2f") + "M",
+                     minutes(s.get("train_seconds")), fmt(s.get("images_per_s"), ".0f"),
+                     "; ".join(diagnose(run)) or "none flagged"])
+    return table(["step", "run", "model", "FID", "evaluated", "params", "train time", "images/s",
+                  "observed failure"], rows)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def first16(png):
+    """The top-left 4x4 images of an 8-wide grid written by save_grid (2 px padding)."""
+    img = Image.open(png).convert("RGB")
+    res = (img.width - 2) // 8 - 2
+    side = 4 * (res + 2) + 2
+    return img.crop((0, 0, side, side))
+
+
+def plt_():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def fid_curves(runs, path):
+    """FID against epoch, one line per run; None when no run has a FID."""
+    runs = [r for r in runs if r["fids"]]
+    if not runs:
+        return None
+    plt = plt_()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for run in runs:
+        ax.plot([r["epoch"] for r in run["fids"]], [r["fid"] for r in run["fids"]], "o-", label=run["name"], ms=3)
+    ax.set(xlabel="epoch", ylabel=evaluated(runs[0]["fids"][-1]).split(",")[0], yscale="log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def image_grid(panels, path, ncols):
+    """panels: [(title, PIL image)] -> one figure, ncols wide."""
+    plt = plt_()
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, 2.3 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, img) in zip(axes.flat, panels):
+        ax.imshow(img)
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def progression(run):
+    """(title, 4x4 crop) of the epoch grids nearest the full study's epochs 10/50/100/200,
+    scaled to this run's length."""
+    frames = {int(p.stem.split("_")[1]): p for p in (run["dir"] / "samples").glob("epoch_*.png")}
+    if not frames:
+        return []
+    last = max(frames)
+    chosen = sorted({min(frames, key=lambda e: abs(e - last * at / PROGRESS_AT[-1])) for at in PROGRESS_AT})
+    return [(f"{run['name']} epoch {e}", first16(frames[e])) for e in chosen]
+
+
+# ----------------------------------------------------------------------------- the report
+
+def phase_section(phase, runs, figdir, lines):
+    lines += [f"## {PHASES[phase]}", ""]
+    if phase == "1" and (figdir.parent / "phase1.json").is_file():
+        for step, result in read_json(figdir.parent / "phase1.json").items():
+            lines.append(f"- {step}: winner {result.get('winner') or 'none'}"
+                         + (f" ({result['why']})" if result.get("why") else f", FID {result.get('fid')}"))
+        lines.append("")
+    lines += phase_table(runs) + [""]
+    curve = fid_curves(runs, figdir / f"phase{phase}_fid.png")
+    lines.append(f"![FID curves](report/{curve.name})" if curve else "No FID curve: no run of this phase has a FID.")
+    panels = [(r["name"], first16(r["dir"] / "samples.png")) for r in runs if (r["dir"] / "samples.png").is_file()]
+    if panels:
+        lines.append(f"\n16 samples per step (EMA weights, fixed noise):\n\n"
+                     f"![samples](report/{image_grid(panels, figdir / f'phase{phase}_samples.png', len(panels)).name})")
+    lines.append("")
+
+
+def phase5_section(runs, figdir, lines):
+    picks = read_json(figdir.parent / "phase5.json") or {}
+    rows = []
+    for run in runs:
+        s, row = run["summary"] or {}, last_fid(run) or {}
+        pick = picks.get(run["name"].split("_", 1)[1], {})
+        rows.append([f"`{run['name']}`", f"`{pick.get('run', '?')}` ({pick.get('why', '?')})", describe(run),
+                     fmt(row.get("fid")), fmt(row.get("kid"), ".4g"),
+                     fmt(row.get("is")) if "is" in row else "n/a (needs Inception weights)",
+                     f"{fmt(row.get('diversity'), '.3g')} / {fmt(row.get('diversity_real'), '.3g')}",
+                     fmt(row.get("lpips"), ".3f") if "lpips" in row else "n/a (needs VGG-16 weights)",
+                     fmt(s.get("params", 0) / 1e6 if s else None) + "M", minutes(s.get("train_seconds")),
+                     fmt(s.get("sample_seconds_per_image"), ".4f"), "; ".join(diagnose(run)) or "none flagged"])
+    lines += [f"## {PHASES['5']}", "", evaluated(next((last_fid(r) for r in runs if r["fids"]), None)) + ".", ""]
+    lines += table(["finalist", "retrained from", "model", "FID", "KID", "IS", "diversity (fake / real)",
+                    "LPIPS diversity", "params", "train time", "sample s/img", "observed failure"], rows) + [""]
+    curve = fid_curves(runs, figdir / "phase5_fid.png")
+    if curve:
+        lines += [f"![FID curves](report/{curve.name})", ""]
+    panels = [p for run in runs for p in progression(run)]
+    if panels:
+        lines += ["Progression (epoch grids at the study's epochs 10, 50, 100, 200, or this run's share):", "",
+                  f"![progression](report/{image_grid(panels, figdir / 'phase5_progress.png', 4).name})", ""]
+    for title, file in [("Latent interpolations (slerp)", "interp.png"), ("DDPM denoising (x_T to x_0)", "denoise.png"),
+                        ("16 worst samples (farthest from any held-out image in feature space)", "worst.png")]:
+        shown = [f"![{run['name']}]({run['name']}/{file})" for run in runs if (run["dir"] / file).is_file()]
+        missing = [run["name"] for run in runs if not (run["dir"] / file).is_file()]
+        lines += [f"**{title}**: " + " ".join(shown) + (f" (none for {', '.join(missing)})" if missing else ""), ""]
+
+
+def write_report(root, out=None):
+    root = Path(root)
+    runs = load_runs(root)
+    figdir = root / "report"
+    figdir.mkdir(exist_ok=True)
+    specs = sorted({str(r["args"].get("data")) for r in runs.values() if r["args"]})
+    lines = ["# genstudy report", "", f"{len(runs)} runs in `{root}`; data: {', '.join(specs) or 'none'}. "
+             "FID(digits) uses the built-in digit classifier's features and is never comparable with "
+             "Inception FID; every FID below names its feature space and sample counts.", ""]
+    for phase in PHASES:
+        group = [r for name, r in runs.items() if name[0] == phase]
+        if group and phase == "5":
+            phase5_section(group, figdir, lines)
+        elif group:
+            phase_section(phase, group, figdir, lines)
+    out = Path(out or root / "REPORT.md")
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out} ({len(runs)} runs)")
+    return out
+
+
+def pick(root, family, candidates):
+    """The best finished candidate (lowest last FID; without FIDs the first finished one),
+    chosen once and kept in phase5.json so that a re-run retrains the same model."""
+    path = Path(root) / "phase5.json"
+    picks = read_json(path) or {}
+    if family not in picks:
+        runs = [load_run(Path(root) / n) for n in candidates if (Path(root) / n).is_dir()]
+        done = [r for r in runs if r["status"] == "complete"]
+        scored = [r for r in done if r["fids"]]
+        if scored:
+            best = min(scored, key=lambda r: last_fid(r)["fid"])
+            picks[family] = {"run": best["name"], "why": "lowest FID", "fid": last_fid(best)["fid"]}
+        elif done:
+            picks[family] = {"run": done[0]["name"], "why": "first finished run: no FID to compare"}
+        else:
+            return None
+        path.write_text(json.dumps(picks, indent=2) + "\n")
+    return picks[family]["run"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Write REPORT.md from a study's run folders.")
+    p.add_argument("runs", nargs="?", default="runs", help="the folder run_all.sh wrote (default runs)")
+    p.add_argument("--out", default=None, help="report path (default RUNS/REPORT.md)")
+    p.add_argument("--pick", nargs="+", metavar=("FAMILY", "RUN"), help="print the best of these runs")
+    args = p.parse_args(argv)
+    if not Path(args.runs).is_dir():
+        print(f"report.py: no such folder: {args.runs}", file=sys.stderr)
+        sys.exit(2)
+    if args.pick:
+        best = pick(args.runs, args.pick[0], args.pick[1:])
+        if best is None:
+            sys.exit(1)
+        print(best)
+        return best
+    return write_report(args.runs, args.out)
+
+
+if __name__ == "__main__":
+    main()
