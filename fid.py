@@ -40,6 +40,8 @@ import common
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
+VGG_NAME = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16: LPIPS here, the perceptual loss in vae.py
+VGG_URL = f"https://download.pytorch.org/models/{VGG_NAME}"
 IMAGE_EXTS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's list
 
 
@@ -431,6 +433,48 @@ def class_coverage(logits, n_classes=10):
     return covered, float((hist[nz] * np.log(hist[nz] * n_classes)).sum())
 
 
+# ----------------------------------------------------------------------------- LPIPS diversity
+
+LPIPS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in vgg16().features
+
+
+def lpips_vgg(state_dict, device="cpu"):
+    """VGG-16's convolutional layers up to relu5_3, from torchvision's state dict."""
+    from torchvision.models import vgg16
+    vgg = vgg16()
+    vgg.load_state_dict(state_dict)
+    return vgg.features[:LPIPS_TAPS[-1] + 1].eval().requires_grad_(False).to(device)
+
+
+@torch.no_grad()
+def lpips_diversity(images, vgg, pairs=200, seed=0, batch_size=50):
+    """Mean LPIPS distance (Zhang et al. 2018) between random pairs of images in [-1, 1]
+    (N, C, H, W): high when samples differ, near 0 under mode collapse. This is LPIPS's
+    uncalibrated 'baseline' (lpips=False): its learned per-channel weights are not part of
+    torchvision, so every channel weighs 1. Each tap's channels are unit-normalised per
+    position, squared differences are summed over channels, averaged over positions and
+    summed over the five taps."""
+    device = next(vgg.parameters()).device
+    i, j = torch.randint(len(images), (2, pairs), generator=torch.Generator().manual_seed(seed))
+    i, j = i[i != j], j[i != j]
+    shift = torch.tensor([-0.030, -0.088, -0.188], device=device).view(1, 3, 1, 1)  # LPIPS's input scaling
+    scale = torch.tensor([0.458, 0.448, 0.450], device=device).view(1, 3, 1, 1)
+
+    def taps(x):
+        x = (x.to(device).float().expand(-1, 3, -1, -1) - shift) / scale  # gray -> RGB
+        out = []
+        for k, layer in enumerate(vgg):
+            x = layer(x)
+            if k in LPIPS_TAPS:
+                out.append(x / (x.norm(dim=1, keepdim=True) + 1e-10))
+        return out
+
+    dists = []
+    for a, b in zip(i.split(batch_size), j.split(batch_size)):
+        dists.append(sum(((u - v) ** 2).sum(1).mean((1, 2)) for u, v in zip(taps(images[a]), taps(images[b]))))
+    return float(torch.cat(dists).mean())
+
+
 # ----------------------------------------------------------------------------- evaluation during training
 
 def to_unit_uint8(x):
@@ -440,8 +484,9 @@ def to_unit_uint8(x):
 
 
 class Evaluator:
-    """FID and KID of generated images against the held-out real images, in one feature
-    space for the whole run ('inception' or 'digits'); real statistics are cached on disk."""
+    """FID, KID and diversity of generated images against the held-out real images, in one
+    feature space for the whole run ('inception' or 'digits'); real statistics are cached on
+    disk. LPIPS diversity too when torchvision's VGG-16 weights are already on disk."""
 
     def __init__(self, features, heldout, spec, res, n_real, device, weights=None):
         self.model = None
@@ -469,6 +514,11 @@ class Evaluator:
                                                           sigma=np.cov(self.real_acts, rowvar=False)))
         self.real_stats = stats(self.real_acts)
         self.real_diversity = diversity(self.real_acts)
+        try:  # optional: never downloaded for this, and its absence is n/a in the report
+            path = common.find_pretrained(VGG_NAME, VGG_URL, None, "VGG_WEIGHTS", download=False)
+            self.vgg = lpips_vgg(torch.load(path, map_location="cpu", weights_only=True), device)
+        except common.UserError:
+            self.vgg = None
 
     def __call__(self, fake, worst_path=None):
         """fake: generated images in [-1, 1] (N, C, H, W) -> metrics dict (empty when off).
@@ -483,6 +533,8 @@ class Evaluator:
         row = {"features": self.features, "fid": frechet_distance(*stats(acts), *self.real_stats),
                "kid": kid_mean, "kid_std": kid_std, "n_fake": len(acts), "n_real": self.n_real,
                "diversity": diversity(acts), "diversity_real": self.real_diversity}
+        if self.vgg is not None:
+            row["lpips"] = lpips_diversity(fake, self.vgg)
         if worst_path is not None:
             common.save_grid(fake[torch.from_numpy(farthest_from(acts, self.real_acts))], worst_path, nrow=4)
         if self.features == "inception":

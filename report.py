@@ -128,7 +128,7 @@ def minutes(seconds):
 
 def describe(run):
     """The run's model in a few words, from its args.json."""
-    a, model = run["args"], (run["summary"] or {}).get("model", run["args"].get("out", "?").split("/")[-1])
+    a, model = run["args"], (run["summary"] or {}).get("model", "model?")
     extra = {"dcgan": f"{a.get('g_arch', 'dcgan')} G, aug {a.get('aug')}", "vae": f"beta {a.get('beta')}, "
              f"perceptual {a.get('perceptual')}, adv {a.get('adv')}", "ddpm": f"{a.get('schedule')} "
              f"{a.get('pred')}, {a.get('base_ch')} ch", "sagan": f"{a.get('loss')}, attn {a.get('attn_res')}",
@@ -224,6 +224,14 @@ def progression(run):
 
 # ----------------------------------------------------------------------------- the report
 
+def samples_figure(runs, path, lines):
+    panels = [(r["name"], first16(r["dir"] / "samples.png")) for r in runs if (r["dir"] / "samples.png").is_file()]
+    if panels:
+        lines += ["", "16 samples per run (EMA weights where EMA is on, fixed noise):", "",
+                  f"![samples](report/{image_grid(panels, path, len(panels)).name})"]
+    lines.append("")
+
+
 def phase_section(phase, runs, figdir, lines):
     lines += [f"## {PHASES[phase]}", ""]
     if phase == "1" and (figdir.parent / "phase1.json").is_file():
@@ -234,11 +242,7 @@ def phase_section(phase, runs, figdir, lines):
     lines += phase_table(runs) + [""]
     curve = fid_curves(runs, figdir / f"phase{phase}_fid.png")
     lines.append(f"![FID curves](report/{curve.name})" if curve else "No FID curve: no run of this phase has a FID.")
-    panels = [(r["name"], first16(r["dir"] / "samples.png")) for r in runs if (r["dir"] / "samples.png").is_file()]
-    if panels:
-        lines.append(f"\n16 samples per step (EMA weights, fixed noise):\n\n"
-                     f"![samples](report/{image_grid(panels, figdir / f'phase{phase}_samples.png', len(panels)).name})")
-    lines.append("")
+    samples_figure(runs, figdir / f"phase{phase}_samples.png", lines)
 
 
 def phase5_section(runs, figdir, lines):
@@ -259,7 +263,8 @@ def phase5_section(runs, figdir, lines):
                     "LPIPS diversity", "params", "train time", "sample s/img", "observed failure"], rows) + [""]
     curve = fid_curves(runs, figdir / "phase5_fid.png")
     if curve:
-        lines += [f"![FID curves](report/{curve.name})", ""]
+        lines += [f"![FID curves](report/{curve.name})"]
+    samples_figure(runs, figdir / "phase5_samples.png", lines)
     panels = [p for run in runs for p in progression(run)]
     if panels:
         lines += ["Progression (epoch grids at the study's epochs 10, 50, 100, 200, or this run's share):", "",

@@ -115,7 +115,7 @@ run() {
     rm -f "$out/FAILED"
   else
     echo "== $name: FAILED (exit $status), going on with the next run" >&2
-    { echo "exit $status"; tr '\r' '\n' < "$out/stderr.log" | grep -v -e 'it/s' -e 's/it' | grep . | tail -n 1
+    { echo "exit $status ($script)"; tr '\r' '\n' < "$out/stderr.log" | grep -v -e 'it/s' -e 's/it' | grep . | tail -n 1
     } > "$out/FAILED"
     FAILED+=("$name")
   fi

@@ -39,8 +39,7 @@ import torch.nn.functional as F
 import common
 import fid
 
-VGG_NAME = "vgg16-397923af.pth"
-VGG_URL = f"https://download.pytorch.org/models/{VGG_NAME}"
+VGG_NAME, VGG_URL = fid.VGG_NAME, fid.VGG_URL  # torchvision's ImageNet VGG-16
 
 
 # ----------------------------------------------------------------------------- model

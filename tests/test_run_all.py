@@ -5,12 +5,13 @@ import sys
 
 from conftest import ROOT
 
-RUNS = ["1A_raw_64", "1A_raw_128", "1B_aligned_64", "1C_aligned_deluxe", "1D_aligned_mix", "2.1_dcgan", "2.2_wgan_gp", "2.3_sagan", "2.4_sagan_high", "3.1_vae_mse", "3.3_vae_patchgan", "4.1_ddpm_linear_eps", "4.2_ddpm_cosine_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide"]
+RUNS = ["1A_raw_64", "1A_raw_128", "1B_aligned_64", "1C_aligned_deluxe", "1D_aligned_mix", "2.1_dcgan", "2.2_wgan_gp", "2.3_sagan", "2.4_sagan_high", "3.1_vae_mse", "3.3_vae_patchgan", "4.1_ddpm_linear_eps", "4.2_ddpm_cosine_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide",
+        "5_gan", "5_vae", "5_ddpm"]
 
 
-def run_all(runs_dir, *args):
+def run_all(runs_dir, *args, python=sys.executable):
     # No VGG-16 weights (an empty torch hub dir): step 3.2 must be skipped, saying so.
-    env = dict(os.environ, RUNS=str(runs_dir), PYTHON=sys.executable, TORCH_HOME=str(runs_dir / "torch"))
+    env = dict(os.environ, RUNS=str(runs_dir), PYTHON=str(python), TORCH_HOME=str(runs_dir / "torch"))
     env.pop("VGG_WEIGHTS", None)
     return subprocess.run(["bash", str(ROOT / "run_all.sh"), "--preset", "test", *args], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -29,6 +30,22 @@ def test_every_phase_runs_then_skips(tmp_path):
     assert set(phase1) == {"1A resolution", "1B alignment", "1C augmentation", "1D data"}
     assert all(v["winner"] is None and "no FID" in v["why"] for v in phase1.values())
     assert "vgg16-397923af.pth" in (tmp_path / "3.2_vae_perceptual" / "SKIPPED").read_text()
+    # Phase 5 retrained the picked run of each family with its own flags, for longer.
+    picks = json.loads((tmp_path / "phase5.json").read_text())
+    assert {f: p["run"] for f, p in picks.items()} == {"gan": "2.1_dcgan", "vae": "3.1_vae_mse",
+                                                       "ddpm": "4.1_ddpm_linear_eps"}  # no FID: first finished
+    for family, source in [("gan", "2.1_dcgan"), ("vae", "3.1_vae_mse"), ("ddpm", "4.1_ddpm_linear_eps")]:
+        final, base = (json.loads((tmp_path / n / "args.json").read_text()) for n in (f"5_{family}", source))
+        assert final["max_steps"] == 6 and base["max_steps"] == 3
+        assert {k: v for k, v in final.items() if k not in ("max_steps", "out")} == \
+               {k: v for k, v in base.items() if k not in ("max_steps", "out")}
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "18 runs" in text  # every run above and the skipped 3.2
+    for name in RUNS:
+        assert f"`{name}`" in text, name
+    for png in ["phase1_samples", "phase2_samples", "phase5_samples", "phase5_progress"]:
+        assert (tmp_path / "report" / f"{png}.png").is_file(), png
+    assert "![5_ddpm](5_ddpm/denoise.png)" in text
     second = run_all(tmp_path)
     assert second.returncode == 0
     assert second.stdout.count("finished, skipped") == len(RUNS), second.stdout
@@ -43,7 +60,8 @@ def test_failed_run_is_reported_and_study_goes_on(tmp_path):
     assert res.returncode == 1  # the study went on, and the exit code still tells
     assert "4.2_ddpm_cosine_eps: FAILED" in res.stderr
     assert (tmp_path / "4.2_ddpm_cosine_eps" / "FAILED").is_file()
-    for name in ["4.1_ddpm_linear_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide"]:
+    for name in ["4.1_ddpm_linear_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide",
+        "5_gan", "5_vae", "5_ddpm"]:
         assert (tmp_path / name / "summary.json").is_file(), name
     assert not (tmp_path / "2.1_dcgan").exists()  # --only 4
 
