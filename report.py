@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure  # pyplot-free: no display or backend needed to write PNGs
 from PIL import Image
 
 PHASES = {
@@ -82,11 +83,6 @@ def last_fid(run):
 
 # ----------------------------------------------------------------------------- diagnostics
 
-def tenths(values):
-    """Means of ten consecutive chunks: the curve with the step-to-step noise averaged out."""
-    return [float(np.mean(c)) for c in np.array_split(np.asarray(values, float), min(10, len(values)))]
-
-
 def diagnose(run):
     """The run's observed failures, each with the number that shows it (empty: none seen)."""
     if run["status"] != "complete":
@@ -98,16 +94,19 @@ def diagnose(run):
             found.append(f"NaN: {bad[0]} at step {row.get('step')}")
             break
     train = [r for r in run["rows"] if r.get("kind") == "train"]
-    series = {k: [r[k] for r in train if k in r and math.isfinite(r[k])] for k in ("loss_d", "loss", "wasserstein", "kl")}
-    if len(series["loss_d"]) >= 10 and tenths(series["loss_d"])[-1] < 0.1:
-        found.append(f"discriminator wins: loss_D {tenths(series['loss_d'])[-1]:.3f} at the end")
+    tenths = {}  # each logged loss as the means of ten chunks of training: the step noise averaged out
+    for key in ("loss_d", "loss", "wasserstein", "kl"):
+        values = [r[key] for r in train if key in r and math.isfinite(r[key])]
+        if len(values) >= 10:
+            tenths[key] = [float(np.mean(chunk)) for chunk in np.array_split(values, 10)]
+    if "loss_d" in tenths and tenths["loss_d"][-1] < 0.1:
+        found.append(f"discriminator wins: loss_D {tenths['loss_d'][-1]:.3f} at the end")
     for key in ("loss", "wasserstein"):
-        if len(series[key]) >= 10:
-            curve = tenths(series[key])
-            if min(curve) > 0 and curve[-1] > 3 * min(curve):
-                found.append(f"diverged: {key} {min(curve):.3g} at best, {curve[-1]:.3g} at the end")
-    if run["summary"].get("model") == "vae" and len(series["kl"]) >= 10 and tenths(series["kl"])[-1] < 0.5:
-        found.append(f"posterior collapse: KL {tenths(series['kl'])[-1]:.2f} nats")
+        curve = tenths.get(key)
+        if curve and min(curve) > 0 and curve[-1] > 3 * min(curve):
+            found.append(f"diverged: {key} {min(curve):.3g} at best, {curve[-1]:.3g} at the end")
+    if run["summary"].get("model") == "vae" and "kl" in tenths and tenths["kl"][-1] < 0.5:
+        found.append(f"posterior collapse: KL {tenths['kl'][-1]:.2f} nats")
     row = last_fid(run)
     if row and row.get("classes_covered", 10) < 8:
         found.append(f"mode collapse: {row['classes_covered']}/10 digit classes")
@@ -122,13 +121,19 @@ def fmt(x, spec=".2f"):
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
+def millions(count):
+    return "n/a" if count is None else f"{count / 1e6:.2f}M"
+
+
 def minutes(seconds):
     return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 def describe(run):
     """The run's model in a few words, from its args.json."""
-    a, model = run["args"], (run["summary"] or {}).get("model", "model?")
+    if not run["summary"]:
+        return "n/a (no summary.json)"
+    a, model = run["args"], run["summary"]["model"]
     extra = {"dcgan": f"{a.get('g_arch', 'dcgan')} G, aug {a.get('aug')}", "vae": f"beta {a.get('beta')}, "
              f"perceptual {a.get('perceptual')}, adv {a.get('adv')}", "ddpm": f"{a.get('schedule')} "
              f"{a.get('pred')}, {a.get('base_ch')} ch", "sagan": f"{a.get('loss')}, attn {a.get('attn_res')}",
@@ -153,7 +158,7 @@ def phase_table(runs):
     for run in runs:
         s, row = run["summary"] or {}, last_fid(run)
         rows.append([run["name"].split("_")[0], f"`{run['name']}`", describe(run), fmt(row and row["fid"]),
-                     evaluated(row), fmt(s.get("params", 0) / 1e6 if s else None, ".2f") + "M",
+                     evaluated(row), millions(s.get("params")),
                      minutes(s.get("train_seconds")), fmt(s.get("images_per_s"), ".0f"),
                      "; ".join(diagnose(run)) or "none flagged"])
     return table(["step", "run", "model", "FID", "evaluated", "params", "train time", "images/s",
@@ -170,20 +175,13 @@ def first16(png):
     return img.crop((0, 0, side, side))
 
 
-def plt_():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def fid_curves(runs, path):
     """FID against epoch, one line per run; None when no run has a FID."""
     runs = [r for r in runs if r["fids"]]
     if not runs:
         return None
-    plt = plt_()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     for run in runs:
         ax.plot([r["epoch"] for r in run["fids"]], [r["fid"] for r in run["fids"]], "o-", label=run["name"], ms=3)
     ax.set(xlabel="epoch", ylabel=evaluated(runs[0]["fids"][-1]).split(",")[0], yscale="log")
@@ -191,15 +189,14 @@ def fid_curves(runs, path):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def image_grid(panels, path, ncols):
     """panels: [(title, PIL image)] -> one figure, ncols wide."""
-    plt = plt_()
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, 2.3 * nrows), squeeze=False)
+    fig = Figure(figsize=(2.1 * ncols, 2.3 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, img) in zip(axes.flat, panels):
@@ -207,7 +204,6 @@ def image_grid(panels, path, ncols):
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -237,7 +233,7 @@ def phase_section(phase, runs, figdir, lines):
     if phase == "1" and (figdir.parent / "phase1.json").is_file():
         for step, result in read_json(figdir.parent / "phase1.json").items():
             lines.append(f"- {step}: winner {result.get('winner') or 'none'}"
-                         + (f" ({result['why']})" if result.get("why") else f", FID {result.get('fid')}"))
+                         + (f": {result['why']}" if result.get("why") else f", FID {result.get('fid')}"))
         lines.append("")
     lines += phase_table(runs) + [""]
     curve = fid_curves(runs, figdir / f"phase{phase}_fid.png")
@@ -247,6 +243,8 @@ def phase_section(phase, runs, figdir, lines):
 
 def phase5_section(runs, figdir, lines):
     picks = read_json(figdir.parent / "phase5.json") or {}
+    order = ["5_gan", "5_vae", "5_ddpm"]  # the study's order of families, unknown names last
+    runs = sorted(runs, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     rows = []
     for run in runs:
         s, row = run["summary"] or {}, last_fid(run) or {}
@@ -256,11 +254,12 @@ def phase5_section(runs, figdir, lines):
                      fmt(row.get("is")) if "is" in row else "n/a (needs Inception weights)",
                      f"{fmt(row.get('diversity'), '.3g')} / {fmt(row.get('diversity_real'), '.3g')}",
                      fmt(row.get("lpips"), ".3f") if "lpips" in row else "n/a (needs VGG-16 weights)",
-                     fmt(s.get("params", 0) / 1e6 if s else None) + "M", minutes(s.get("train_seconds")),
+                     millions(s.get("params")), minutes(s.get("train_seconds")),
                      fmt(s.get("sample_seconds_per_image"), ".4f"), "; ".join(diagnose(run)) or "none flagged"])
-    lines += [f"## {PHASES['5']}", "", evaluated(next((last_fid(r) for r in runs if r["fids"]), None)) + ".", ""]
+    lines += [f"## {PHASES['5']}", ""]
     lines += table(["finalist", "retrained from", "model", "FID", "KID", "IS", "diversity (fake / real)",
                     "LPIPS diversity", "params", "train time", "sample s/img", "observed failure"], rows) + [""]
+    lines += [f"- `{run['name']}`: {evaluated(last_fid(run))}" for run in runs] + [""]
     curve = fid_curves(runs, figdir / "phase5_fid.png")
     if curve:
         lines += [f"![FID curves](report/{curve.name})"]

@@ -94,17 +94,19 @@ class VAE(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN (pix2pix's 3-layer discriminator): image (B, C, H, W) -> a grid of
-    real/fake logits (B, 1, h, w), each seeing a 70x70 patch; 6x6 at 64x64."""
+    """PatchGAN (pix2pix's n-layer discriminator): image (B, C, H, W) -> a grid of
+    real/fake logits (B, 1, h, w). With n_layers = 3 each logit sees a 70x70 patch
+    (6x6 logits at 64x64); n_layers = 2 sees 34x34 and fits images down to 16x16."""
 
-    def __init__(self, channels=3, ndf=64):
+    def __init__(self, channels=3, ndf=64, n_layers=3):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf * 4, ndf * 8, 4, 1, 1, bias=False), nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf * 8, 1, 4, 1, 1))
+        layers, ch = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)], ndf
+        for i in range(1, n_layers + 1):  # stride 2 except the last: widths 2, 4, 8 x ndf
+            out = ndf * min(2 ** i, 8)
+            layers += [nn.Conv2d(ch, out, 4, 2 if i < n_layers else 1, 1, bias=False), nn.BatchNorm2d(out),
+                       nn.LeakyReLU(0.2, True)]
+            ch = out
+        self.net = nn.Sequential(*layers, nn.Conv2d(ch, 1, 4, 1, 1))
 
     def forward(self, x):
         return self.net(x)  # (B, 1, h, w)
@@ -219,7 +221,8 @@ def main(argv=None):
     objects = {"vae": vae, "ema": ema, "opt": opt}
     D = None
     if args.adv:
-        D = PatchDiscriminator(channels, args.ndf).to(device)
+        # pix2pix's 3 layers from 32 px up; fewer below, so its last 4x4 convolutions still fit.
+        D = PatchDiscriminator(channels, args.ndf, n_layers=min(3, int(math.log2(args.res)) - 2)).to(device)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.5, 0.999))
         objects.update(D=D, opt_d=opt_d)
     scaler = common.grad_scaler(device, amp, amp_dtype)

@@ -58,6 +58,21 @@ def test_patch_discriminator_is_a_grid_of_70px_patches():
     out[0, 0, 8, 8].backward()
     rows, cols = x.grad[0].abs().sum(0).nonzero(as_tuple=True)
     assert rows.max() - rows.min() + 1 == 70 and cols.max() - cols.min() + 1 == 70
+    # Two layers (vae.py's choice below 32 px) see 34 px and still fit a 16x16 image.
+    D2 = vae.PatchDiscriminator(channels=1, ndf=8, n_layers=2).eval()
+    assert D2(torch.randn(2, 1, 16, 16)).shape == (2, 1, 2, 2)
+    x = torch.randn(1, 1, 96, 96, requires_grad=True)
+    D2(x)[0, 0, 8, 8].backward()
+    rows, cols = x.grad[0].abs().sum(0).nonzero(as_tuple=True)
+    assert rows.max() - rows.min() + 1 == 34 and cols.max() - cols.min() + 1 == 34
+
+
+def test_patchgan_at_16px(tmp_path):
+    # The smoke study's resolution: pix2pix's 3-layer PatchGAN would not fit 16x16.
+    summary = vae.main(["--data", "digits", "--res", "16", "--width", "8", "--latent", "8", "--ndf", "8",
+                        "--batch-size", "8", "--aug", "none", "--fid-features", "none", "--max-steps", "3",
+                        "--adv", "0.1", "--adv-start", "1", "--out", str(tmp_path / "run")])
+    assert summary["steps"] == 3 and summary["params_D"] > 0
 
 
 @pytest.fixture(scope="module")
