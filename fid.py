@@ -16,6 +16,9 @@ The state-dict keys equal those of pytorch-fid's `pt_inception-2015-12-05-672682
 KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic kernel k(x, y) = (x.y / d + 1)^3,
 averaged over random subsets; unbiased, so it suits small sample counts better than FID.
 IS (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) from the same network's 1008-way logits.
+Diversity: mean pairwise feature distance of the samples, beside that of the real images; LPIPS
+diversity (Zhang et al. 2018, the uncalibrated lpips=False variant on torchvision's VGG-16) when
+those weights are on disk; worst.png: the samples farthest from any real image in feature space.
 
 Departure from pytorch-fid, for speed only: after loading, each BatchNorm is folded into the
 convolution before it and the network runs channels-last (pool3 agrees to 1e-4, tested).

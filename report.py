@@ -40,6 +40,8 @@ PHASES = {
     "4": "Phase 4: DDPM evolution",
     "5": "Phase 5: the best of each family, trained longer under identical conditions",
 }
+STEP_FLAGS = {"dcgan": ("g_arch", "aug"), "wgan_gp": ("n_critic",), "sagan": ("loss", "attn_res"),
+              "vae": ("beta", "perceptual", "adv"), "ddpm": ("schedule", "pred", "base_ch")}
 PROGRESS_AT = (10, 50, 100, 200)  # the full study's 200 epochs; a shorter run shows its share
 
 
@@ -130,15 +132,12 @@ def minutes(seconds):
 
 
 def describe(run):
-    """The run's model in a few words, from its args.json."""
+    """The run's model in a few words: its family, size and the flags its study step changes."""
     if not run["summary"]:
         return "n/a (no summary.json)"
     a, model = run["args"], run["summary"]["model"]
-    extra = {"dcgan": f"{a.get('g_arch', 'dcgan')} G, aug {a.get('aug')}", "vae": f"beta {a.get('beta')}, "
-             f"perceptual {a.get('perceptual')}, adv {a.get('adv')}", "ddpm": f"{a.get('schedule')} "
-             f"{a.get('pred')}, {a.get('base_ch')} ch", "sagan": f"{a.get('loss')}, attn {a.get('attn_res')}",
-             "wgan_gp": f"n_critic {a.get('n_critic')}"}.get(model, "")
-    return f"{model} {a.get('res', '?')}px" + (f" ({extra})" if extra else "")
+    details = ", ".join(f"{k} {a[k]}" for k in STEP_FLAGS.get(model, ()) if k in a)
+    return f"{model} {a.get('res', '?')}px" + (f" ({details})" if details else "")
 
 
 def evaluated(row):

@@ -76,12 +76,12 @@ def test_report_tables_hold_exactly_the_runs_numbers(runs):
     assert "7 runs" in text
     line = next(l for l in text.splitlines() if l.startswith("| 2.1 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells == ["2.1", "`2.1_dcgan`", "dcgan 16px (dcgan G, aug none)", "12.35",
+    assert cells == ["2.1", "`2.1_dcgan`", "dcgan 16px (g_arch dcgan, aug none)", "12.35",
                      "FID(digits), 500 samples vs 299 held-out, epoch 20", "0.12M", "1.5 min", "1234", "none flagged"]
     # Phase 5: FID, KID, IS, diversity, LPIPS, params, time, sample time per image.
     line = next(l for l in text.splitlines() if l.startswith("| `5_gan` |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells == ["`5_gan`", "`2.1_dcgan` (lowest FID)", "dcgan 16px (dcgan G, aug none)", "7.50", "0.25",
+    assert cells == ["`5_gan`", "`2.1_dcgan` (lowest FID)", "dcgan 16px (g_arch dcgan, aug none)", "7.50", "0.25",
                      "n/a (needs Inception weights)", "5 / 6", "n/a (needs VGG-16 weights)", "0.12M", "1.5 min",
                      "0.0005", "none flagged"]
     assert "![5_gan](5_gan/worst.png)" in text and "![5_gan](5_gan/interp.png)" in text
