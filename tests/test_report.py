@@ -106,6 +106,12 @@ def test_observed_failures_come_from_the_numbers(runs):
     assert rows["`4.1_ddpm_linear_eps`"] == "NaN: loss at step 190; diverged: loss 0.1 at best, 1 at the end"
 
 
+def test_vae_loss_rising_when_its_adversarial_term_starts_is_not_divergence(tmp_path):
+    train = [{"step": s, "loss": 0.03 if s < 100 else 0.1, "mse": 0.01, "kl": 5.0} for s in range(0, 200, 10)]
+    run = make_run(tmp_path, "3.3_vae_patchgan", "vae", {"adv": 0.1}, train=train)
+    assert report.diagnose(report.load_run(run)) == []
+
+
 def test_discriminator_wins_and_unfinished(tmp_path):
     run = make_run(tmp_path, "2.1_dcgan", "dcgan", {}, train=[{"step": s, "loss_d": 0.02} for s in range(20)])
     assert report.diagnose(report.load_run(run)) == ["discriminator wins: loss_D 0.020 at the end"]
