@@ -25,7 +25,8 @@ against a per-pixel error (prior samples are smooth, reconstructions blurry: the
 3.1 failure); the study's 3.2/3.3 use beta = 1e-4. The decoder upsamples by
 nearest neighbour + 3x3 conv, never transposed convs (no checkerboard). The
 adversarial loss is non-saturating BCE on logits. Samples come from an EMA of
-the VAE's weights. VGG-16 needs torchvision's ImageNet weights (vgg16-397923af.pth);
+the VAE's weights. Below 32 px the PatchGAN has two layers, not pix2pix's three
+(34x34 patches): three would not fit a 16x16 image. VGG-16 needs torchvision's ImageNet weights (vgg16-397923af.pth);
 without them --perceptual stops at start-up with a message saying where to put them.
 """
 import argparse
