@@ -26,8 +26,9 @@ against a per-pixel error (prior samples are smooth, reconstructions blurry: the
 nearest neighbour + 3x3 conv, never transposed convs (no checkerboard). The
 adversarial loss is non-saturating BCE on logits. Samples come from an EMA of
 the VAE's weights. Below 32 px the PatchGAN has two layers, not pix2pix's three
-(34x34 patches): three would not fit a 16x16 image. VGG-16 needs torchvision's ImageNet weights (vgg16-397923af.pth);
-without them --perceptual stops at start-up with a message saying where to put them.
+(34x34 patches): three would not fit a 16x16 image. VGG-16 needs torchvision's
+ImageNet weights (vgg16-397923af.pth); without them --perceptual stops at
+start-up with a message saying where to put them.
 """
 import argparse
 import math
