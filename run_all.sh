@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --preset) PRESET="${2:?--preset needs smoke|full}"; shift 2 ;;
     --only) ONLY="${2:?--only needs a phase number}"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (use --preset smoke|full, --only PHASE)" >&2; exit 2 ;;
   esac
 done
