@@ -276,7 +276,8 @@ def phase5_section(runs, figdir, lines):
         lines += [f"**{title}**: " + " ".join(shown) + (f" (none for {', '.join(missing)})" if missing else ""), ""]
 
 
-def write_report(root, out=None):
+def write_report(root):
+    """RUNS/REPORT.md, with figures in RUNS/report/: its links are relative to RUNS."""
     root = Path(root)
     runs = load_runs(root)
     figdir = root / "report"
@@ -291,7 +292,7 @@ def write_report(root, out=None):
             phase5_section(group, figdir, lines)
         elif group:
             phase_section(phase, group, figdir, lines)
-    out = Path(out or root / "REPORT.md")
+    out = root / "REPORT.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return out
@@ -320,7 +321,6 @@ def pick(root, family, candidates):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Write REPORT.md from a study's run folders.")
     p.add_argument("runs", nargs="?", default="runs", help="the folder run_all.sh wrote (default runs)")
-    p.add_argument("--out", default=None, help="report path (default RUNS/REPORT.md)")
     p.add_argument("--pick", nargs="+", metavar=("FAMILY", "RUN"), help="print the best of these runs")
     args = p.parse_args(argv)
     if not Path(args.runs).is_dir():
@@ -332,7 +332,7 @@ def main(argv=None):
             sys.exit(1)
         print(best)
         return best
-    return write_report(args.runs, args.out)
+    return write_report(args.runs)
 
 
 if __name__ == "__main__":
