@@ -1,11 +1,15 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 from conftest import ROOT
 
-RUNS = ["1A_raw_64", "1A_raw_128", "1B_aligned_64", "1C_aligned_deluxe", "1D_aligned_mix", "2.1_dcgan", "2.2_wgan_gp", "2.3_sagan", "2.4_sagan_high", "3.1_vae_mse", "3.3_vae_patchgan", "4.1_ddpm_linear_eps", "4.2_ddpm_cosine_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide",
+RUNS = ["1A_raw_64", "1A_raw_128", "1B_aligned_64", "1C_aligned_deluxe", "1D_aligned_mix",
+        "2.1_dcgan", "2.2_wgan_gp", "2.3_sagan", "2.4_sagan_high",
+        "3.1_vae_mse", "3.3_vae_patchgan",
+        "4.1_ddpm_linear_eps", "4.2_ddpm_cosine_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide",
         "5_gan", "5_vae", "5_ddpm"]
 
 
@@ -50,6 +54,12 @@ def test_every_phase_runs_then_skips(tmp_path):
     assert second.returncode == 0
     assert second.stdout.count("finished, skipped") == len(RUNS), second.stdout
     assert "100 already done, 0 to align" in second.stdout
+    # --only 5 retrains a finalist from the flags phases 2-4 recorded, without running them again.
+    shutil.rmtree(tmp_path / "5_gan")
+    third = run_all(tmp_path, "--only", "5")
+    assert third.returncode == 0 and "== 5_gan: " in third.stdout and "dcgan.py" in third.stdout
+    assert third.stdout.count("finished, skipped") == 2  # 5_vae and 5_ddpm
+    assert (tmp_path / "5_gan" / "summary.json").is_file()
 
 
 def test_failed_runs_are_reported_and_study_goes_on(tmp_path):
