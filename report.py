@@ -103,13 +103,14 @@ def diagnose(run):
             tenths[key] = [float(np.mean(chunk)) for chunk in np.array_split(values, 10)]
     if "loss_d" in tenths and tenths["loss_d"][-1] < 0.1:
         found.append(f"discriminator wins: loss_D {tenths['loss_d'][-1]:.3f} at the end")
+    vae = run["summary"].get("model") == "vae"
     # A DDPM's loss, or the critic's Wasserstein estimate; a VAE's loss is left out: it jumps
     # by design when its adversarial term starts (--adv-start), and so does its MSE.
-    for key in ("loss", "wasserstein") if run["summary"].get("model") != "vae" else ():
+    for key in ("loss", "wasserstein") if not vae else ():
         curve = tenths.get(key)
         if curve and min(curve) > 0 and curve[-1] > 3 * min(curve):
             found.append(f"diverged: {key} {min(curve):.3g} at best, {curve[-1]:.3g} at the end")
-    if run["summary"].get("model") == "vae" and "kl" in tenths and tenths["kl"][-1] < 0.5:
+    if vae and "kl" in tenths and tenths["kl"][-1] < 0.5:
         found.append(f"posterior collapse: KL {tenths['kl'][-1]:.2f} nats")
     row = last_fid(run)
     if row and row.get("classes_covered", 10) < 8:
@@ -142,11 +143,14 @@ def describe(run):
     return f"{model} {a.get('res', '?')}px" + (f" ({details})" if details else "")
 
 
+def fid_name(row):
+    return "FID(digits)" if row["features"] == "digits" else "FID(Inception pool3)"
+
+
 def evaluated(row):
     if row is None:
         return "no FID (feature space off, or no Inception weights)"
-    space = "FID(digits)" if row["features"] == "digits" else "FID(Inception pool3)"
-    return f"{space}, {row['n_fake']} samples vs {row['n_real']} held-out, epoch {row['epoch']:.0f}"
+    return f"{fid_name(row)}, {row['n_fake']} samples vs {row['n_real']} held-out, epoch {row['epoch']:.0f}"
 
 
 def table(header, rows):
@@ -185,7 +189,7 @@ def fid_curves(runs, path):
     ax = fig.subplots()
     for run in runs:
         ax.plot([r["epoch"] for r in run["fids"]], [r["fid"] for r in run["fids"]], "o-", label=run["name"], ms=3)
-    ax.set(xlabel="epoch", ylabel=evaluated(runs[0]["fids"][-1]).split(",")[0], yscale="log")
+    ax.set(xlabel="epoch", ylabel=fid_name(runs[0]["fids"][-1]), yscale="log")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
