@@ -15,14 +15,17 @@ every file already in the manifest; each PNG is written to a temp file and
 renamed before its manifest row is appended, so a kill loses at most the image
 in flight. Study step 1B trains DCGAN on DST instead of SRC.
 """
+
 import argparse
 import csv
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 import common
 
@@ -35,6 +38,7 @@ FIELDS = ["file", "status", "probability", "landmarks"]
 def make_detector(device=None):
     """MTCNN that returns every face sorted by confidence (not by size), on the GPU when present."""
     from facenet_pytorch import MTCNN
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return MTCNN(keep_all=True, select_largest=False, device=device)
 
@@ -60,11 +64,14 @@ def detect(images, detector):
 def warp_to_reference(img, landmarks, size):
     """Warp PIL image so that `landmarks` (5, 2) land on REF_LANDMARKS scaled to size."""
     from skimage.transform import SimilarityTransform, warp
+
     tform = SimilarityTransform.from_estimate(landmarks, REF_LANDMARKS * size / 128)
     if not tform:  # degenerate landmarks (all on one point)
         return None
     # warp() wants the map from output to input coordinates: the inverse transform.
-    out = warp(np.asarray(img), tform.inverse, output_shape=(size, size), order=3, mode="edge", preserve_range=True)
+    out = warp(
+        np.asarray(img), tform.inverse, output_shape=(size, size), order=3, mode="edge", preserve_range=True
+    )
     return Image.fromarray(np.clip(out, 0, 255).round().astype(np.uint8))
 
 
@@ -79,6 +86,7 @@ def align_face(img, size=128, detector=None, min_prob=0.0):
 
 # ----------------------------------------------------------------------------- CLI
 
+
 def _read_manifest(path):
     if not path.exists():
         return {}
@@ -88,16 +96,20 @@ def _read_manifest(path):
 
 def _save_png(img, path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    common._atomic_write(path, lambda f: img.save(f, format="PNG"), suffix=".png")
+    common.atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 @common.exits_on_user_error
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("src", help="folder of images (walked recursively)")
     p.add_argument("dst", help="output folder: aligned PNGs in the same tree + manifest.csv")
     p.add_argument("--size", type=int, default=128, help="output size; the reference landmarks scale with it")
-    p.add_argument("--min-prob", type=float, default=0.9, help="faces detected with less confidence count as no_face")
+    p.add_argument(
+        "--min-prob", type=float, default=0.9, help="faces detected with less confidence count as no_face"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="same-sized images detected in one MTCNN pass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = p.parse_args(argv)
@@ -125,7 +137,7 @@ def main(argv=None):
             writer = csv.DictWriter(f, fieldnames=FIELDS)
             if new_file:
                 writer.writeheader()
-            bar = common.progress(len(todo), 0, "align")
+            bar = tqdm(total=len(todo), desc="align", mininterval=0.1 if sys.stderr.isatty() else 30)
             for batch in _same_size_batches(todo, args.batch_size):
                 images, rows = [], []
                 for path in batch:
@@ -133,15 +145,23 @@ def main(argv=None):
                         with Image.open(path) as im:
                             images.append((path, im.convert("RGB")))
                     except Exception:  # PIL raises many kinds for a bad file
-                        rows.append({"file": str(path.relative_to(src)), "status": "unreadable",
-                                     "probability": "", "landmarks": ""})
+                        rows.append(
+                            dict(
+                                file=str(path.relative_to(src)),
+                                status="unreadable",
+                                probability="",
+                                landmarks="",
+                            )
+                        )
                 found = detect([im for _, im in images], detector) if images else []
                 for (path, im), hit in zip(images, found):
                     rel = path.relative_to(src)
                     row = {"file": str(rel), "status": "no_face", "probability": "", "landmarks": ""}
                     if hit is not None:
                         prob, lm = hit
-                        row.update(probability=f"{prob:.4f}", landmarks=" ".join(f"{v:.1f}" for v in lm.ravel()))
+                        row.update(
+                            probability=f"{prob:.4f}", landmarks=" ".join(f"{v:.1f}" for v in lm.ravel())
+                        )
                         face = warp_to_reference(im, lm, args.size) if prob >= args.min_prob else None
                         if face is not None:
                             _save_png(face, (dst / rel).with_suffix(".png"))
@@ -171,7 +191,7 @@ def _same_size_batches(files, batch_size):
         groups.setdefault(key, []).append(path)
     for group in groups.values():
         for i in range(0, len(group), batch_size):
-            yield group[i:i + batch_size]
+            yield group[i : i + batch_size]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,11 @@ Deep Convolutional Generative Adversarial Networks" (2016).
 Study steps:
   phase 1 (pipeline ablations)  python dcgan.py --data DIR --res 64|128 --aug flip|deluxe
   step 2.1 (the GAN baseline)   python dcgan.py --data DIR --res 64
-  CPU first look                python dcgan.py --data digits --res 32 --aug none --ngf 32 --ndf 32 --max-minutes 3
+
+Presets (--preset auto picks study on CUDA, cpu otherwise; a flag given explicitly wins):
+  study  the defaults below: 64 px from --res, ngf = ndf = 64, 100 epochs, FID every 25 epochs
+  cpu    a first look in 5 minutes: digits at 16 px, ngf = ndf = 32, FID(digits) of 1,000
+         samples at the end (python dcgan.py on a laptop)
 
 Variants from the seed reports (each one flag, combinable):
   --g-arch upconv    nearest upsample + 3x3 conv instead of transposed conv (Odena et al.
@@ -27,8 +31,11 @@ non-saturating loss -log D(G(z)) (Goodfellow et al. 2014, sec. 3), as the paper'
 code does; samples come from an EMA of the generator's weights; `--cond` adds a
 one-hot label to z and a projection term to D (Miyato & Koyama 2018).
 """
+
 import argparse
+import functools
 import math
+import time
 
 import torch
 import torch.nn as nn
@@ -39,7 +46,6 @@ import fid
 
 
 # ----------------------------------------------------------------------------- model
-
 class CSPUp(nn.Module):
     """Cross-stage-partial 2x upsampling (after Wang et al. 2020, CSPNet): half the
     channels are upsampled straight through (nearest neighbour, no weights), the
@@ -50,12 +56,12 @@ class CSPUp(nn.Module):
     def __init__(self, c_in, c_out):
         super().__init__()
         self.half = c_in // 2
-        self.conv = nn.Sequential(nn.ConvTranspose2d(c_in - self.half, self.half, 4, 2, 1, bias=False),
-                                  nn.BatchNorm2d(self.half), nn.ReLU(True))
+        up = nn.ConvTranspose2d(c_in - self.half, self.half, 4, 2, 1, bias=False)
+        self.conv = nn.Sequential(up, nn.BatchNorm2d(self.half), nn.ReLU(True))
         self.mix = nn.Conv2d(2 * self.half, c_out, 1, bias=False)
 
     def forward(self, x):  # (B, c_in, H, W)
-        straight, learned = x[:, :self.half], x[:, self.half:]
+        straight, learned = x[:, : self.half], x[:, self.half :]
         h = torch.cat([F.interpolate(straight, scale_factor=2, mode="nearest"), self.conv(learned)], 1)
         return self.mix(h)  # (B, c_out, 2H, 2W)
 
@@ -67,9 +73,9 @@ def up_block(arch, c_in, c_out):
     elif arch == "upconv":
         # Resize-convolution (Odena et al. 2016): every output pixel gets the same number
         # of kernel taps, so no checkerboard from the stride-2 transposed conv's overlap.
-        up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False))
+        up = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False))
     elif arch == "csp":
-        return nn.Sequential(CSPUp(c_in, c_out), nn.BatchNorm2d(c_out), nn.ReLU(True))
+        up = CSPUp(c_in, c_out)
     else:
         raise ValueError(f"unknown generator architecture {arch!r}")
     return nn.Sequential(up, nn.BatchNorm2d(c_out), nn.ReLU(True))
@@ -84,7 +90,11 @@ class Generator(nn.Module):
         self.nz, self.n_classes = nz, n_classes
         n_up = int(math.log2(res)) - 2  # 4x4 -> res: 3 blocks at 32, 4 at 64, 5 at 128
         ch = ngf * 2 ** (n_up - 1)
-        layers = [nn.ConvTranspose2d(nz + n_classes, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+        layers = [
+            nn.ConvTranspose2d(nz + n_classes, ch, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(ch),
+            nn.ReLU(True),
+        ]
         for _ in range(n_up - 1):
             layers.append(up_block(arch, ch, ch // 2))  # (B, ch / 2, 2H, 2W)
             ch //= 2
@@ -106,10 +116,13 @@ class Discriminator(nn.Module):
     def __init__(self, ndf=64, channels=3, res=64, n_classes=0):
         super().__init__()
         n_down = int(math.log2(res)) - 2
-        layers = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
-        ch = ndf
+        layers, ch = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)], ndf
         for _ in range(n_down - 1):
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ch * 2),
+                nn.LeakyReLU(0.2, True),
+            ]
             ch *= 2
         self.features = nn.Sequential(*layers)  # (B, ch, 4, 4)
         self.out = nn.Conv2d(ch, 1, 4, 1, 0, bias=False)
@@ -134,11 +147,10 @@ def init_weights(m):
 
 
 # ----------------------------------------------------------------------------- losses
-
 def d_loss(real_logits, fake_logits):
     """-[log D(x) + log(1 - D(G(z)))], on logits."""
-    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    bce = F.binary_cross_entropy_with_logits
+    return bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits))
 
 
 def g_loss(fake_logits):
@@ -146,120 +158,213 @@ def g_loss(fake_logits):
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-# ----------------------------------------------------------------------------- sampling
+# ----------------------------------------------------------------------------- DiffAugment
+DIFFAUG_OPS = ("color", "translation", "cutout")
+
+
+def diffaug_policy(text):
+    """argparse type for --diffaug: '' (off) or a comma list of DIFFAUG_OPS."""
+    ops = tuple(o.strip() for o in text.split(",") if o.strip())
+    if bad := [o for o in ops if o not in DIFFAUG_OPS]:
+        raise argparse.ArgumentTypeError(
+            f"unknown DiffAugment op(s) {bad}; choose from {','.join(DIFFAUG_OPS)}"
+        )
+    return ops
+
+
+def diff_augment(x, policy):
+    """DiffAugment (Zhao et al. 2020): the same kind of random, differentiable augmentation
+    on real *and* fake images, in D's and G's steps, so D cannot memorise a small training
+    set and G's gradients pass through. x in [-1, 1] (B, C, H, W); draws from the torch RNG
+    of x's device. Each op as in the paper's code: color (brightness +-0.5, saturation
+    x[0, 2], contrast x[0.5, 1.5]), translation (up to 1/8 of the size, zero padded),
+    cutout (a square of half the size)."""
+    if not policy:
+        return x
+    B, C, H, W = x.shape
+    rand = functools.partial(torch.rand, device=x.device, dtype=x.dtype)
+    if "color" in policy:
+        x = x + (rand(B, 1, 1, 1) - 0.5)
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * (rand(B, 1, 1, 1) * 2) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (rand(B, 1, 1, 1) + 0.5) + mean
+    rows = torch.arange(H, device=x.device).view(1, H, 1)  # (1, H, 1)
+    cols = torch.arange(W, device=x.device).view(1, 1, W)  # (1, 1, W)
+    if "translation" in policy:
+        sh, sw = int(H * 0.125 + 0.5), int(W * 0.125 + 0.5)
+        dy = torch.randint(-sh, sh + 1, (B, 1, 1), device=x.device)
+        dx = torch.randint(-sw, sw + 1, (B, 1, 1), device=x.device)
+        # Read pixel (i + dy, j + dx) from a copy padded by one zero pixel all round:
+        # a shift past the border reads the padding.
+        src_r = (rows + dy + 1).clamp(0, H + 1)  # (B, H, 1)
+        src_c = (cols + dx + 1).clamp(0, W + 1)  # (B, 1, W)
+        padded = F.pad(x, [1, 1, 1, 1])  # (B, C, H + 2, W + 2)
+        b = torch.arange(B, device=x.device).view(B, 1, 1)
+        x = padded.permute(0, 2, 3, 1)[b, src_r, src_c].permute(0, 3, 1, 2)  # (B, C, H, W)
+    if "cutout" in policy:
+        ch, cw = int(H * 0.5 + 0.5), int(W * 0.5 + 0.5)
+        top = torch.randint(0, H + (1 - ch % 2), (B, 1, 1), device=x.device) - ch // 2
+        left = torch.randint(0, W + (1 - cw % 2), (B, 1, 1), device=x.device) - cw // 2
+        hole = (rows >= top) & (rows < top + ch) & (cols >= left) & (cols < left + cw)  # (B, H, W)
+        x = x * (~hole).unsqueeze(1).to(x.dtype)
+    return x
+
+
+# ----------------------------------------------------------------------------- sampling and evaluation
+def slerp(a, b, t):
+    """Spherical interpolation between latents a, b (D,) at fractions t (K,) -> (K, D):
+    Gaussian latents live near a sphere, and a straight line cuts through its inside."""
+    a_n, b_n = a / a.norm(), b / b.norm()
+    omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
+    t = t[:, None]
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def latent_walk(nz, seed, rows=8, cols=8):
+    """(rows * cols, nz) latents: each row a slerp path between two random N(0, I) latents."""
+    ends = torch.randn(2 * rows, nz, generator=torch.Generator().manual_seed(seed))
+    t = torch.linspace(0, 1, cols)
+    return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
+
+
+def evaluate(G, evaluator, args, n_classes, out):
+    """FID and friends of --fid-n samples from seeded noise (labels cycling through the
+    classes when conditional); {} when no feature space is on, skipping the sampling."""
+    if evaluator.features == "none":
+        return {}
+    labels = torch.arange(args.fid_n) % n_classes if n_classes else None
+    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, labels)
+    return evaluator(fake, out / "worst.png")
+
 
 @torch.no_grad()
+def save_outputs(G, fixed_z, fixed_y, out, seed):
+    """The final pictures from the EMA generator: samples.png from the fixed noise,
+    interp.png (a slerp walk per row, one class per row when conditional), progress.gif.
+    Returns the sampling seconds per image."""
+    t = time.time()
+    final = G(fixed_z, fixed_y)
+    sample_seconds = (time.time() - t) / fixed_z.shape[0]
+    common.save_grid(final, out / "samples.png")
+    walk_y = fixed_y[:8].repeat_interleave(8) if fixed_y is not None else None
+    common.save_grid(G(latent_walk(fixed_z.shape[1], seed).to(fixed_z.device), walk_y), out / "interp.png")
+    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
+    return sample_seconds
+
+
 # ----------------------------------------------------------------------------- main
+CPU_PRESET = dict(ngf=32, ndf=32)  # with common.CPU_PRESET: 16 px digits, 5 minutes
+MODEL_FLAGS = ("res", "g_arch", "nz", "ngf", "ndf", "cond")  # a resumed run must keep these
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p)
-    common.add_gan_args(p, lr=2e-4)
-    p.add_argument("--g-arch", default="dcgan", choices=["dcgan", "upconv", "csp"], help="generator upsampling")
+    p.add_argument(
+        "--g-arch", default="dcgan", choices=["dcgan", "upconv", "csp"], help="generator upsampling"
+    )
     p.add_argument("--nz", type=int, default=100, help="latent size")
     p.add_argument("--ngf", type=int, default=64, help="generator width")
     p.add_argument("--ndf", type=int, default=64, help="discriminator width")
     p.add_argument("--beta1", type=float, default=0.5)
-    return p.parse_args(argv)
+    p.add_argument("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR")
+    p.add_argument("--lr-d", type=float, default=None, help="discriminator lr (default --lr)")
+    p.add_argument("--lr-decay", type=float, default=None, metavar="GAMMA", help="both lrs x GAMMA each step")
+    p.add_argument("--diffaug", type=diffaug_policy, default=(), metavar="OPS", help=",".join(DIFFAUG_OPS))
+    args = common.parse_with_preset(p, argv, CPU_PRESET)
+    if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
+        p.error(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
+    return args
 
 
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    out = common.prepare_run(args, "dcgan")
+    out = common.prepare_run(args, "dcgan", MODEL_FLAGS)
     device, amp, amp_dtype = common.setup_device(args)
     common.seed_everything(args.seed)
-    data = common.load_dataset(args.data, args.res, crop=args.crop, aug=args.aug, cond=args.cond)
-    train, heldout = data.split()
-    channels, n_classes = train.images.shape[-1], (len(data.classes) if args.cond else 0)
+    train, heldout = common.train_and_heldout(args)
+    channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
 
     G = Generator(args.nz, args.ngf, channels, args.res, n_classes, args.g_arch).to(device)
     D = Discriminator(args.ndf, channels, args.res, n_classes).to(device)
     G.apply(init_weights)
     D.apply(init_weights)
     ema = common.EMA(G, args.ema)
-    opt_g, opt_d, schedulers = common.gan_optimizers(G, D, args, betas=(args.beta1, 0.999))
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(args.beta1, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d or args.lr, betas=(args.beta1, 0.999))
     scaler = common.grad_scaler(device, amp, amp_dtype)
-
-    # Fixed noise, so every epoch's grid shows the same 64 latents.
-    fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    fixed_y = (torch.arange(64) % max(n_classes, 1)).to(device) if n_classes else None
-
-    evaluate = fid.Evaluator(args.fid_features, heldout, args.data, args.res, args.fid_n_real, device,
-                             args.inception_weights)
-    fid_labels = torch.arange(args.fid_n) % n_classes if n_classes else None
-
-    def fid_row():
-        if evaluate.features == "none":  # no feature space: skip the sampling too
-            return {}
-        fake = common.generate(ema.module, args.fid_n, args.nz, device, args.seed + 2, fid_labels)
-        return common.log_fid(log, evaluate(fake, out / "worst.png"), step, step / per_epoch)
-
-    def D_aug(x, y):  # with --diffaug, D sees every image, real or fake, augmented
-        return D(common.diff_augment(x, args.diffaug), y)
-
-    objects = {"G": G, "D": D, "ema": ema, "opt_g": opt_g, "opt_d": opt_d, "scaler": scaler, **schedulers}
+    objects = dict(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
-
-    def checkpoint():
-        common.save_checkpoint(out / "ckpt.pt", common.training_state(objects, step, step // per_epoch,
-                                                                      clock.seconds, args))
+    evaluator = fid.Evaluator.for_run(args, heldout, device)
+    # Fixed noise (and labels), so every epoch's grid shows the same 64 latents.
+    fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    fixed_y = (torch.arange(64) % n_classes).to(device) if n_classes else None
 
     per_epoch = max(1, len(train) // args.batch_size)
     total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
-    stop = common.StopFlag(args.max_minutes)
+    clock = common.TrainClock(train_seconds, args.max_minutes)
+    bar = common.Progress(args, total, step, clock, "dcgan")
     losses, metrics, fid_step = {}, {}, None
-    bar = common.progress(total, step, "dcgan")
-    clock = common.TrainClock(train_seconds)
-    for epoch, x, y in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
-        if step >= total or stop(clock.seconds):
+    for _, x, y in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
+        if step >= total or clock.stop():
             break
         real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         y = y if n_classes else None
         z = torch.randn(real.shape[0], args.nz, device=device)
-
-        # D step: maximise log D(x) + log(1 - D(G(z))).
+        # D step: maximise log D(x) + log(1 - D(G(z))); with --diffaug D sees every image augmented.
         with common.autocast(device, amp, amp_dtype):
             fake = G(z, y)
-            loss_d = d_loss(D_aug(real, y), D_aug(fake.detach(), y))
+            real_aug, fake_aug = diff_augment(real, args.diffaug), diff_augment(fake.detach(), args.diffaug)
+            loss_d = d_loss(D(real_aug, y), D(fake_aug, y))
         opt_d.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()
         scaler.step(opt_d)
-
         # G step: the fake batch goes through the updated D.
         with common.autocast(device, amp, amp_dtype):
-            loss_g = g_loss(D_aug(fake, y))
+            loss_g = g_loss(D(diff_augment(fake, args.diffaug), y))
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()
         scaler.step(opt_g)
         scaler.update()
-        for scheduler in schedulers.values():
-            scheduler.step()
+        if args.lr_decay:  # both learning rates shrink every step
+            for group in opt_g.param_groups + opt_d.param_groups:
+                group["lr"] *= args.lr_decay
         ema.update(G)
         step += 1
-        bar.update(1)
+        bar.step()
 
         if step % args.log_every == 0 or step == total:
             losses = {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
-            common.check_finite(step, out, **losses)
-            log.write(kind="train", step=step, epoch=step / per_epoch, **losses)
-            bar.set_postfix(losses)
-        if step % per_epoch == 0:  # end of an epoch
-            row = common.epoch_end(out, step // per_epoch, args, clock,
-                                   lambda path: common.save_grid(ema.module(fixed_z, fixed_y), path), fid_row, checkpoint)
-            if row is not None:
-                metrics, fid_step = row, step
+            common.log_losses(log, bar, out, step, step / per_epoch, losses)
+        if step % per_epoch == 0:  # end of an epoch: grid and FID (not training time), checkpoint
+            epoch = step // per_epoch
+            with clock.paused():
+                if epoch % args.sample_every == 0:
+                    common.save_grid(ema.module(fixed_z, fixed_y), out / "samples" / f"epoch_{epoch:04d}.png")
+                if args.fid_every and epoch % args.fid_every == 0:
+                    row = evaluate(ema.module, evaluator, args, n_classes, out)
+                    metrics, fid_step = common.log_eval(log, row, step, epoch), step
+            if epoch % args.ckpt_every == 0:
+                common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     bar.close()
-    stop.restore()
+    clock.restore_signals()
     train_seconds = clock.seconds
-    checkpoint()
-    if fid_step != step:
-        metrics = fid_row()
+    common.save_training_state(out, objects, step, step // per_epoch, train_seconds, args)
+    if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
+        row = evaluate(ema.module, evaluator, args, n_classes, out)
+        metrics = common.log_eval(log, row, step, step / per_epoch)
 
-    sample_seconds = common.save_gan_outputs(ema.module, fixed_z, out, args.seed + 1, fixed_y)
-    params = {"params": common.count_params(G, D), "params_G": common.count_params(G), "params_D": common.count_params(D)}
-    return common.write_summary(out, "dcgan", params, step, step / per_epoch, step * args.batch_size, train_seconds,
-                                sample_seconds, {**losses, **metrics}, stop)
+    sample_seconds = save_outputs(ema.module, fixed_z, fixed_y, out, args.seed + 1)
+    count = common.count_params
+    summary = dict(model="dcgan", params=count(G, D), params_G=count(G), params_D=count(D), steps=step)
+    summary.update(
+        epochs=step / per_epoch, train_seconds=train_seconds, sample_seconds_per_image=sample_seconds
+    )
+    return common.write_summary(out, clock, summary, step * args.batch_size, {**losses, **metrics})
 
 
 if __name__ == "__main__":

@@ -8,11 +8,16 @@ Diffusion Implicit Models" (2021) -- DDIM, eq. 12.
 Study steps (phase 4), each fixing what the one before showed:
   4.1  python ddpm.py --schedule linear --pred eps          the DDPM baseline
   4.2  python ddpm.py --schedule cosine --pred eps          linear wastes its last steps on pure noise
-  4.3  python ddpm.py --schedule cosine --pred v            eps-prediction is poor at high noise (x0 = (x_t - ..)/sqrt(abar) blows up)
+  4.3  python ddpm.py --schedule cosine --pred v            eps-prediction is poor at high noise
+                                                            (x0 = (x_t - ..)/sqrt(abar) blows up)
   4.4  python ddpm.py --schedule cosine --pred v --base-ch 192 --attn-res 8,16,32    wider, more attention
-  CPU first look (digits are 8x8, so res 16 loses nothing; ~1,100-1,400 steps in 10 minutes):
-                  python ddpm.py --data digits --res 16 --aug none --base-ch 32 --ch-mult 1,2,2 \\
-                  --num-res-blocks 1 --attn-res 8 --dropout 0 --lr 1e-3 --sample-steps 20 --max-minutes 10
+
+Presets (--preset auto: study on CUDA, cpu elsewhere; a flag given explicitly wins over either):
+  study  the flags' defaults below: base width 128, 2 res blocks a level, 100 DDIM steps, FID
+         from 5,000 samples every 25 epochs, 100 epochs
+  cpu    a first look in about 6 minutes: digits at 16 px (their source is 8x8), base width 32,
+         levels 1,2,2, one res block a level, attention at 8x8, no dropout, lr 1e-3, 5 minutes
+         of training, then FID(digits) of 1,000 samples with 20 DDIM steps
 
 Forward process: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Ho eq. 4). The network predicts
 eps or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 and is trained with plain MSE on that target
@@ -20,9 +25,11 @@ eps or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 and is trained with plain MSE 
 
 Departures from the papers: AdamW instead of Adam; no learning-rate warm-up (the CPU runs
 are short); the U-Net's output conv starts at zero; GroupNorm uses 32 groups only where
-that leaves at least 4 channels a group, so small widths work; DDIM clips the predicted x0 to [-1, 1] and re-derives eps from it (as
-the reference implementations do), and its last step uses abar_prev = 1.
+that leaves at least 4 channels a group, so small widths work; DDIM clips the predicted x0
+to [-1, 1] and re-derives eps from it (as the reference implementations do), and its last
+step uses abar_prev = 1.
 """
+
 import argparse
 import math
 import time
@@ -35,8 +42,8 @@ import torch.nn.functional as F
 import common
 import fid
 
-
 # ----------------------------------------------------------------------------- U-Net
+
 
 def timestep_embedding(t, dim):
     """Sinusoidal embedding of integer timesteps t (B,) -> (B, dim), as in the Transformer."""
@@ -87,8 +94,16 @@ class UNet(nn.Module):
     Levels of `ch_mult`, `num_res_blocks` ResBlocks each, attention at the resolutions in
     `attn_res`, a skip connection from every down block to its mirror up block."""
 
-    def __init__(self, channels=3, base_ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_res=(16,),
-                 dropout=0.1, res=32):
+    def __init__(
+        self,
+        channels=3,
+        base_ch=128,
+        ch_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attn_res=(16,),
+        dropout=0.1,
+        res=32,
+    ):
         super().__init__()
         t_dim = 4 * base_ch
         self.base_ch = base_ch
@@ -98,24 +113,44 @@ class UNet(nn.Module):
         self.down, skips, ch, size = nn.ModuleList(), [base_ch], base_ch, res
         for level, mult in enumerate(ch_mult):
             for _ in range(num_res_blocks):
-                self.down.append(nn.ModuleList([ResBlock(ch, base_ch * mult, t_dim, dropout),
-                                                Attention(base_ch * mult) if size in attn_res else nn.Identity()]))
+                self.down.append(
+                    nn.ModuleList(
+                        [
+                            ResBlock(ch, base_ch * mult, t_dim, dropout),
+                            Attention(base_ch * mult) if size in attn_res else nn.Identity(),
+                        ]
+                    )
+                )
                 ch = base_ch * mult
                 skips.append(ch)
             if level < len(ch_mult) - 1:
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))  # halve H, W
                 skips.append(ch)
                 size //= 2
-        self.mid1, self.mid_attn, self.mid2 = ResBlock(ch, ch, t_dim, dropout), Attention(ch), ResBlock(ch, ch, t_dim, dropout)
+        self.mid1, self.mid_attn, self.mid2 = (
+            ResBlock(ch, ch, t_dim, dropout),
+            Attention(ch),
+            ResBlock(ch, ch, t_dim, dropout),
+        )
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(ch_mult))):
             for _ in range(num_res_blocks + 1):
-                self.up.append(nn.ModuleList([ResBlock(ch + skips.pop(), base_ch * mult, t_dim, dropout),
-                                              Attention(base_ch * mult) if size in attn_res else nn.Identity()]))
+                self.up.append(
+                    nn.ModuleList(
+                        [
+                            ResBlock(ch + skips.pop(), base_ch * mult, t_dim, dropout),
+                            Attention(base_ch * mult) if size in attn_res else nn.Identity(),
+                        ]
+                    )
+                )
                 ch = base_ch * mult
             if level > 0:
-                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)))
+                self.up.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)
+                    )
+                )
                 size *= 2
         self.out = nn.Sequential(norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)  # start as the zero predictor: a calm first step
@@ -138,6 +173,7 @@ class UNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- diffusion: pure functions
+
 
 def make_betas(schedule, T):
     """beta_1..beta_T as float64 (T,). linear: 1e-4..0.02 (Ho et al.). cosine: from
@@ -189,6 +225,7 @@ def diffusion_loss(model, x0, alpha_bar, pred):
 
 # ----------------------------------------------------------------------------- sampling
 
+
 def ddim_timesteps(T, steps, spacing="leading"):
     """The S timesteps DDIM visits, descending. For T = 1000, S = 10: leading 900..0,
     trailing 999..99, linspace 999..0 (Lin et al. 2024, table 2, name these)."""
@@ -204,146 +241,195 @@ def ddim_timesteps(T, steps, spacing="leading"):
 
 
 @torch.no_grad()
-def ddim_sample(model, shape, alpha_bar, steps, pred, eta=0.0, spacing="leading", x_T=None,
-                generator=None, trajectory=None):
+def ddim_sample(
+    model,
+    shape,
+    alpha_bar,
+    steps,
+    pred,
+    eta=0.0,
+    spacing="leading",
+    x_T=None,
+    generator=None,
+    trajectory=None,
+    device="cpu",
+):
     """DDIM (Song et al. eq. 12): x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps
     + sigma z, with sigma = eta sqrt((1 - abar_prev) / (1 - abar) (1 - abar / abar_prev)).
     eta = 0 is deterministic. The previous timestep is the next entry of the schedule array;
-    after the last entry, abar_prev = 1. If `trajectory` is a list, x_t is appended to it at
-    every step."""
-    device = next(model.parameters()).device
-    x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator).to(device)
+    after the last entry, abar_prev = 1. Starts from x_T, or from noise of `shape` drawn on
+    the CPU from `generator` and moved to `device`; everything runs on the noise's device,
+    so any callable model(x, t) works. If `trajectory` is a list, (t, x_t) is appended to it."""
+    x = x_T if x_T is not None else torch.randn(shape, generator=generator).to(device)
     ts = ddim_timesteps(len(alpha_bar), steps, spacing)
-    ab_all = alpha_bar.to(device)
+    ab_all = alpha_bar.to(x.device)
     for i, t in enumerate(ts):
         ab = ab_all[t].float()
-        ab_prev = ab_all[ts[i + 1]].float() if i + 1 < len(ts) else torch.tensor(1.0, device=device)
-        out = model(x, torch.full((x.shape[0],), t, device=device, dtype=torch.long)).float()
+        ab_prev = ab_all[ts[i + 1]].float() if i + 1 < len(ts) else torch.tensor(1.0, device=x.device)
+        out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
         x0, _ = to_x0_eps(out, x, ab, pred)
         x0 = x0.clamp(-1, 1)
         eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # re-derived from the clipped x0
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
-        x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0 and i + 1 < len(ts):
-            x = x + sigma * torch.randn(x.shape, generator=generator).to(device)
+            x = x + sigma * torch.randn(x.shape, generator=generator).to(x.device)
         if trajectory is not None:
             trajectory.append((t, x.cpu()))
     return x
 
 
 @torch.no_grad()
-def ddpm_sample(model, shape, betas, pred, x_T=None, generator=None):
-    """Ancestral sampling through all T steps (Ho eq. 6-7, fixed-small variance beta~_t)."""
-    device = next(model.parameters()).device
-    betas = betas.to(device)
+def ddpm_sample(model, shape, betas, pred, x_T=None, generator=None, trajectory=None, device="cpu"):
+    """Ancestral sampling through all T steps (Ho eq. 6-7, fixed-small variance beta~_t).
+    Noise, device and `trajectory` as in ddim_sample."""
+    x = x_T if x_T is not None else torch.randn(shape, generator=generator).to(device)
+    betas = betas.to(x.device)
     alphas = 1 - betas
     alpha_bar = torch.cumprod(alphas, 0)
-    x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator).to(device)
     for t in reversed(range(len(betas))):
-        ab, ab_prev = alpha_bar[t].float(), (alpha_bar[t - 1] if t > 0 else torch.tensor(1.0, device=device)).float()
-        out = model(x, torch.full((x.shape[0],), t, device=device, dtype=torch.long)).float()
+        ab = alpha_bar[t].float()
+        ab_prev = (alpha_bar[t - 1] if t > 0 else torch.tensor(1.0, device=x.device)).float()
+        out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
         x0 = to_x0_eps(out, x, ab, pred)[0].clamp(-1, 1)
         # Posterior q(x_{t-1} | x_t, x0): mean is a blend of x0 and x_t (Ho eq. 7).
-        mean = (betas[t] * ab_prev.sqrt() / (1 - ab)).float() * x0 + ((1 - ab_prev) * alphas[t].sqrt() / (1 - ab)).float() * x
+        coef_x0 = (betas[t] * ab_prev.sqrt() / (1 - ab)).float()
+        coef_xt = ((1 - ab_prev) * alphas[t].sqrt() / (1 - ab)).float()
+        mean = coef_x0 * x0 + coef_xt * x
         if t > 0:
             var = (betas[t] * (1 - ab_prev) / (1 - ab)).float()
-            x = mean + var.sqrt() * torch.randn(x.shape, generator=generator).to(device)
+            x = mean + var.sqrt() * torch.randn(x.shape, generator=generator).to(x.device)
         else:
             x = mean
+        if trajectory is not None:
+            trajectory.append((t, x.cpu()))
     return x
 
 
-def sample(model, n, args, alpha_bar, betas, channels, generator, batch_size=256):
-    """n images in [-1, 1] with the sampler the flags choose, in batches."""
+def sample(
+    model, shape, args, alpha_bar, betas, generator, device, x_T=None, trajectory=None, batch_size=256
+):
+    """shape[0] images in [-1, 1] with the sampler the flags choose (the one place that choice
+    is read), in batches, gathered on the CPU; from x_T, or from noise drawn batch by batch."""
     out = []
-    for i in range(0, n, batch_size):
-        shape = (min(batch_size, n - i), channels, args.res, args.res)
+    for i in range(0, shape[0], batch_size):
+        b = min(batch_size, shape[0] - i)
+        x = (
+            x_T[i : i + b]
+            if x_T is not None
+            else torch.randn((b, *shape[1:]), generator=generator).to(device)
+        )
         if args.sampler == "ddim":
-            out.append(ddim_sample(model, shape, alpha_bar, args.sample_steps, args.pred, args.eta, args.spacing,
-                                   generator=generator).cpu())
+            steps, eta, spacing = args.sample_steps, args.eta, args.spacing
+            x = ddim_sample(model, None, alpha_bar, steps, args.pred, eta, spacing, x, generator, trajectory)
         else:
-            out.append(ddpm_sample(model, shape, betas, args.pred, generator=generator).cpu())
+            x = ddpm_sample(model, None, betas, args.pred, x, generator, trajectory)
+        out.append(x.cpu())
     return torch.cat(out)
 
 
+def sample_from(model, x_T, args, alpha_bar, betas, trajectory=None):
+    """sample() from fixed starting noise x_T; the sampler's own noise (eta > 0, ancestral)
+    is seeded too, so the grids of every epoch are comparable."""
+    generator = torch.Generator().manual_seed(args.seed + 3)
+    return sample(model, x_T.shape, args, alpha_bar, betas, generator, x_T.device, x_T, trajectory)
+
+
+def evaluate(model, evaluator, args, alpha_bar, betas, shape, out):
+    """FID and friends of --fid-n samples from seeded noise; {} when no feature space is on,
+    skipping the sampling."""
+    if evaluator.features == "none":
+        return {}
+    generator = torch.Generator().manual_seed(args.seed + 2)
+    fake = sample(model, (args.fid_n, *shape), args, alpha_bar, betas, generator, evaluator.device)
+    return evaluator(fake, out / "worst.png")
+
+
+def save_outputs(model, fixed_x_T, args, alpha_bar, betas, out):
+    """The final pictures from the EMA weights: samples.png from the fixed noise, denoise.png
+    (one row per sample: x_T, x_t at 9 evenly spaced sampler steps, the last one x_0),
+    progress.gif. Returns the sampling seconds per image."""
+    t = time.time()
+    final = sample_from(model, fixed_x_T, args, alpha_bar, betas)
+    sample_seconds = (time.time() - t) / fixed_x_T.shape[0]
+    common.save_grid(final, out / "samples.png")
+    path, x_T = [], fixed_x_T[:8]
+    sample_from(model, x_T, args, alpha_bar, betas, trajectory=path)
+    keep = np.linspace(0, len(path) - 1, 9).round().astype(int)
+    strip = torch.stack([x_T.cpu()] + [path[i][1] for i in keep], dim=1)  # (8, 10, C, H, W)
+    common.save_grid(strip.flatten(0, 1), out / "denoise.png", nrow=10)
+    common.save_gif(out / "samples", out / "progress.gif")
+    return sample_seconds
+
+
 # ----------------------------------------------------------------------------- main
+# With common.CPU_PRESET (16 px digits, 5 minutes): the small U-Net of the CPU first look.
+CPU_PRESET = dict(base_ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_res=[8], dropout=0.0, lr=1e-3)
+CPU_PRESET.update(sample_steps=20)
+MODEL_FLAGS = ("res", "T", "schedule", "pred", "base_ch", "ch_mult", "num_res_blocks", "attn_res")
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p)
-    p.add_argument("--T", type=int, default=1000, help="diffusion steps")
-    p.add_argument("--schedule", default="linear", choices=["linear", "cosine"])
-    p.add_argument("--pred", default="eps", choices=["eps", "v"])
-    p.add_argument("--base-ch", type=int, default=128)
-    p.add_argument("--ch-mult", type=common.csv_ints, default=None, help="default by res: 1,2,2 (16), 1,2,2,2 (32), 1,2,2,4 (64), 1,1,2,3,4 (128)")
-    p.add_argument("--num-res-blocks", type=int, default=2)
-    p.add_argument("--attn-res", type=common.csv_ints, default=None, help="default: res/8 and res/4 (8,16 at 64)")
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
-    p.add_argument("--sample-steps", type=int, default=100, help="DDIM steps")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"])
-    args = p.parse_args(argv)
-    args.ch_mult = args.ch_mult or {16: [1, 2, 2], 32: [1, 2, 2, 2], 64: [1, 2, 2, 4], 128: [1, 1, 2, 3, 4]}[args.res]
+    a = p.add_argument
+    a("--T", type=int, default=1000, help="diffusion steps")
+    a("--schedule", default="linear", choices=["linear", "cosine"])
+    a("--pred", default="eps", choices=["eps", "v"])
+    a("--base-ch", type=int, default=128)
+    a("--ch-mult", type=common.csv_ints, default=None, help="default by res: 1,2,2 (16), 1,2,2,2 (32) ...")
+    a("--num-res-blocks", type=int, default=2)
+    a("--attn-res", type=common.csv_ints, default=None, help="default: res/8 and res/4 (8,16 at 64)")
+    a("--dropout", type=float, default=0.1)
+    a("--grad-clip", type=float, default=1.0)
+    a("--sampler", default="ddim", choices=["ddim", "ddpm"], help="for every output: grids, FID, samples")
+    a("--sample-steps", type=int, default=100, help="DDIM steps")
+    a("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+    a("--spacing", default="leading", choices=["leading", "trailing", "linspace"])
+    args = common.parse_with_preset(p, argv, CPU_PRESET)
+    default_mult = {16: [1, 2, 2], 32: [1, 2, 2, 2], 64: [1, 2, 2, 4], 128: [1, 1, 2, 3, 4]}
+    args.ch_mult = args.ch_mult or default_mult[args.res]
     args.attn_res = args.attn_res or [args.res // 8, args.res // 4]
     if args.res % 2 ** (len(args.ch_mult) - 1):
         p.error(f"--ch-mult has {len(args.ch_mult)} levels; --res {args.res} cannot be halved that often")
     if not 1 <= args.sample_steps <= args.T:
         p.error(f"--sample-steps must be in 1..{args.T}")
+    if args.cond:
+        p.error("ddpm.py is unconditional; --cond is not supported")
     return args
 
 
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    if args.cond:
-        raise common.UserError("ddpm.py is unconditional; --cond is not supported")
-    out = common.prepare_run(args, "ddpm")
+    out = common.prepare_run(args, "ddpm", MODEL_FLAGS)
     device, amp, amp_dtype = common.setup_device(args)
     common.seed_everything(args.seed)
-    data = common.load_dataset(args.data, args.res, crop=args.crop, aug=args.aug)
-    train, heldout = data.split()
-    channels = train.images.shape[-1]
+    train, heldout = common.train_and_heldout(args)
+    shape = (train.images.shape[-1], args.res, args.res)  # (C, H, W)
 
     betas = make_betas(args.schedule, args.T)  # float64: cumprod over 1000 steps keeps its precision
     alpha_bar = torch.cumprod(1 - betas, 0)
-    model = UNet(channels, args.base_ch, args.ch_mult, args.num_res_blocks, args.attn_res, args.dropout, args.res).to(device)
+    model = UNet(
+        shape[0], args.base_ch, args.ch_mult, args.num_res_blocks, args.attn_res, args.dropout, args.res
+    )
+    model = model.to(device)
     ema = common.EMA(model, args.ema)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     scaler = common.grad_scaler(device, amp, amp_dtype)
-
-    evaluate = fid.Evaluator(args.fid_features, heldout, args.data, args.res, args.fid_n_real, device,
-                             args.inception_weights)
-
-    def fid_row():
-        if evaluate.features == "none":  # no feature space: skip the sampling too
-            return {}
-        fake = sample(ema.module, args.fid_n, args, alpha_bar, betas, channels,
-                      generator=torch.Generator().manual_seed(args.seed + 2))
-        return common.log_fid(log, evaluate(fake, out / "worst.png"), step, step / per_epoch)
-
-    objects = {"model": model, "ema": ema, "opt": opt, "scaler": scaler}
+    objects = dict(model=model, ema=ema, opt=opt, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
-    per_epoch = max(1, len(train) // args.batch_size)
-
-    def checkpoint():
-        common.save_checkpoint(out / "ckpt.pt", common.training_state(objects, step, step // per_epoch,
-                                                                      clock.seconds, args))
-
+    evaluator = fid.Evaluator.for_run(args, heldout, device)
     # Fixed starting noise, so every epoch's grid follows the same 64 trajectories.
-    fixed_x_T = torch.randn(64, channels, args.res, args.res, generator=torch.Generator().manual_seed(args.seed))
+    fixed_x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
 
-    def save_epoch_grid(path):
-        common.save_grid(ddim_sample(ema.module, None, alpha_bar, args.sample_steps, args.pred, x_T=fixed_x_T), path)
-
+    per_epoch = max(1, len(train) // args.batch_size)
     total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
-    stop = common.StopFlag(args.max_minutes)
+    clock = common.TrainClock(train_seconds, args.max_minutes)
+    bar = common.Progress(args, total, step, clock, "ddpm")
     losses, metrics, fid_step = {}, {}, None
-    bar = common.progress(total, step, "ddpm")
-    clock = common.TrainClock(train_seconds)
-    for epoch, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
-        if step >= total or stop(clock.seconds):
+    for _, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
+        if step >= total or clock.stop():
             break
         x0 = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         with common.autocast(device, amp, amp_dtype):
@@ -356,45 +442,38 @@ def main(argv=None):
         scaler.update()
         ema.update(model)
         step += 1
-        bar.update(1)
+        bar.step()
 
         if step % args.log_every == 0 or step == total:
             losses = {"loss": loss.item()}
-            common.check_finite(step, out, **losses)
-            log.write(kind="train", step=step, epoch=step / per_epoch, **losses)
-            bar.set_postfix(losses)
-        if step % per_epoch == 0:  # end of an epoch
-            row = common.epoch_end(out, step // per_epoch, args, clock, save_epoch_grid, fid_row, checkpoint)
-            if row is not None:
-                metrics, fid_step = row, step
+            common.log_losses(log, bar, out, step, step / per_epoch, losses)
+        if step % per_epoch == 0:  # end of an epoch: grid and FID (not training time), checkpoint
+            epoch = step // per_epoch
+            with clock.paused():
+                if epoch % args.sample_every == 0:
+                    grid = sample_from(ema.module, fixed_x_T, args, alpha_bar, betas)
+                    common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
+                if args.fid_every and epoch % args.fid_every == 0:
+                    row = evaluate(ema.module, evaluator, args, alpha_bar, betas, shape, out)
+                    metrics, fid_step = common.log_eval(log, row, step, epoch), step
+            if epoch % args.ckpt_every == 0:
+                common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     bar.close()
-    stop.restore()
+    clock.restore_signals()
     train_seconds = clock.seconds
-    checkpoint()
-    if fid_step != step:
-        metrics = fid_row()
+    common.save_training_state(out, objects, step, step // per_epoch, train_seconds, args)
+    if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
+        row = evaluate(ema.module, evaluator, args, alpha_bar, betas, shape, out)
+        metrics = common.log_eval(log, row, step, step / per_epoch)
 
-    # Final outputs from the EMA weights with the chosen sampler.
-    t = time.time()
-    if args.sampler == "ddim":
-        final = ddim_sample(ema.module, None, alpha_bar, args.sample_steps, args.pred, args.eta, args.spacing,
-                            x_T=fixed_x_T, generator=torch.Generator().manual_seed(args.seed + 3))
-    else:
-        final = ddpm_sample(ema.module, None, betas, args.pred, x_T=fixed_x_T,
-                            generator=torch.Generator().manual_seed(args.seed + 3))
-    sample_seconds = (time.time() - t) / fixed_x_T.shape[0]
-    common.save_grid(final, out / "samples.png")
-    # denoise.png: one row per sample, x_t at 9 evenly spaced DDIM steps, then the final x0.
-    path = []
-    ddim_sample(ema.module, None, alpha_bar, args.sample_steps, args.pred, x_T=fixed_x_T[:8], trajectory=path)
-    keep = np.linspace(0, len(path) - 1, 9).round().astype(int)
-    strip = torch.stack([fixed_x_T[:8]] + [path[i][1] for i in keep], dim=1)  # (8, 10, C, H, W)
-    common.save_grid(strip.flatten(0, 1), out / "denoise.png", nrow=10)
-    common.save_gif(out / "samples", out / "progress.gif")
-    return common.write_summary(out, "ddpm", {"params": common.count_params(model)}, step, step / per_epoch,
-                                step * args.batch_size, train_seconds, sample_seconds, {**losses, **metrics}, stop,
-                                schedule=args.schedule, pred=args.pred, sampler=args.sampler,
-                                sample_steps=args.sample_steps if args.sampler == "ddim" else args.T)
+    sample_seconds = save_outputs(ema.module, fixed_x_T, args, alpha_bar, betas, out)
+    sample_steps = args.sample_steps if args.sampler == "ddim" else args.T
+    summary = dict(model="ddpm", schedule=args.schedule, pred=args.pred, sampler=args.sampler)
+    summary.update(sample_steps=sample_steps, params=common.count_params(model), steps=step)
+    summary.update(
+        epochs=step / per_epoch, train_seconds=train_seconds, sample_seconds_per_image=sample_seconds
+    )
+    return common.write_summary(out, clock, summary, step * args.batch_size, {**losses, **metrics})
 
 
 if __name__ == "__main__":

@@ -6,27 +6,17 @@
   python fid.py real_dir fake_dir --features digits   # FID(digits): built-in digits feature space
 
 FID (Heusel et al. 2017, eq. 6): ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2)) between
-Gaussians fitted to Inception pool3 features. The network is the TF-slim 2015 Inception-v3 that
-the original TTUR code used, as ported by pytorch-fid: torchvision's Inception-v3 with the avg-pool
-branches of the A, C and first E blocks excluding padding from the average, a max-pool branch in
-the last E block, BatchNorm eps 1e-3 and a 1008-way classifier. Inputs in [0, 1] are resized to
-299x299 (bilinear, align_corners=False) and scaled to [-1, 1]; gray images are repeated to RGB.
-The state-dict keys equal those of pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`.
-
-KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic kernel k(x, y) = (x.y / d + 1)^3,
-averaged over random subsets; unbiased, so it suits small sample counts better than FID.
-IS (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) from the same network's 1008-way logits.
-Diversity: mean pairwise feature distance of the samples, beside that of the real images; LPIPS
-diversity (Zhang et al. 2018, the uncalibrated lpips=False variant on torchvision's VGG-16) when
-those weights are on disk; worst.png: the samples farthest from any real image in feature space.
-
-Departure from pytorch-fid, for speed only: after loading, each BatchNorm is folded into the
-convolution before it and the network runs channels-last (pool3 agrees to 1e-4, tested).
-
-`digits` features: a small CNN classifier trained deterministically on the built-in digits and
-cached; its 64-d penultimate layer is the feature space of FID(digits), and its predictions give
-class coverage. It is never to be compared with Inception FID.
+Gaussians fitted to Inception pool3 features, from the TF-slim 2015 Inception-v3 of the TTUR code
+as pytorch-fid ports it (padding-excluding avg pools, a max pool in the last block, BatchNorm eps
+1e-3, 1008 classes; inputs in [0, 1] resized bilinearly to 299x299), with the state-dict keys of
+its `pt_inception-2015-12-05-6726825d.pth`. KID (Binkowski et al. 2018): unbiased MMD^2 with the
+kernel (x.y / d + 1)^3 over random subsets, better than FID at small sample counts. IS (Salimans
+et al. 2016): exp(E_x KL(p(y|x) || p(y))). Departure, for speed only: BatchNorm folded into the
+convolutions, channels-last. After the library, the study's harness: diversity, LPIPS diversity
+(lpips=False on torchvision's VGG-16, when on disk), worst samples, and `Evaluator`, which scores
+a run's samples with Inception or with the digits classifier of classifiers.py: FID(digits).
 """
+
 import argparse
 import warnings
 from pathlib import Path
@@ -39,6 +29,7 @@ from PIL import Image
 from scipy import linalg
 from scipy.spatial.distance import cdist, pdist
 
+import classifiers
 import common
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -49,7 +40,6 @@ IMAGE_EXTS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"} 
 
 
 # ----------------------------------------------------------------------------- Inception-v3 (FID variant)
-
 class ConvBN(nn.Module):
     """torchvision's BasicConv2d: conv (no bias) -> BatchNorm(eps 1e-3) -> ReLU."""
 
@@ -62,11 +52,10 @@ class ConvBN(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
     @torch.no_grad()
-    def fold(self):
-        """BN(conv(x)) = conv'(x) with w' = w * g / sqrt(var + eps), b' = beta - mean * g / sqrt(var + eps)."""
+    def fold(self):  # BN(conv(x)) = conv'(x), w' = w g / sqrt(var + eps), b' = beta - mean g / sqrt(...)
         bn, conv = self.bn, self.conv
         scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)  # (C_out,)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
         fused.weight.copy_((conv.weight.double() * scale[:, None, None, None]).float())
         fused.bias.copy_((bn.bias.double() - bn.running_mean.double() * scale).float())
         self.conv, self.bn = fused, nn.Identity()
@@ -89,11 +78,9 @@ class InceptionA(nn.Module):
         self.branch_pool = ConvBN(c_in, pool_features, 1)
 
     def forward(self, x):
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg_pool(x))], 1)
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch1x1(x), b5, dbl, self.branch_pool(_avg_pool(x))], 1)
 
 
 class InceptionB(nn.Module):  # grid reduction 35 -> 17
@@ -105,10 +92,8 @@ class InceptionB(nn.Module):  # grid reduction 35 -> 17
         self.branch3x3dbl_3 = ConvBN(96, 96, 3, stride=2)
 
     def forward(self, x):
-        return torch.cat([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+        dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch3x3(x), dbl, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
 
 
 class InceptionC(nn.Module):  # factorised 7x7 convolutions
@@ -129,11 +114,8 @@ class InceptionC(nn.Module):  # factorised 7x7 convolutions
         dbl = self.branch7x7dbl_1(x)
         for conv in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
             dbl = conv(dbl)
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-            dbl,
-            self.branch_pool(_avg_pool(x))], 1)
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        return torch.cat([self.branch1x1(x), b7, dbl, self.branch_pool(_avg_pool(x))], 1)
 
 
 class InceptionD(nn.Module):  # grid reduction 17 -> 8
@@ -148,7 +130,8 @@ class InceptionD(nn.Module):  # grid reduction 17 -> 8
 
     def forward(self, x):
         b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+        b3 = self.branch3x3_2(self.branch3x3_1(x))
+        return torch.cat([b3, b7, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
 
 
 class InceptionE(nn.Module):  # expanded filter bank; pool = "avg" in Mixed_7b, "max" in Mixed_7c
@@ -169,11 +152,9 @@ class InceptionE(nn.Module):  # expanded filter bank; pool = "avg" in Mixed_7b, 
         b3 = self.branch3x3_1(x)
         dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pooled = _avg_pool(x) if self.pool == "avg" else F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-            self.branch3x3dbl_3a(dbl), self.branch3x3dbl_3b(dbl),
-            self.branch_pool(pooled)], 1)
+        b3 = [self.branch3x3_2a(b3), self.branch3x3_2b(b3)]
+        dbl = [self.branch3x3dbl_3a(dbl), self.branch3x3dbl_3b(dbl)]
+        return torch.cat([self.branch1x1(x), *b3, *dbl, self.branch_pool(pooled)], 1)
 
 
 class FIDInceptionV3(nn.Module):
@@ -209,53 +190,43 @@ class FIDInceptionV3(nn.Module):
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))  # (N, 192, 71, 71)
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
-            x = block(x)  # ends at (N, 2048, 8, 8)
+        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+            x = getattr(self, f"Mixed_{name}")(x)  # ends at (N, 2048, 8, 8)
         pool3 = x.mean(dim=(2, 3))  # (N, 2048)
         return pool3, self.fc(pool3)  # dropout is the identity at inference
 
 
-# ----------------------------------------------------------------------------- weights
-
-def find_weights(path=None, download=True):
-    """--inception-weights PATH, then $FID_WEIGHTS, then the torch hub checkpoint cache
-    (downloaded there when missing and online). Raises UserError saying what to put where."""
-    return common.find_pretrained(WEIGHTS_NAME, WEIGHTS_URL, path, "FID_WEIGHTS", "--inception-weights", download)
-
-
 def load_inception(weights=None, device="cpu"):
-    """weights: None (look up as find_weights does), a path (sha256 checked), or a state dict
-    (used as is: the tests pass random ones). Returns the eval-mode, BN-folded network."""
+    """weights: a state dict (used as is: the tests pass random ones), a path (sha256 checked),
+    or None: $FID_WEIGHTS, then the torch hub checkpoint cache (downloaded there when missing
+    and online). Returns the eval-mode, BN-folded network."""
     model = FIDInceptionV3()
     if not isinstance(weights, dict):
-        weights = torch.load(find_weights(weights), map_location="cpu", weights_only=True)
-    model.load_state_dict(weights, strict=True)
-    model.eval()
-    for m in model.modules():
+        where = (weights, "FID_WEIGHTS", "--inception-weights")
+        weights = torch.load(common.find_pretrained(WEIGHTS_NAME, WEIGHTS_URL, *where), weights_only=True)
+    model.load_state_dict(weights)
+    for m in model.eval().modules():
         if isinstance(m, ConvBN):
             m.fold()
     return model.to(device, memory_format=torch.channels_last).requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- activations and statistics
-
 def _folder_batches(folder, batch_size):
     """pytorch-fid's file set (top-level files with its extensions), as [0, 1] RGB batches."""
     folder = Path(folder)
     if not folder.is_dir():
         raise common.UserError(f"not a folder: {folder}")
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower().lstrip(".") in IMAGE_EXTS)
-    if not files:
+    if not (files := sorted(f for f in folder.iterdir() if f.suffix.lower().lstrip(".") in IMAGE_EXTS)):
         raise common.UserError(f"no images in {folder}")
     for i in range(0, len(files), batch_size):
         imgs = []
-        for f in files[i:i + batch_size]:
+        for f in files[i : i + batch_size]:
             try:
                 with Image.open(f) as img:
                     arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255  # as ToTensor
             except OSError as e:
-                raise common.UserError(f"unreadable image {f}: {e}")
+                raise common.UserError(f"unreadable image {f}: {e}") from None
             imgs.append(torch.from_numpy(arr).permute(2, 0, 1))
         for shape in dict.fromkeys(t.shape for t in imgs):  # a batch can only hold one size
             yield torch.stack([t for t in imgs if t.shape == shape])
@@ -267,13 +238,9 @@ def activations(images, model, batch_size=50, device=None, with_logits=False):
     batches -> pool3 activations, float64 (N, 2048) (and logits (N, 1008) with_logits)."""
     device = device or next(model.parameters()).device
     if isinstance(images, (str, Path)):
-        batches = _folder_batches(images, batch_size)
-    elif torch.is_tensor(images):
-        batches = images.split(batch_size)
-    else:
-        batches = images
+        images = _folder_batches(images, batch_size)
     feats, logits = [], []
-    for x in batches:
+    for x in [images] if torch.is_tensor(images) else images:
         for chunk in x.split(batch_size):
             f, l = model(chunk.to(device, torch.float32).contiguous(memory_format=torch.channels_last))
             feats.append(f.double().cpu())
@@ -293,7 +260,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+        raise ValueError(
+            f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}"
+        )
     diff = mu1 - mu2
     covmean = linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
@@ -319,8 +288,8 @@ def kid(acts1, acts2, subsets=100, subset_size=1000, seed=0):
         y = acts2[rng.choice(len(acts2), m, replace=False)]
         k_xx, k_yy, k_xy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
         # Dropping the diagonals of k_xx and k_yy makes the estimate unbiased.
-        mmds.append((k_xx.sum() - np.trace(k_xx)) / (m * (m - 1)) + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
-                    - 2 * k_xy.mean())
+        xx, yy = (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1)), (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+        mmds.append(xx + yy - 2 * k_xy.mean())
     return float(np.mean(mmds)), float(np.std(mmds))
 
 
@@ -335,6 +304,19 @@ def inception_score(logits, splits=10):
     return float(np.mean(scores)), float(np.std(scores))
 
 
+def save_stats(path, mu, sigma):  # pytorch-fid's .npz layout
+    common.atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
+
+
+def load_stats(path):
+    try:
+        with np.load(path) as f:
+            return f["mu"], f["sigma"]
+    except (OSError, ValueError, KeyError) as e:
+        raise common.UserError(f"{path} is not a statistics file with mu and sigma ({e})") from None
+
+
+# ----------------------------------------------------------------------------- diversity and LPIPS diversity
 def diversity(acts, n=500):
     """Mean pairwise Euclidean distance between the first n feature vectors: near 0 when a
     model repeats itself (mode collapse), compared with the same number on real images."""
@@ -348,115 +330,23 @@ def farthest_from(acts, real_acts, k=16):
     return np.argsort(-nearest, kind="stable")[:k]
 
 
-def save_stats(path, mu, sigma):
-    common._atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma))
-
-
-def load_stats(path):
-    with np.load(path) as f:
-        return f["mu"], f["sigma"]
-
-
-# ----------------------------------------------------------------------------- digits feature space
-
-class DigitsNet(nn.Module):
-    """A small digit classifier. x (N, C, H, W) in [0, 1] -> (features (N, 64), logits (N, 10)).
-    Images are made gray and resized (antialiased) to 16x16 first, so any --res works; the
-    digits are 8x8 at the source, so 16x16 loses nothing and costs a quarter of 32x32."""
-
-    def __init__(self):
-        super().__init__()
-        block = lambda c_in, c_out: [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
-        self.body = nn.Sequential(*block(1, 32), *block(32, 32), nn.MaxPool2d(2),      # (N, 32, 8, 8)
-                                  *block(32, 64), *block(64, 64), nn.MaxPool2d(2),     # (N, 64, 4, 4)
-                                  *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (N, 128)
-                                  nn.Linear(128, 64))
-        self.head = nn.Sequential(nn.ReLU(), nn.Linear(64, 10))
-
-    def forward(self, x):
-        x = x.mean(dim=1, keepdim=True)
-        if x.shape[-1] != 16:
-            x = F.interpolate(x, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
-        feats = self.body(2 * x - 1)
-        return feats, self.head(feats)
-
-
-def train_digits_net(epochs=10, seed=0):
-    """Train DigitsNet on the training split of the built-in digits (random shifts of +-1 px,
-    so it also reads slightly off-centre generated digits). Deterministic: seeded, CPU,
-    and the caller's RNG state is left untouched. -> (model, held-out accuracy)."""
-    train, heldout = common.load_dataset("digits", 16, aug="none").split()
-    x_train = torch.from_numpy(np.array(train.images)).permute(0, 3, 1, 2).float() / 255  # (N, 1, 16, 16)
-    y_train = torch.from_numpy(np.array(train.labels))
-    x_test = torch.from_numpy(np.array(heldout.images)).permute(0, 3, 1, 2).float() / 255
-    y_test = torch.from_numpy(np.array(heldout.labels))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DigitsNet()
-        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * (len(x_train) // 64 + 1))
-        for _ in range(epochs):
-            model.train()
-            for idx in torch.randperm(len(x_train)).split(64):
-                x = x_train[idx]
-                dx, dy = torch.randint(-1, 2, (2,))
-                x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
-                loss = F.cross_entropy(model(x)[1], y_train[idx])  # logits in, no softmax first
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-    model.eval()
-    with torch.no_grad():
-        accuracy = (model(x_test)[1].argmax(1) == y_test).float().mean().item()
-    return model, accuracy
-
-
-def load_digits_net(device="cpu"):
-    """The cached DigitsNet (trained and cached on first use)."""
-    path = common.CACHE_DIR / "digits_net_v1.pt"
-    model = DigitsNet()
-    if path.exists():
-        ckpt = common.load_checkpoint(path)
-        model.load_state_dict(ckpt["model"])
-    else:
-        model, accuracy = train_digits_net()
-        print(f"digits feature net trained: held-out accuracy {accuracy:.2%} (cached at {path})")
-        common.save_checkpoint(path, {"model": model.state_dict(), "accuracy": accuracy})
-    return model.eval().requires_grad_(False).to(device)
-
-
-def class_coverage(logits, n_classes=10):
-    """How many classes the samples hit (a class counts when it gets at least a fifth of
-    its fair share, n / (5 * n_classes)), and KL(predicted-class histogram || uniform)."""
-    pred = np.asarray(logits).argmax(1)
-    hist = np.bincount(pred, minlength=n_classes) / len(pred)
-    covered = int((hist >= 1 / (5 * n_classes)).sum())
-    nz = hist > 0
-    return covered, float((hist[nz] * np.log(hist[nz] * n_classes)).sum())
-
-
-# ----------------------------------------------------------------------------- LPIPS diversity
-
 LPIPS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in vgg16().features
 
 
 def lpips_vgg(state_dict, device="cpu"):
     """VGG-16's convolutional layers up to relu5_3, from torchvision's state dict."""
     from torchvision.models import vgg16
+
     vgg = vgg16()
     vgg.load_state_dict(state_dict)
-    return vgg.features[:LPIPS_TAPS[-1] + 1].eval().requires_grad_(False).to(device)
+    return vgg.features[: LPIPS_TAPS[-1] + 1].eval().requires_grad_(False).to(device)
 
 
 @torch.no_grad()
 def lpips_diversity(images, vgg, pairs=200, seed=0, batch_size=50):
-    """Mean LPIPS distance (Zhang et al. 2018) between random pairs of images in [-1, 1]
-    (N, C, H, W): high when samples differ, near 0 under mode collapse. This is LPIPS's
-    uncalibrated 'baseline' (lpips=False): its learned per-channel weights are not part of
-    torchvision, so every channel weighs 1. Each tap's channels are unit-normalised per
-    position, squared differences are summed over channels, averaged over positions and
-    summed over the five taps."""
+    """Mean LPIPS distance (Zhang et al. 2018) between random pairs of images in [-1, 1], near 0 under
+    mode collapse: its uncalibrated baseline (lpips=False, every channel weighing 1): each VGG tap
+    unit-normalised over channels, squared differences summed over channels, averaged over positions."""
     device = next(vgg.parameters()).device
     i, j = torch.randint(len(images), (2, pairs), generator=torch.Generator().manual_seed(seed))
     i, j = i[i != j], j[i != j]
@@ -474,47 +364,38 @@ def lpips_diversity(images, vgg, pairs=200, seed=0, batch_size=50):
 
     dists = []
     for a, b in zip(i.split(batch_size), j.split(batch_size)):
-        dists.append(sum(((u - v) ** 2).sum(1).mean((1, 2)) for u, v in zip(taps(images[a]), taps(images[b]))))
+        pairs = zip(taps(images[a]), taps(images[b]))
+        dists.append(sum(((u - v) ** 2).sum(1).mean((1, 2)) for u, v in pairs))
     return float(torch.cat(dists).mean())
 
 
 # ----------------------------------------------------------------------------- evaluation during training
-
 def to_unit_uint8(x):
-    """Images in [-1, 1] -> [0, 1] after the same 8-bit rounding as torchvision's save_image,
-    so a score of generated tensors equals the score of their saved PNGs."""
+    """[-1, 1] -> [0, 1] through save_image's 8-bit rounding: tensors score as their saved PNGs do."""
     return ((x.float() + 1) / 2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8).float() / 255
 
 
 class Evaluator:
-    """FID, KID and diversity of generated images against the held-out real images, in one
-    feature space for the whole run ('inception' or 'digits'); real statistics are cached on
-    disk. LPIPS diversity too when torchvision's VGG-16 weights are already on disk."""
+    """FID, KID, diversity (and LPIPS diversity with VGG-16 on disk) of generated images against
+    the cached held-out features, in one feature space for the run: 'inception' or 'digits'."""
 
     def __init__(self, features, heldout, spec, res, n_real, device, weights=None):
-        self.model = None
-        if features == "auto":
+        self.model, self.device = None, device
+        if features in ("auto", "inception"):
             try:  # load once: finding the weights already costs a sha256 of the 100 MB file
                 self.model, features = load_inception(weights, device), "inception"
             except common.UserError as e:
+                if features == "inception":
+                    raise
                 features = "digits" if spec == "digits" else "none"
-                warnings.warn(f"{e}; FID uses {'the digits feature space' if features == 'digits' else 'nothing: skipped'}")
-        self.features, self.device = features, device
+                warnings.warn(f"{e}; FID {'in the digits feature space' if spec == 'digits' else 'skipped'}")
+        self.features = features
         if features == "none":
             return
-        if self.model is None:
-            self.model = load_inception(weights, device) if features == "inception" else load_digits_net(device)
+        self.model = self.model or classifiers.load_digits_net(device)
         self.n_real = min(n_real, len(heldout))
         key = f"{features}_{spec}_{res}_{self.n_real}".replace("/", "_").replace(",", "+")[-150:]
-        path = common.CACHE_DIR / "fid_stats" / f"{key}.npz"
-        if path.exists():
-            with np.load(path) as f:
-                self.real_acts = f["acts"]
-        else:
-            real = torch.from_numpy(np.array(heldout.images[:self.n_real])).permute(0, 3, 1, 2).float() / 255
-            self.real_acts = activations(real, self.model, device=device)
-            common._atomic_write(path, lambda f: np.savez(f, acts=self.real_acts, mu=self.real_acts.mean(0),
-                                                          sigma=np.cov(self.real_acts, rowvar=False)))
+        self.real_acts = self._real_activations(heldout, common.CACHE_DIR / "fid_stats" / f"{key}.npz")
         self.real_stats = stats(self.real_acts)
         self.real_diversity = diversity(self.real_acts)
         try:  # optional: never downloaded for this, and its absence is n/a in the report
@@ -523,6 +404,28 @@ class Evaluator:
         except common.UserError:
             self.vgg = None
 
+    @classmethod
+    def for_run(cls, args, heldout, device):
+        """The evaluator a training run's flags ask for."""
+        weights = args.inception_weights
+        return cls(args.fid_features, heldout, args.data, args.res, args.fid_n_real, device, weights)
+
+    def _real_activations(self, heldout, path):
+        """The held-out images' features, cached at `path` (recomputed if that fails to load)."""
+        try:
+            with np.load(path) as f:
+                acts = f["acts"]
+            if acts.shape[0] == self.n_real:
+                return acts
+            warnings.warn(f"FID statistics cache {path} has {len(acts)} rows, not {self.n_real}; recomputing")
+        except (OSError, ValueError, KeyError) as e:
+            if path.exists():
+                warnings.warn(f"FID statistics cache {path} is damaged ({e}); recomputing it")
+        real = torch.from_numpy(np.array(heldout.images[: self.n_real])).permute(0, 3, 1, 2).float() / 255
+        acts = activations(real, self.model, device=self.device)
+        common.atomic_write(path, lambda f: np.savez(f, acts=acts))
+        return acts
+
     def __call__(self, fake, worst_path=None):
         """fake: generated images in [-1, 1] (N, C, H, W) -> metrics dict (empty when off).
         worst_path: where to save a 4x4 grid of the 16 samples farthest from any real image."""
@@ -530,12 +433,11 @@ class Evaluator:
             return {}
         acts, logits = activations(to_unit_uint8(fake), self.model, device=self.device, with_logits=True)
         if self.features == "inception" and min(len(acts), self.n_real) < 2048:
-            warnings.warn(f"Inception FID from {len(acts)} fake / {self.n_real} real images: fewer than 2,048 "
-                          "samples bias FID upwards; compare only at equal counts, or use KID")
+            warnings.warn(f"Inception FID of {len(acts)} vs {self.n_real} images (< 2,048) is biased upwards")
         kid_mean, kid_std = kid(acts, self.real_acts, subsets=50)
-        row = {"features": self.features, "fid": frechet_distance(*stats(acts), *self.real_stats),
-               "kid": kid_mean, "kid_std": kid_std, "n_fake": len(acts), "n_real": self.n_real,
-               "diversity": diversity(acts), "diversity_real": self.real_diversity}
+        row = dict(features=self.features, fid=frechet_distance(*stats(acts), *self.real_stats))
+        row.update(kid=kid_mean, kid_std=kid_std, n_fake=len(acts), n_real=self.n_real)
+        row.update(diversity=diversity(acts), diversity_real=self.real_diversity)
         if self.vgg is not None:
             row["lpips"] = lpips_diversity(fake, self.vgg)
         if worst_path is not None:
@@ -543,13 +445,13 @@ class Evaluator:
         if self.features == "inception":
             row["is"], row["is_std"] = inception_score(logits)
         else:
-            row["classes_covered"], row["class_kl"] = class_coverage(logits)
+            row["classes_covered"], row["class_kl"] = classifiers.class_coverage(logits)
         return row
 
 
 # ----------------------------------------------------------------------------- CLI
-
-def _acts_or_stats(path, model, args):
+def _acts_or_stats(path, args, model):
+    """A folder's activations and statistics, or (None, statistics) of a .npz file."""
     if str(path).endswith(".npz"):
         if args.kid:
             raise common.UserError(f"--kid needs image folders, not saved statistics ({path})")
@@ -563,26 +465,29 @@ def _acts_or_stats(path, model, args):
 @common.exits_on_user_error
 def main(argv=None):
     p = argparse.ArgumentParser(description="FID (and KID) between two image folders or .npz statistics.")
-    p.add_argument("paths", nargs=2, help="two folders or .npz files; with --save-stats: folder, output .npz")
-    p.add_argument("--save-stats", action="store_true", help="write the first folder's mu, sigma to the second path")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--features", default="inception", choices=["inception", "digits"])
-    p.add_argument("--inception-weights", default=None, help=f"path to {WEIGHTS_NAME}")
-    p.add_argument("--kid", action="store_true", help="also print KID (folders only)")
+    a = p.add_argument
+    a("paths", nargs=2, help="two folders or .npz files; with --save-stats: folder, output .npz")
+    a("--save-stats", action="store_true", help="write the first folder's mu, sigma to the second path")
+    a("--batch-size", type=int, default=50)
+    a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a("--features", default="inception", choices=["inception", "digits"])
+    a("--inception-weights", default=None, help=f"path to {WEIGHTS_NAME}")
+    a("--kid", action="store_true", help="also print KID (folders only)")
     args = p.parse_args(argv)
-    for path in args.paths[:1 if args.save_stats else 2]:
-        if not Path(path).exists():
-            raise common.UserError(f"not found: {path}")
-    if args.features == "inception":
-        model = load_inception(args.inception_weights, args.device)
-    else:
-        model = load_digits_net(args.device)
+    inputs = args.paths[:1] if args.save_stats else args.paths
+    if missing := [path for path in inputs if not Path(path).exists()]:
+        raise common.UserError(f"not found: {missing[0]}")
+    model = None
+    if any(not str(path).endswith(".npz") for path in inputs):  # two .npz files need no network at all
+        if args.features == "inception":
+            model = load_inception(args.inception_weights, args.device)
+        else:
+            model = classifiers.load_digits_net(args.device)
     if args.save_stats:
         save_stats(args.paths[1], *stats(activations(args.paths[0], model, args.batch_size, args.device)))
         print(f"saved {args.paths[1]}")
         return
-    (acts1, stats1), (acts2, stats2) = (_acts_or_stats(p_, model, args) for p_ in args.paths)
+    (acts1, stats1), (acts2, stats2) = (_acts_or_stats(path, args, model) for path in args.paths)
     value = frechet_distance(*stats1, *stats2)
     print(f"FID{'(digits)' if args.features == 'digits' else ''}: {value}")
     if args.kid:

@@ -23,6 +23,7 @@ space). The "observed failure" column comes from the run's own numbers, never fr
   low diversity                       mean pairwise feature distance under half the real one
   posterior collapse                  VAE's KL under 0.5 nats over the last tenth
 """
+
 import argparse
 import json
 import math
@@ -40,12 +41,18 @@ PHASES = {
     "4": "Phase 4: DDPM evolution",
     "5": "Phase 5: the best of each family, trained longer under identical conditions",
 }
-STEP_FLAGS = {"dcgan": ("g_arch", "aug"), "wgan_gp": ("n_critic",), "sagan": ("loss", "attn_res"),
-              "vae": ("beta", "perceptual", "adv"), "ddpm": ("schedule", "pred", "base_ch")}
+STEP_FLAGS = {
+    "dcgan": ("g_arch", "aug"),
+    "wgan_gp": ("n_critic",),
+    "sagan": ("loss", "attn_res"),
+    "vae": ("beta", "perceptual", "adv"),
+    "ddpm": ("schedule", "pred", "base_ch"),
+}
 PROGRESS_AT = (10, 50, 100, 200)  # the full study's 200 epochs; a shorter run shows its share
 
 
 # ----------------------------------------------------------------------------- reading runs
+
 
 def read_json(path):
     return json.loads(path.read_text()) if path.is_file() else None
@@ -63,8 +70,14 @@ def read_rows(path):
 
 def load_run(folder):
     summary = read_json(folder / "summary.json")
-    run = {"name": folder.name, "dir": folder, "args": read_json(folder / "args.json") or {},
-           "summary": summary, "rows": read_rows(folder / "metrics.jsonl"), "note": ""}
+    run = {
+        "name": folder.name,
+        "dir": folder,
+        "args": read_json(folder / "args.json") or {},
+        "summary": summary,
+        "rows": read_rows(folder / "metrics.jsonl"),
+        "note": "",
+    }
     if (folder / "SKIPPED").is_file():
         run["status"], run["note"] = "skipped", (folder / "SKIPPED").read_text().strip()
     elif (folder / "FAILED").is_file():
@@ -84,6 +97,7 @@ def last_fid(run):
 
 
 # ----------------------------------------------------------------------------- diagnostics
+
 
 def diagnose(run):
     """The run's observed failures, each with the number that shows it (empty: none seen)."""
@@ -121,6 +135,7 @@ def diagnose(run):
 
 
 # ----------------------------------------------------------------------------- formatting
+
 
 def fmt(x, spec=".2f"):
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
@@ -162,15 +177,27 @@ def phase_table(runs):
     rows = []
     for run in runs:
         s, row = run["summary"] or {}, last_fid(run)
-        rows.append([run["name"].split("_")[0], f"`{run['name']}`", describe(run), fmt(row and row["fid"]),
-                     evaluated(row), millions(s.get("params")),
-                     minutes(s.get("train_seconds")), fmt(s.get("images_per_s"), ".0f"),
-                     "; ".join(diagnose(run)) or "none flagged"])
-    return table(["step", "run", "model", "FID", "evaluated", "params", "train time", "images/s",
-                  "observed failure"], rows)
+        rows.append(
+            [
+                run["name"].split("_")[0],
+                f"`{run['name']}`",
+                describe(run),
+                fmt(row and row["fid"]),
+                evaluated(row),
+                millions(s.get("params")),
+                minutes(s.get("train_seconds")),
+                fmt(s.get("images_per_s"), ".0f"),
+                "; ".join(diagnose(run)) or "none flagged",
+            ]
+        )
+    return table(
+        ["step", "run", "model", "FID", "evaluated", "params", "train time", "images/s", "observed failure"],
+        rows,
+    )
 
 
 # ----------------------------------------------------------------------------- figures
+
 
 def first16(png):
     """The top-left 4x4 images of an 8-wide grid written by save_grid (2 px padding)."""
@@ -188,7 +215,9 @@ def fid_curves(runs, path):
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     for run in runs:
-        ax.plot([r["epoch"] for r in run["fids"]], [r["fid"] for r in run["fids"]], "o-", label=run["name"], ms=3)
+        ax.plot(
+            [r["epoch"] for r in run["fids"]], [r["fid"] for r in run["fids"]], "o-", label=run["name"], ms=3
+        )
     ax.set(xlabel="epoch", ylabel=fid_name(runs[0]["fids"][-1]), yscale="log")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -225,11 +254,18 @@ def progression(run):
 
 # ----------------------------------------------------------------------------- the report
 
+
 def samples_figure(runs, path, lines):
-    panels = [(r["name"], first16(r["dir"] / "samples.png")) for r in runs if (r["dir"] / "samples.png").is_file()]
+    panels = [
+        (r["name"], first16(r["dir"] / "samples.png")) for r in runs if (r["dir"] / "samples.png").is_file()
+    ]
     if panels:
-        lines += ["", "16 samples per run (EMA weights where EMA is on, fixed noise):", "",
-                  f"![samples](report/{image_grid(panels, path, len(panels)).name})"]
+        lines += [
+            "",
+            "16 samples per run (EMA weights where EMA is on, fixed noise):",
+            "",
+            f"![samples](report/{image_grid(panels, path, len(panels)).name})",
+        ]
     lines.append("")
 
 
@@ -237,12 +273,16 @@ def phase_section(phase, runs, figdir, lines):
     lines += [f"## {PHASES[phase]}", ""]
     if phase == "1" and (figdir.parent / "phase1.json").is_file():
         for step, result in read_json(figdir.parent / "phase1.json").items():
-            lines.append(f"- {step}: winner {result.get('winner') or 'none'}"
-                         + (f": {result['why']}" if result.get("why") else f", FID {result.get('fid')}"))
+            lines.append(
+                f"- {step}: winner {result.get('winner') or 'none'}"
+                + (f": {result['why']}" if result.get("why") else f", FID {result.get('fid')}")
+            )
         lines.append("")
     lines += phase_table(runs) + [""]
     curve = fid_curves(runs, figdir / f"phase{phase}_fid.png")
-    lines.append(f"![FID curves](report/{curve.name})" if curve else "No FID curve: no run of this phase has a FID.")
+    lines.append(
+        f"![FID curves](report/{curve.name})" if curve else "No FID curve: no run of this phase has a FID."
+    )
     samples_figure(runs, figdir / f"phase{phase}_samples.png", lines)
 
 
@@ -254,16 +294,40 @@ def phase5_section(runs, figdir, lines):
     for run in runs:
         s, row = run["summary"] or {}, last_fid(run) or {}
         pick = picks.get(run["name"].split("_", 1)[1], {})
-        rows.append([f"`{run['name']}`", f"`{pick.get('run', '?')}` ({pick.get('why', '?')})", describe(run),
-                     fmt(row.get("fid")), fmt(row.get("kid"), ".4g"),
-                     fmt(row.get("is")) if "is" in row else "n/a (needs Inception weights)",
-                     f"{fmt(row.get('diversity'), '.3g')} / {fmt(row.get('diversity_real'), '.3g')}",
-                     fmt(row.get("lpips"), ".3f") if "lpips" in row else "n/a (needs VGG-16 weights)",
-                     millions(s.get("params")), minutes(s.get("train_seconds")),
-                     fmt(s.get("sample_seconds_per_image"), ".4f"), "; ".join(diagnose(run)) or "none flagged"])
+        rows.append(
+            [
+                f"`{run['name']}`",
+                f"`{pick.get('run', '?')}` ({pick.get('why', '?')})",
+                describe(run),
+                fmt(row.get("fid")),
+                fmt(row.get("kid"), ".4g"),
+                fmt(row.get("is")) if "is" in row else "n/a (needs Inception weights)",
+                f"{fmt(row.get('diversity'), '.3g')} / {fmt(row.get('diversity_real'), '.3g')}",
+                fmt(row.get("lpips"), ".3f") if "lpips" in row else "n/a (needs VGG-16 weights)",
+                millions(s.get("params")),
+                minutes(s.get("train_seconds")),
+                fmt(s.get("sample_seconds_per_image"), ".4f"),
+                "; ".join(diagnose(run)) or "none flagged",
+            ]
+        )
     lines += [f"## {PHASES['5']}", ""]
-    lines += table(["finalist", "retrained from", "model", "FID", "KID", "IS", "diversity (fake / real)",
-                    "LPIPS diversity", "params", "train time", "sample s/img", "observed failure"], rows) + [""]
+    lines += table(
+        [
+            "finalist",
+            "retrained from",
+            "model",
+            "FID",
+            "KID",
+            "IS",
+            "diversity (fake / real)",
+            "LPIPS diversity",
+            "params",
+            "train time",
+            "sample s/img",
+            "observed failure",
+        ],
+        rows,
+    ) + [""]
     lines += [f"- `{run['name']}`: {evaluated(last_fid(run))}" for run in runs] + [""]
     curve = fid_curves(runs, figdir / "phase5_fid.png")
     if curve:
@@ -271,13 +335,23 @@ def phase5_section(runs, figdir, lines):
     samples_figure(runs, figdir / "phase5_samples.png", lines)
     panels = [p for run in runs for p in progression(run)]
     if panels:
-        lines += ["Progression (epoch grids at the study's epochs 10, 50, 100, 200, or this run's share):", "",
-                  f"![progression](report/{image_grid(panels, figdir / 'phase5_progress.png', 4).name})", ""]
-    for title, file in [("Latent interpolations (slerp)", "interp.png"), ("DDPM denoising (x_T to x_0)", "denoise.png"),
-                        ("16 worst samples (farthest from any held-out image in feature space)", "worst.png")]:
+        lines += [
+            "Progression (epoch grids at the study's epochs 10, 50, 100, 200, or this run's share):",
+            "",
+            f"![progression](report/{image_grid(panels, figdir / 'phase5_progress.png', 4).name})",
+            "",
+        ]
+    for title, file in [
+        ("Latent interpolations (slerp)", "interp.png"),
+        ("DDPM denoising (x_T to x_0)", "denoise.png"),
+        ("16 worst samples (farthest from any held-out image in feature space)", "worst.png"),
+    ]:
         shown = [f"![{run['name']}]({run['name']}/{file})" for run in runs if (run["dir"] / file).is_file()]
         missing = [run["name"] for run in runs if not (run["dir"] / file).is_file()]
-        lines += [f"**{title}**: " + " ".join(shown) + (f" (none for {', '.join(missing)})" if missing else ""), ""]
+        lines += [
+            f"**{title}**: " + " ".join(shown) + (f" (none for {', '.join(missing)})" if missing else ""),
+            "",
+        ]
 
 
 def write_report(root):
@@ -287,9 +361,14 @@ def write_report(root):
     figdir = root / "report"
     figdir.mkdir(exist_ok=True)
     specs = sorted({str(r["args"].get("data")) for r in runs.values() if r["args"]})
-    lines = ["# genstudy report", "", f"{len(runs)} runs in `{root}`; data: {', '.join(specs) or 'none'}. "
-             "FID(digits) uses the built-in digit classifier's features and is never comparable with "
-             "Inception FID; every FID below names its feature space and sample counts.", ""]
+    lines = [
+        "# genstudy report",
+        "",
+        f"{len(runs)} runs in `{root}`; data: {', '.join(specs) or 'none'}. "
+        "FID(digits) uses the built-in digit classifier's features and is never comparable with "
+        "Inception FID; every FID below names its feature space and sample counts.",
+        "",
+    ]
     for phase in PHASES:
         group = [r for name, r in runs.items() if name[0] == phase]
         if group and phase == "5":

@@ -16,8 +16,11 @@ pixels; a face's two eyes are far apart). Three changes:
 
   step 2.3                      python sagan.py --data DIR --res 64
   step 2.4                      python sagan.py --data DIR --res 128 --attn-res 16,32
-  hinge loss variant            python sagan.py --data DIR --res 64 --loss hinge --n-critic 1 --lr-g 1e-4 --lr-d 4e-4
-  CPU first look                python sagan.py --data digits --res 32 --aug none --ngf 32 --ndf 32 --attn-res 8 --max-minutes 3
+  hinge loss variant            python sagan.py --data DIR --res 64 --loss hinge --n-critic 1 \
+                                    --lr-g 1e-4 --lr-d 4e-4
+  presets                       --preset study (the default on CUDA): the flags' defaults below;
+                                --preset cpu (elsewhere): 16 px digits, ngf = ndf = 32, attention at
+                                8x8, 5 minutes, FID(digits) of 1,000 samples at the end
 
 (On the CPU, attention at 8x8 of a 32x32 image sits at the same depth, res/4, as
 16x16 at 64, and the penalty's double backward through a 256-position attention
@@ -30,8 +33,11 @@ already bounds each layer, and the penalty pulls the gradient norm up to exactly
 which is why both are here for the report to compare. The generator has no
 spectral norm (the paper puts it in both). Samples come from an EMA of G.
 """
+
 import argparse
+import functools
 import math
+import time
 
 import torch
 import torch.nn as nn
@@ -41,8 +47,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 import common
 import fid
 
-
 # ----------------------------------------------------------------------------- model
+
 
 class SelfAttention(nn.Module):
     """Self-attention over the H*W positions (SAGAN sec. 3, fig. 2):
@@ -135,103 +141,196 @@ def init_generator(m):
 
 # ----------------------------------------------------------------------------- losses
 
+
 def gradient_penalty(critic, real, fake):
     """E[(||grad_x C(x_hat)||_2 - 1)^2] at random interpolates of real and fake
     (Gulrajani et al. eq. 3, without lambda)."""
     eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
     x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)  # (B, C, H, W)
-    grad, = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def critic_loss(real_scores, fake_scores, loss):
+def critic_loss(C, real, fake, real_scores, fake_scores, loss):
+    """The critic's loss and, for wgan-gp, the gradient penalty (0 for hinge; add it
+    times lambda). The penalty runs in fp32 outside autocast: see wgan_gp.py."""
     if loss == "hinge":  # SAGAN eq. 5: push real scores above 1 and fake scores below -1
-        return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
-    return fake_scores.mean() - real_scores.mean()  # WGAN: minus the Wasserstein estimate
+        return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean(), real_scores.new_zeros(())
+    with torch.autocast(real.device.type, enabled=False):
+        gp = gradient_penalty(C, real.float(), fake.float())
+    return fake_scores.mean() - real_scores.mean(), gp  # WGAN: minus the Wasserstein estimate
 
 
 def generator_loss(fake_scores):
     return -fake_scores.mean()  # the same for WGAN and hinge
 
 
+# ----------------------------------------------------------------------------- DiffAugment
+DIFFAUG_OPS = ("color", "translation", "cutout")
+
+
+def diffaug_policy(text):
+    """argparse type for --diffaug: '' (off) or a comma list of DIFFAUG_OPS."""
+    ops = tuple(o.strip() for o in text.split(",") if o.strip())
+    if bad := [o for o in ops if o not in DIFFAUG_OPS]:
+        raise argparse.ArgumentTypeError(
+            f"unknown DiffAugment op(s) {bad}; choose from {','.join(DIFFAUG_OPS)}"
+        )
+    return ops
+
+
+def diff_augment(x, policy):
+    """DiffAugment (Zhao et al. 2020): the same kind of random, differentiable augmentation
+    on real *and* fake images, in D's and G's steps, so D cannot memorise a small training
+    set and G's gradients pass through. x in [-1, 1] (B, C, H, W); draws from the torch RNG
+    of x's device. Each op as in the paper's code: color (brightness +-0.5, saturation
+    x[0, 2], contrast x[0.5, 1.5]), translation (up to 1/8 of the size, zero padded),
+    cutout (a square of half the size)."""
+    if not policy:
+        return x
+    B, C, H, W = x.shape
+    rand = functools.partial(torch.rand, device=x.device, dtype=x.dtype)
+    if "color" in policy:
+        x = x + (rand(B, 1, 1, 1) - 0.5)
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * (rand(B, 1, 1, 1) * 2) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (rand(B, 1, 1, 1) + 0.5) + mean
+    rows = torch.arange(H, device=x.device).view(1, H, 1)  # (1, H, 1)
+    cols = torch.arange(W, device=x.device).view(1, 1, W)  # (1, 1, W)
+    if "translation" in policy:
+        sh, sw = int(H * 0.125 + 0.5), int(W * 0.125 + 0.5)
+        dy = torch.randint(-sh, sh + 1, (B, 1, 1), device=x.device)
+        dx = torch.randint(-sw, sw + 1, (B, 1, 1), device=x.device)
+        # Read pixel (i + dy, j + dx) from a copy padded by one zero pixel all round:
+        # a shift past the border reads the padding.
+        src_r = (rows + dy + 1).clamp(0, H + 1)  # (B, H, 1)
+        src_c = (cols + dx + 1).clamp(0, W + 1)  # (B, 1, W)
+        padded = F.pad(x, [1, 1, 1, 1])  # (B, C, H + 2, W + 2)
+        b = torch.arange(B, device=x.device).view(B, 1, 1)
+        x = padded.permute(0, 2, 3, 1)[b, src_r, src_c].permute(0, 3, 1, 2)  # (B, C, H, W)
+    if "cutout" in policy:
+        ch, cw = int(H * 0.5 + 0.5), int(W * 0.5 + 0.5)
+        top = torch.randint(0, H + (1 - ch % 2), (B, 1, 1), device=x.device) - ch // 2
+        left = torch.randint(0, W + (1 - cw % 2), (B, 1, 1), device=x.device) - cw // 2
+        hole = (rows >= top) & (rows < top + ch) & (cols >= left) & (cols < left + cw)  # (B, H, W)
+        x = x * (~hole).unsqueeze(1).to(x.dtype)
+    return x
+
+
+# ----------------------------------------------------------------------------- sampling and evaluation
+def slerp(a, b, t):
+    """Spherical interpolation between latents a, b (D,) at fractions t (K,) -> (K, D):
+    Gaussian latents live near a sphere, and a straight line cuts through its inside."""
+    a_n, b_n = a / a.norm(), b / b.norm()
+    omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
+    t = t[:, None]
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def latent_walk(nz, seed, rows=8, cols=8):
+    """(rows * cols, nz) latents: each row a slerp path between two random N(0, I) latents."""
+    ends = torch.randn(2 * rows, nz, generator=torch.Generator().manual_seed(seed))
+    t = torch.linspace(0, 1, cols)
+    return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
+
+
+def evaluate(G, evaluator, args, out):
+    """FID and friends of --fid-n samples from seeded noise; {} when no feature space is
+    on, skipping the sampling."""
+    if evaluator.features == "none":
+        return {}
+    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2)
+    return evaluator(fake, out / "worst.png")
+
+
+@torch.no_grad()
+def save_outputs(G, fixed_z, out, seed):
+    """The final pictures from the EMA generator: samples.png from the fixed noise,
+    interp.png (a slerp walk per row), progress.gif. Returns the sampling seconds per image."""
+    t = time.time()
+    final = G(fixed_z)
+    sample_seconds = (time.time() - t) / fixed_z.shape[0]
+    common.save_grid(final, out / "samples.png")
+    common.save_grid(G(latent_walk(fixed_z.shape[1], seed).to(fixed_z.device)), out / "interp.png")
+    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
+    return sample_seconds
+
+
 # ----------------------------------------------------------------------------- main
+CPU_PRESET = dict(ngf=32, ndf=32, attn_res=[8])  # with common.CPU_PRESET: 16 px digits, 5 minutes
+MODEL_FLAGS = ("res", "nz", "ngf", "ndf", "attn_res")  # a resumed run must keep these
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p)
-    common.add_gan_args(p, lr=1e-4)
+    p.set_defaults(lr=1e-4)
     p.add_argument("--loss", default="wgan-gp", choices=["wgan-gp", "hinge"])
     p.add_argument("--nz", type=int, default=128, help="latent size")
     p.add_argument("--ngf", type=int, default=64, help="generator width")
     p.add_argument("--ndf", type=int, default=64, help="critic width")
-    p.add_argument("--attn-res", type=common.csv_ints, default=(16,), help="sizes with self-attention, e.g. 16,32")
+    p.add_argument("--attn-res", type=common.csv_ints, default=[16], help="sizes with self-attention: 16,32")
     p.add_argument("--n-critic", type=int, default=2, help="critic steps per generator step")
     p.add_argument("--gp-lambda", type=float, default=10.0, help="gradient penalty weight (--loss wgan-gp)")
-    return p.parse_args(argv)
+    p.add_argument("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR")
+    p.add_argument("--lr-d", type=float, default=None, help="critic lr (default --lr)")
+    p.add_argument("--lr-decay", type=float, default=None, metavar="GAMMA", help="both lrs x GAMMA each step")
+    p.add_argument("--diffaug", type=diffaug_policy, default=(), metavar="OPS", help=",".join(DIFFAUG_OPS))
+    args = common.parse_with_preset(p, argv, CPU_PRESET)
+    sizes = [2**k for k in range(3, int(math.log2(args.res)))]  # feature-map sizes both nets pass through
+    if any(r not in sizes for r in args.attn_res):
+        p.error(f"--attn-res {args.attn_res}: at --res {args.res} the feature maps are {sizes}")
+    if args.n_critic < 1:
+        p.error(f"--n-critic must be at least 1, got {args.n_critic}")
+    if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
+        p.error(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
+    if args.cond:
+        p.error("sagan.py is unconditional; --cond is implemented in dcgan.py")
+    return args
 
 
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    if args.cond:
-        raise common.UserError("sagan.py is unconditional; --cond is implemented in dcgan.py")
-    if args.n_critic < 1:
-        raise common.UserError(f"--n-critic must be at least 1, got {args.n_critic}")
-    sizes = [2 ** k for k in range(3, int(math.log2(args.res)))]  # feature-map sizes both nets pass through
-    if any(r not in sizes for r in args.attn_res):
-        raise common.UserError(f"--attn-res {args.attn_res}: at --res {args.res} the feature maps are {sizes}")
-    out = common.prepare_run(args, "sagan")
+    out = common.prepare_run(args, "sagan", MODEL_FLAGS)
     device, amp, amp_dtype = common.setup_device(args)
     common.seed_everything(args.seed)
-    data = common.load_dataset(args.data, args.res, crop=args.crop, aug=args.aug)
-    train, heldout = data.split()
-    channels = train.images.shape[-1]
+    train, heldout = common.train_and_heldout(args)
 
-    G = Generator(args.nz, args.ngf, channels, args.res, args.attn_res).to(device)
+    G = Generator(args.nz, args.ngf, train.images.shape[-1], args.res, args.attn_res).to(device)
     G.apply(init_generator)
-    C = spectrally_normed(Critic(args.ndf, channels, args.res, args.attn_res)).to(device)
+    C = spectrally_normed(Critic(args.ndf, train.images.shape[-1], args.res, args.attn_res)).to(device)
     ema = common.EMA(G, args.ema)
-    opt_g, opt_c, schedulers = common.gan_optimizers(G, C, args, betas=(0.0, 0.9))
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(0.0, 0.9))
+    opt_c = torch.optim.Adam(C.parameters(), lr=args.lr_d or args.lr, betas=(0.0, 0.9))
     scaler = common.grad_scaler(device, amp, amp_dtype)
-    fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    evaluate = fid.Evaluator(args.fid_features, heldout, args.data, args.res, args.fid_n_real, device,
-                             args.inception_weights)
-
-    def fid_row():
-        if evaluate.features == "none":  # no feature space: skip the sampling too
-            return {}
-        fake = common.generate(ema.module, args.fid_n, args.nz, device, args.seed + 2)
-        return common.log_fid(log, evaluate(fake, out / "worst.png"), step, step * args.n_critic / per_epoch)
-
-    objects = {"G": G, "C": C, "ema": ema, "opt_g": opt_g, "opt_c": opt_c, "scaler": scaler, **schedulers}
+    objects = dict(G=G, C=C, ema=ema, opt_g=opt_g, opt_c=opt_c, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
+    evaluator = fid.Evaluator.for_run(args, heldout, device)
+    fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
 
-    def checkpoint():
-        common.save_checkpoint(out / "ckpt.pt", common.training_state(objects, step, epoch, clock.seconds, args))
-
-    per_epoch = max(1, len(train) // args.batch_size)  # real batches; a generator step eats n_critic
-    total = args.max_steps if args.max_steps is not None else math.ceil(args.epochs * per_epoch / args.n_critic)
-    real_batches = common.batches(train, args.batch_size, args.seed, step * args.n_critic, device, args.workers)
-    epoch = step * args.n_critic // per_epoch
-    stop = common.StopFlag(args.max_minutes)
+    # Each generator step eats n_critic real batches; epochs count real batches.
+    per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
+    total = args.max_steps if args.max_steps is not None else math.ceil(args.epochs * per_epoch / n_critic)
+    real_batches = common.batches(train, args.batch_size, args.seed, step * n_critic, device, args.workers)
+    epoch = step * n_critic // per_epoch
+    clock = common.TrainClock(train_seconds, args.max_minutes)
+    bar = common.Progress(args, total, step, clock, "sagan")
     losses, metrics, fid_step = {}, {}, None
-    bar = common.progress(total, step, "sagan")
-    clock = common.TrainClock(train_seconds)
-    while step < total and not stop(clock.seconds):
-        for _ in range(args.n_critic):
+    while step < total and not clock.stop():
+        for _ in range(n_critic):
             _, x, _ = next(real_batches)
             real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
             z = torch.randn(real.shape[0], args.nz, device=device)
             with common.autocast(device, amp, amp_dtype):
                 with torch.no_grad():
                     fake = G(z)
-                real, fake = common.diff_augment(real, args.diffaug), common.diff_augment(fake, args.diffaug)
-                real_scores, fake_scores = C(real), C(fake)
-                loss_c = critic_loss(real_scores.float(), fake_scores.float(), args.loss)
-            gp = torch.zeros((), device=device)
-            if args.loss == "wgan-gp":
-                with torch.autocast(device.type, enabled=False):  # fp32: see wgan_gp.py
-                    gp = gradient_penalty(C, real.float(), fake.float())
+                real, fake = diff_augment(real, args.diffaug), diff_augment(fake, args.diffaug)
+                real_scores, fake_scores = C(real).float(), C(fake).float()
+            loss_c, gp = critic_loss(C, real, fake, real_scores, fake_scores, args.loss)
             opt_c.zero_grad(set_to_none=True)
             scaler.scale(loss_c + args.gp_lambda * gp).backward()
             scaler.step(opt_c)
@@ -239,42 +338,47 @@ def main(argv=None):
 
         with common.autocast(device, amp, amp_dtype):
             fake = G(torch.randn(args.batch_size, args.nz, device=device))
-            loss_g = generator_loss(C(common.diff_augment(fake, args.diffaug)).float())
+            loss_g = generator_loss(C(diff_augment(fake, args.diffaug)).float())
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()
         scaler.step(opt_g)
         scaler.update()
-        for scheduler in schedulers.values():
-            scheduler.step()
+        if args.lr_decay:  # both learning rates shrink every step
+            for group in opt_g.param_groups + opt_c.param_groups:
+                group["lr"] *= args.lr_decay
         ema.update(G)
         step += 1
-        bar.update(1)
+        bar.step()
 
         if step % args.log_every == 0 or step == total:
-            losses = {"loss_c": loss_c.item(), "loss_g": loss_g.item(), "gp": gp.item(),
-                      "wasserstein": (real_scores.mean() - fake_scores.mean()).item()}
-            common.check_finite(step, out, **losses)
-            log.write(kind="train", step=step, epoch=step * args.n_critic / per_epoch, **losses)
-            bar.set_postfix(losses)
-        if step * args.n_critic // per_epoch > epoch:  # an epoch of real batches is done
-            epoch = step * args.n_critic // per_epoch
-            row = common.epoch_end(out, epoch, args, clock, lambda path: common.save_grid(ema.module(fixed_z), path),
-                                   fid_row, checkpoint)
-            if row is not None:
-                metrics, fid_step = row, step
+            wasserstein = (real_scores.mean() - fake_scores.mean()).item()
+            losses = dict(loss_c=loss_c.item(), loss_g=loss_g.item(), gp=gp.item(), wasserstein=wasserstein)
+            common.log_losses(log, bar, out, step, step * n_critic / per_epoch, losses)
+        if step * n_critic // per_epoch > epoch:  # an epoch of real batches is done: grid, FID, checkpoint
+            epoch = step * n_critic // per_epoch
+            with clock.paused():
+                if epoch % args.sample_every == 0:
+                    common.save_grid(ema.module(fixed_z), out / "samples" / f"epoch_{epoch:04d}.png")
+                if args.fid_every and epoch % args.fid_every == 0:
+                    row = evaluate(ema.module, evaluator, args, out)
+                    metrics, fid_step = common.log_eval(log, row, step, step * n_critic / per_epoch), step
+            if epoch % args.ckpt_every == 0:
+                common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     bar.close()
-    stop.restore()
+    clock.restore_signals()
     train_seconds = clock.seconds
-    checkpoint()
-    if fid_step != step:
-        metrics = fid_row()
+    common.save_training_state(out, objects, step, epoch, train_seconds, args)
+    if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
+        row = evaluate(ema.module, evaluator, args, out)
+        metrics = common.log_eval(log, row, step, step * n_critic / per_epoch)
 
-    sample_seconds = common.save_gan_outputs(ema.module, fixed_z, out, args.seed + 1)
-    params = {"params": common.count_params(G, C), "params_G": common.count_params(G), "params_D": common.count_params(C)}
+    sample_seconds = save_outputs(ema.module, fixed_z, out, args.seed + 1)
+    count = common.count_params
+    summary = dict(model="sagan", params=count(G, C), params_G=count(G), params_D=count(C), steps=step)
+    summary.update(epochs=step * n_critic / per_epoch, train_seconds=train_seconds)
+    summary.update(sample_seconds_per_image=sample_seconds)
     # images/s counts the real images the critic reads (n_critic batches per generator step).
-    return common.write_summary(out, "sagan", params, step, step * args.n_critic / per_epoch,
-                                step * args.n_critic * args.batch_size, train_seconds, sample_seconds,
-                                {**losses, **metrics}, stop)
+    return common.write_summary(out, clock, summary, step * n_critic * args.batch_size, {**losses, **metrics})
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ evolution toward sharper samples.
 
   step 3.1 MSE VAE               python vae.py --data DIR --res 64 --beta 1.0
   step 3.2 + VGG perceptual      python vae.py --data DIR --res 64 --beta 1e-4 --perceptual 0.1
-  step 3.3 + PatchGAN            python vae.py --data DIR --res 64 --beta 1e-4 --perceptual 0.1 --adv 0.1 --adv-start 2000
-  CPU first look (3.1)           python vae.py --data digits --res 32 --aug none --max-minutes 3
+  step 3.3 + PatchGAN            python vae.py --data DIR --res 64 --beta 1e-4 --perceptual 0.1 --adv 0.1 \
+                                     --adv-start 2000
+  presets                        --preset study (the default on CUDA): the flags' defaults below;
+                                 --preset cpu (elsewhere): 16 px digits, width 32, 5 minutes, FID(digits)
+                                 of 1,000 prior samples at the end. An explicit flag wins over either.
 
 3.1: a convolutional encoder gives q(z|x) = N(mu, diag(exp(logvar))) over a
 256-d latent; z = mu + exp(logvar / 2) * eps (the reparameterisation trick,
@@ -30,6 +33,7 @@ the VAE's weights. Below 32 px the PatchGAN has two layers, not pix2pix's three
 ImageNet weights (vgg16-397923af.pth); without them --perceptual stops at
 start-up with a message saying where to put them.
 """
+
 import argparse
 import math
 import time
@@ -46,6 +50,7 @@ VGG_NAME, VGG_URL = fid.VGG_NAME, fid.VGG_URL  # torchvision's ImageNet VGG-16
 
 # ----------------------------------------------------------------------------- model
 
+
 def norm(ch):
     # GroupNorm, not BatchNorm: a decoded image must not depend on the rest of the batch,
     # and at evaluation the decoder sees posterior means, not the noisy z of training, so
@@ -61,8 +66,12 @@ def down(c_in, c_out):
 
 def up(c_in, c_out):
     # Nearest upsample + conv: every output pixel gets the same number of kernel taps.
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False),
-                         norm(c_out), nn.LeakyReLU(0.2, True))
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False),
+        norm(c_out),
+        nn.LeakyReLU(0.2, True),
+    )
 
 
 class VAE(nn.Module):
@@ -72,13 +81,20 @@ class VAE(nn.Module):
         super().__init__()
         self.latent = latent
         n = int(math.log2(res)) - 2  # halvings down to 4x4
-        chs = [width * 2 ** i for i in range(n + 1)]  # e.g. 32, 64, 128, 256 at res 32
-        self.encoder = nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1), nn.LeakyReLU(0.2, True),
-                                     *[down(chs[i], chs[i + 1]) for i in range(n)], nn.Flatten())
+        chs = [width * 2**i for i in range(n + 1)]  # e.g. 32, 64, 128, 256 at res 32
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, width, 3, 1, 1),
+            nn.LeakyReLU(0.2, True),
+            *[down(chs[i], chs[i + 1]) for i in range(n)],
+            nn.Flatten(),
+        )
         self.to_stats = nn.Linear(chs[-1] * 16, 2 * latent)
         self.from_z = nn.Linear(latent, chs[-1] * 16)
-        self.decoder = nn.Sequential(*[up(chs[i + 1], chs[i]) for i in reversed(range(n))],
-                                     nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh())
+        self.decoder = nn.Sequential(
+            *[up(chs[i + 1], chs[i]) for i in reversed(range(n))],
+            nn.Conv2d(width, channels, 3, 1, 1),
+            nn.Tanh(),
+        )
         self.top = chs[-1]
 
     def encode(self, x):
@@ -104,9 +120,12 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         layers, ch = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)], ndf
         for i in range(1, n_layers + 1):  # stride 2 except the last: widths 2, 4, 8 x ndf
-            out = ndf * min(2 ** i, 8)
-            layers += [nn.Conv2d(ch, out, 4, 2 if i < n_layers else 1, 1, bias=False), nn.BatchNorm2d(out),
-                       nn.LeakyReLU(0.2, True)]
+            out = ndf * min(2**i, 8)
+            layers += [
+                nn.Conv2d(ch, out, 4, 2 if i < n_layers else 1, 1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.LeakyReLU(0.2, True),
+            ]
             ch = out
         self.net = nn.Sequential(*layers, nn.Conv2d(ch, 1, 4, 1, 1))
 
@@ -125,6 +144,7 @@ class VGGPerceptual(nn.Module):
     def __init__(self, state_dict=None):
         super().__init__()
         from torchvision.models import vgg16
+
         vgg = vgg16()
         if state_dict is not None:
             vgg.load_state_dict(state_dict)
@@ -149,11 +169,15 @@ class VGGPerceptual(nn.Module):
 
 def load_vgg(path=None):
     """torchvision's VGG-16 ImageNet state dict: --vgg-weights PATH, $VGG_WEIGHTS, or the torch hub cache."""
-    return torch.load(common.find_pretrained(VGG_NAME, VGG_URL, path, "VGG_WEIGHTS", "--vgg-weights"),
-                      map_location="cpu", weights_only=True)
+    return torch.load(
+        common.find_pretrained(VGG_NAME, VGG_URL, path, "VGG_WEIGHTS", "--vgg-weights"),
+        map_location="cpu",
+        weights_only=True,
+    )
 
 
 # ----------------------------------------------------------------------------- losses
+
 
 def kl_divergence(mu, logvar):
     """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dims, averaged over the batch
@@ -162,15 +186,37 @@ def kl_divergence(mu, logvar):
 
 
 def d_loss(real_logits, fake_logits):
-    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    return F.binary_cross_entropy_with_logits(
+        real_logits, torch.ones_like(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
 
 def g_adv_loss(fake_logits):
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-# ----------------------------------------------------------------------------- evaluation
+# ----------------------------------------------------------------------------- sampling and evaluation
+def slerp(a, b, t):
+    """Spherical interpolation between latents a, b (D,) at fractions t (K,) -> (K, D):
+    Gaussian latents live near a sphere, and a straight line cuts through its inside."""
+    a_n, b_n = a / a.norm(), b / b.norm()
+    omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
+    t = t[:, None]
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+@torch.no_grad()
+def prior_samples(vae, n, device, seed, batch_size=256):
+    """n images decoded from z ~ N(0, I), drawn from a generator seeded with `seed` (the
+    same noise at every evaluation), in batches, gathered on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
+    return torch.cat(
+        [vae.decode(torch.randn(b, vae.latent, generator=g).to(device)).float().cpu() for b in sizes]
+    )
+
 
 @torch.no_grad()
 def heldout_mse(vae, data, device, batch_size=256):
@@ -183,155 +229,158 @@ def heldout_mse(vae, data, device, batch_size=256):
     return total / n
 
 
+def evaluate(vae, evaluator, heldout, args, out):
+    """Held-out reconstruction error always; FID and friends of prior samples when a
+    feature space is on."""
+    row = {"heldout_mse": heldout_mse(vae, heldout, evaluator.device)}
+    if evaluator.features != "none":
+        row.update(
+            evaluator(prior_samples(vae, args.fid_n, evaluator.device, args.seed + 2), out / "worst.png")
+        )
+    return row
+
+
+@torch.no_grad()
+def save_outputs(vae, fixed_z, heldout, out):
+    """The final pictures from the EMA weights: samples.png (prior samples), recon.png
+    (rows alternate 8 held-out images and their reconstructions from mu), interp.png
+    (slerp between the codes of two held-out images, 8 pairs), progress.gif. Returns the
+    sampling seconds per image."""
+    t = time.time()
+    final = vae.decode(fixed_z)
+    sample_seconds = (time.time() - t) / fixed_z.shape[0]
+    common.save_grid(final, out / "samples.png")
+    images = common.to_float(heldout.batch(torch.arange(32) % len(heldout))[0]).to(
+        fixed_z.device
+    )  # (32, C, H, W)
+    recons = vae.decode(vae.encode(images)[0])
+    pairs = torch.stack([images.view(4, 8, *images.shape[1:]), recons.view(4, 8, *images.shape[1:])], 1)
+    common.save_grid(pairs.flatten(0, 2), out / "recon.png")
+    mus = vae.encode(images[:16])[0].cpu()
+    walk = torch.cat([slerp(mus[i], mus[i + 8], torch.linspace(0, 1, 8)) for i in range(8)])
+    common.save_grid(vae.decode(walk.to(fixed_z.device)), out / "interp.png")
+    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
+    return sample_seconds
+
+
 # ----------------------------------------------------------------------------- main
+CPU_PRESET = dict(width=32)  # with common.CPU_PRESET: 16 px digits, 5 minutes
+MODEL_FLAGS = ("res", "latent", "width", "ndf")  # a resumed run must keep these
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p)
     p.set_defaults(lr=1e-3)
     p.add_argument("--latent", type=int, default=256)
     p.add_argument("--width", type=int, default=32, help="encoder/decoder base channels")
     p.add_argument("--beta", type=float, default=1.0, help="KL weight (1.0 for 3.1, 1e-4 for 3.2/3.3)")
-    p.add_argument("--perceptual", type=float, default=0.0, metavar="LAMBDA", help="VGG-16 feature loss weight (3.2)")
+    p.add_argument(
+        "--perceptual", type=float, default=0.0, metavar="W", help="VGG-16 feature loss weight (3.2)"
+    )
     p.add_argument("--vgg-weights", default=None, help=f"path to torchvision's {VGG_NAME}")
-    p.add_argument("--adv", type=float, default=0.0, metavar="LAMBDA", help="PatchGAN loss weight (3.3)")
-    p.add_argument("--adv-start", type=int, default=0, metavar="STEP", help="step at which the PatchGAN starts")
+    p.add_argument("--adv", type=float, default=0.0, metavar="W", help="PatchGAN loss weight (3.3)")
+    p.add_argument(
+        "--adv-start", type=int, default=0, metavar="STEP", help="step at which the PatchGAN starts"
+    )
     p.add_argument("--ndf", type=int, default=64, help="PatchGAN width")
     p.add_argument("--lr-d", type=float, default=2e-4, help="PatchGAN learning rate")
-    return p.parse_args(argv)
+    args = common.parse_with_preset(p, argv, CPU_PRESET)
+    if min(args.beta, args.perceptual, args.adv) < 0:
+        p.error("--beta, --perceptual and --adv must be >= 0")
+    if args.cond:
+        p.error("vae.py is unconditional; --cond is implemented in dcgan.py")
+    return args
 
 
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    if args.cond:
-        raise common.UserError("vae.py is unconditional; --cond is implemented in dcgan.py")
-    if min(args.beta, args.perceptual, args.adv) < 0:
-        raise common.UserError("--beta, --perceptual and --adv must be >= 0")
-    out = common.prepare_run(args, "vae")
+    out = common.prepare_run(args, "vae", MODEL_FLAGS)
     device, amp, amp_dtype = common.setup_device(args)
     common.seed_everything(args.seed)
     # Weights first: a missing VGG file is a one-line error before any work is done.
     vgg = VGGPerceptual(load_vgg(args.vgg_weights)).to(device) if args.perceptual else None
-    data = common.load_dataset(args.data, args.res, crop=args.crop, aug=args.aug)
-    train, heldout = data.split()
+    train, heldout = common.train_and_heldout(args)
     channels = train.images.shape[-1]
 
     vae = VAE(channels, args.res, args.latent, args.width).to(device)
     ema = common.EMA(vae, args.ema)
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
-    objects = {"vae": vae, "ema": ema, "opt": opt}
-    D = None
+    objects, D = dict(vae=vae, ema=ema, opt=opt), None
     if args.adv:
         # pix2pix's 3 layers from 32 px up; fewer below, so its last 4x4 convolutions still fit.
         D = PatchDiscriminator(channels, args.ndf, n_layers=min(3, int(math.log2(args.res)) - 2)).to(device)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.5, 0.999))
         objects.update(D=D, opt_d=opt_d)
-    scaler = common.grad_scaler(device, amp, amp_dtype)
-    objects["scaler"] = scaler
-    fixed_z = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    # 32 held-out images (repeated if there are fewer) for recon.png and interp.png.
-    shown = common.to_float(heldout.batch(torch.arange(32) % len(heldout))[0]).to(device)
-    evaluate = fid.Evaluator(args.fid_features, heldout, args.data, args.res, args.fid_n_real, device,
-                             args.inception_weights)
-
-    def eval_row():
-        # Held-out reconstruction error always; FID of prior samples when a feature space is on.
-        model = ema.module
-        row = {"heldout_mse": heldout_mse(model, heldout, device)}
-        if evaluate.features != "none":
-            prior = common.generate(lambda z, y: model.decode(z), args.fid_n, args.latent, device, args.seed + 2)
-            row.update(evaluate(prior, out / "worst.png"))
-            common.log_fid(log, row, step, step / per_epoch)
-        else:
-            log.write(kind="eval", step=step, epoch=step / per_epoch, **row)
-        return row
-
+    objects["scaler"] = scaler = common.grad_scaler(device, amp, amp_dtype)
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
-
-    def checkpoint():
-        common.save_checkpoint(out / "ckpt.pt", common.training_state(objects, step, step // per_epoch,
-                                                                      clock.seconds, args))
+    evaluator = fid.Evaluator.for_run(args, heldout, device)
+    fixed_z = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(args.seed)).to(device)
 
     per_epoch = max(1, len(train) // args.batch_size)
     total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
-    stop = common.StopFlag(args.max_minutes)
+    clock = common.TrainClock(train_seconds, args.max_minutes)
+    bar = common.Progress(args, total, step, clock, "vae")
     losses, metrics, eval_step = {}, {}, None
-    bar = common.progress(total, step, "vae")
-    clock = common.TrainClock(train_seconds)
-    for epoch, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
-        if step >= total or stop(clock.seconds):
+    for _, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
+        if step >= total or clock.stop():
             break
         x = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         adv_on = D is not None and step >= args.adv_start
         with common.autocast(device, amp, amp_dtype):
             recon, mu, logvar = vae(x)
-            rec = F.mse_loss(recon.float(), x)
-            kl = kl_divergence(mu.float(), logvar.float())
-            loss = rec + args.beta * kl
+            terms = dict(mse=F.mse_loss(recon.float(), x), kl=kl_divergence(mu.float(), logvar.float()))
+            loss = terms["mse"] + args.beta * terms["kl"]
             if vgg is not None:
-                perc = vgg(recon, x).float()
-                loss = loss + args.perceptual * perc
+                terms["perceptual"] = vgg(recon, x).float()
+                loss = loss + args.perceptual * terms["perceptual"]
             if adv_on:
-                adv = g_adv_loss(D(recon).float())
-                loss = loss + args.adv * adv
+                terms["adv"] = g_adv_loss(D(recon).float())
+                loss = loss + args.adv * terms["adv"]
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
-
         if adv_on:  # the PatchGAN learns to tell inputs from their reconstructions
             with common.autocast(device, amp, amp_dtype):
-                loss_d = d_loss(D(x).float(), D(recon.detach()).float())
+                terms["loss_d"] = d_loss(D(x).float(), D(recon.detach()).float())
             opt_d.zero_grad(set_to_none=True)
-            scaler.scale(loss_d).backward()
+            scaler.scale(terms["loss_d"]).backward()
             scaler.step(opt_d)
         scaler.update()
         ema.update(vae)
         step += 1
-        bar.update(1)
+        bar.step()
 
         if step % args.log_every == 0 or step == total:
-            losses = {"loss": loss.item(), "mse": rec.item(), "kl": kl.item()}
-            if vgg is not None:
-                losses["perceptual"] = perc.item()
-            if adv_on:
-                losses.update(adv=adv.item(), loss_d=loss_d.item())
-            common.check_finite(step, out, **losses)
-            log.write(kind="train", step=step, epoch=step / per_epoch, **losses)
-            bar.set_postfix(losses)
-        if step % per_epoch == 0:  # end of an epoch
-            row = common.epoch_end(out, step // per_epoch, args, clock,
-                                   lambda path: common.save_grid(ema.module.decode(fixed_z), path), eval_row, checkpoint)
-            if row is not None:
-                metrics, eval_step = row, step
+            losses = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
+            common.log_losses(log, bar, out, step, step / per_epoch, losses)
+        if step % per_epoch == 0:  # end of an epoch: grid and evaluation (not training time), checkpoint
+            epoch = step // per_epoch
+            with clock.paused():
+                if epoch % args.sample_every == 0:
+                    common.save_grid(ema.module.decode(fixed_z), out / "samples" / f"epoch_{epoch:04d}.png")
+                if args.fid_every and epoch % args.fid_every == 0:
+                    row = evaluate(ema.module, evaluator, heldout, args, out)
+                    metrics, eval_step = common.log_eval(log, row, step, epoch), step
+            if epoch % args.ckpt_every == 0:
+                common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     bar.close()
-    stop.restore()
+    clock.restore_signals()
     train_seconds = clock.seconds
-    checkpoint()
-    if eval_step != step:
-        metrics = eval_row()
+    common.save_training_state(out, objects, step, step // per_epoch, train_seconds, args)
+    if eval_step != step:  # the final weights are evaluated unless the last epoch's evaluation saw them
+        metrics = common.log_eval(
+            log, evaluate(ema.module, evaluator, heldout, args, out), step, step / per_epoch
+        )
 
-    # Final pictures, all from the EMA weights.
-    model = ema.module
-    with torch.no_grad():
-        t = time.time()
-        final = model.decode(fixed_z)
-        sample_seconds = (time.time() - t) / fixed_z.shape[0]
-        common.save_grid(final, out / "samples.png")
-        # recon.png: rows alternate 8 held-out inputs and their reconstructions (from mu).
-        inputs = shown
-        recons = model.decode(model.encode(inputs)[0])
-        pairs = torch.stack([inputs.view(-1, 8, *inputs.shape[1:]), recons.view(-1, 8, *inputs.shape[1:])], 1)
-        common.save_grid(pairs.flatten(0, 2), out / "recon.png")
-        # interp.png: slerp between the codes (mu) of two held-out images, 8 pairs.
-        mus = model.encode(shown[:16])[0].cpu()
-        walk = torch.cat([common.slerp(mus[i], mus[i + 8], torch.linspace(0, 1, 8)) for i in range(8)]).to(device)
-        common.save_grid(model.decode(walk), out / "interp.png")
-    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
-    params = {"params": common.count_params(vae, *([D] if D is not None else [])),
-              "params_vae": common.count_params(vae), "params_D": common.count_params(D) if D is not None else 0}
-    return common.write_summary(out, "vae", params, step, step / per_epoch, step * args.batch_size, train_seconds,
-                                sample_seconds, {**losses, **metrics}, stop)
+    sample_seconds = save_outputs(ema.module, fixed_z, heldout, out)
+    count, n_D = common.count_params, common.count_params(D) if D is not None else 0
+    summary = dict(model="vae", params=count(vae) + n_D, params_vae=count(vae), params_D=n_D, steps=step)
+    summary.update(
+        epochs=step / per_epoch, train_seconds=train_seconds, sample_seconds_per_image=sample_seconds
+    )
+    return common.write_summary(out, clock, summary, step * args.batch_size, {**losses, **metrics})
 
 
 if __name__ == "__main__":

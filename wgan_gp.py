@@ -11,8 +11,10 @@ softly (eq. 3):
     x_hat = eps * x + (1 - eps) * G(z),  eps ~ U[0, 1]
     L_G = -E[C(G(z))]
 
-  step 2.2                      python wgan_gp.py --data DIR --res 64
-  CPU first look                python wgan_gp.py --data digits --res 32 --aug none --ngf 32 --ndf 32 --max-minutes 3
+  step 2.2        python wgan_gp.py --data DIR --res 64
+  presets         --preset study (the default on CUDA): the flags' defaults below;
+                  --preset cpu (elsewhere): 16 px digits, ngf = ndf = 32, 5 minutes, FID(digits)
+                  of 1,000 samples at the end. A flag given explicitly wins over either.
 
 As the paper (Algorithm 1): Adam lr 1e-4, betas (0.0, 0.9), lambda 10, no
 BatchNorm in the critic (it would make each sample's score depend on the batch,
@@ -25,17 +27,21 @@ setting: on a fixed time budget, more generator steps won); samples come from an
 EMA of the generator's weights; the penalty is computed in fp32 outside autocast
 (its double backward underflows in fp16 without loss scaling).
 """
+
 import argparse
+import functools
 import math
+import time
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import common
 import fid
 
-
 # ----------------------------------------------------------------------------- model
+
 
 class Generator(nn.Module):
     """DCGAN's generator: z (B, nz) -> image (B, C, res, res) in [-1, 1]."""
@@ -47,7 +53,11 @@ class Generator(nn.Module):
         ch = ngf * 2 ** (n_up - 1)
         layers = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
         for _ in range(n_up - 1):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ch // 2),
+                nn.ReLU(True),
+            ]
             ch //= 2
         layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -66,7 +76,11 @@ class Critic(nn.Module):
         layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         ch = ndf
         for _ in range(n_down - 1):
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.GroupNorm(1, ch * 2), nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
+                nn.GroupNorm(1, ch * 2),
+                nn.LeakyReLU(0.2, True),
+            ]
             ch *= 2
         layers.append(nn.Conv2d(ch, 1, 4, 1, 0))  # (B, 1, 1, 1)
         self.net = nn.Sequential(*layers)
@@ -86,13 +100,14 @@ def init_generator(m):
 
 # ----------------------------------------------------------------------------- losses
 
+
 def gradient_penalty(critic, real, fake):
     """E[(||grad_x C(x_hat)||_2 - 1)^2] at random points x_hat on the lines between
     real and fake samples (eq. 3, without lambda)."""
     eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
     x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)  # (B, C, H, W)
     # create_graph: the penalty is itself differentiated when the critic is updated.
-    grad, = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
@@ -105,67 +120,158 @@ def generator_loss(fake_scores):
     return -fake_scores.mean()
 
 
+# ----------------------------------------------------------------------------- DiffAugment
+DIFFAUG_OPS = ("color", "translation", "cutout")
+
+
+def diffaug_policy(text):
+    """argparse type for --diffaug: '' (off) or a comma list of DIFFAUG_OPS."""
+    ops = tuple(o.strip() for o in text.split(",") if o.strip())
+    if bad := [o for o in ops if o not in DIFFAUG_OPS]:
+        raise argparse.ArgumentTypeError(
+            f"unknown DiffAugment op(s) {bad}; choose from {','.join(DIFFAUG_OPS)}"
+        )
+    return ops
+
+
+def diff_augment(x, policy):
+    """DiffAugment (Zhao et al. 2020): the same kind of random, differentiable augmentation
+    on real *and* fake images, in D's and G's steps, so D cannot memorise a small training
+    set and G's gradients pass through. x in [-1, 1] (B, C, H, W); draws from the torch RNG
+    of x's device. Each op as in the paper's code: color (brightness +-0.5, saturation
+    x[0, 2], contrast x[0.5, 1.5]), translation (up to 1/8 of the size, zero padded),
+    cutout (a square of half the size)."""
+    if not policy:
+        return x
+    B, C, H, W = x.shape
+    rand = functools.partial(torch.rand, device=x.device, dtype=x.dtype)
+    if "color" in policy:
+        x = x + (rand(B, 1, 1, 1) - 0.5)
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * (rand(B, 1, 1, 1) * 2) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (rand(B, 1, 1, 1) + 0.5) + mean
+    rows = torch.arange(H, device=x.device).view(1, H, 1)  # (1, H, 1)
+    cols = torch.arange(W, device=x.device).view(1, 1, W)  # (1, 1, W)
+    if "translation" in policy:
+        sh, sw = int(H * 0.125 + 0.5), int(W * 0.125 + 0.5)
+        dy = torch.randint(-sh, sh + 1, (B, 1, 1), device=x.device)
+        dx = torch.randint(-sw, sw + 1, (B, 1, 1), device=x.device)
+        # Read pixel (i + dy, j + dx) from a copy padded by one zero pixel all round:
+        # a shift past the border reads the padding.
+        src_r = (rows + dy + 1).clamp(0, H + 1)  # (B, H, 1)
+        src_c = (cols + dx + 1).clamp(0, W + 1)  # (B, 1, W)
+        padded = F.pad(x, [1, 1, 1, 1])  # (B, C, H + 2, W + 2)
+        b = torch.arange(B, device=x.device).view(B, 1, 1)
+        x = padded.permute(0, 2, 3, 1)[b, src_r, src_c].permute(0, 3, 1, 2)  # (B, C, H, W)
+    if "cutout" in policy:
+        ch, cw = int(H * 0.5 + 0.5), int(W * 0.5 + 0.5)
+        top = torch.randint(0, H + (1 - ch % 2), (B, 1, 1), device=x.device) - ch // 2
+        left = torch.randint(0, W + (1 - cw % 2), (B, 1, 1), device=x.device) - cw // 2
+        hole = (rows >= top) & (rows < top + ch) & (cols >= left) & (cols < left + cw)  # (B, H, W)
+        x = x * (~hole).unsqueeze(1).to(x.dtype)
+    return x
+
+
+# ----------------------------------------------------------------------------- sampling and evaluation
+def slerp(a, b, t):
+    """Spherical interpolation between latents a, b (D,) at fractions t (K,) -> (K, D):
+    Gaussian latents live near a sphere, and a straight line cuts through its inside."""
+    a_n, b_n = a / a.norm(), b / b.norm()
+    omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
+    t = t[:, None]
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def latent_walk(nz, seed, rows=8, cols=8):
+    """(rows * cols, nz) latents: each row a slerp path between two random N(0, I) latents."""
+    ends = torch.randn(2 * rows, nz, generator=torch.Generator().manual_seed(seed))
+    t = torch.linspace(0, 1, cols)
+    return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
+
+
+def evaluate(G, evaluator, args, out):
+    """FID and friends of --fid-n samples from seeded noise; {} when no feature space is
+    on, skipping the sampling."""
+    if evaluator.features == "none":
+        return {}
+    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2)
+    return evaluator(fake, out / "worst.png")
+
+
+@torch.no_grad()
+def save_outputs(G, fixed_z, out, seed):
+    """The final pictures from the EMA generator: samples.png from the fixed noise,
+    interp.png (a slerp walk per row), progress.gif. Returns the sampling seconds per image."""
+    t = time.time()
+    final = G(fixed_z)
+    sample_seconds = (time.time() - t) / fixed_z.shape[0]
+    common.save_grid(final, out / "samples.png")
+    common.save_grid(G(latent_walk(fixed_z.shape[1], seed).to(fixed_z.device)), out / "interp.png")
+    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
+    return sample_seconds
+
+
 # ----------------------------------------------------------------------------- main
+CPU_PRESET = dict(ngf=32, ndf=32)  # with common.CPU_PRESET: 16 px digits, 5 minutes
+MODEL_FLAGS = ("res", "nz", "ngf", "ndf")  # a resumed run must keep these
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p)
-    common.add_gan_args(p, lr=1e-4)
+    p.set_defaults(lr=1e-4)
     p.add_argument("--nz", type=int, default=128, help="latent size")
     p.add_argument("--ngf", type=int, default=64, help="generator width")
     p.add_argument("--ndf", type=int, default=64, help="critic width")
     p.add_argument("--n-critic", type=int, default=2, help="critic steps per generator step")
     p.add_argument("--gp-lambda", type=float, default=10.0, help="gradient penalty weight")
-    return p.parse_args(argv)
+    p.add_argument("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR")
+    p.add_argument("--lr-d", type=float, default=None, help="critic lr (default --lr)")
+    p.add_argument("--lr-decay", type=float, default=None, metavar="GAMMA", help="both lrs x GAMMA each step")
+    p.add_argument("--diffaug", type=diffaug_policy, default=(), metavar="OPS", help=",".join(DIFFAUG_OPS))
+    args = common.parse_with_preset(p, argv, CPU_PRESET)
+    if args.n_critic < 1:
+        p.error(f"--n-critic must be at least 1, got {args.n_critic}")
+    if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
+        p.error(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
+    if args.cond:
+        p.error("wgan_gp.py is unconditional; --cond is implemented in dcgan.py")
+    return args
 
 
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    if args.cond:
-        raise common.UserError("wgan_gp.py is unconditional; --cond is implemented in dcgan.py")
-    if args.n_critic < 1:
-        raise common.UserError(f"--n-critic must be at least 1, got {args.n_critic}")
-    out = common.prepare_run(args, "wgan_gp")
+    out = common.prepare_run(args, "wgan_gp", MODEL_FLAGS)
     device, amp, amp_dtype = common.setup_device(args)
     common.seed_everything(args.seed)
-    data = common.load_dataset(args.data, args.res, crop=args.crop, aug=args.aug)
-    train, heldout = data.split()
-    channels = train.images.shape[-1]
+    train, heldout = common.train_and_heldout(args)
 
-    G = Generator(args.nz, args.ngf, channels, args.res).to(device)
-    C = Critic(args.ndf, channels, args.res).to(device)
+    G = Generator(args.nz, args.ngf, train.images.shape[-1], args.res).to(device)
+    C = Critic(args.ndf, train.images.shape[-1], args.res).to(device)
     G.apply(init_generator)
     ema = common.EMA(G, args.ema)
-    opt_g, opt_c, schedulers = common.gan_optimizers(G, C, args, betas=(0.0, 0.9))
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(0.0, 0.9))
+    opt_c = torch.optim.Adam(C.parameters(), lr=args.lr_d or args.lr, betas=(0.0, 0.9))
     scaler = common.grad_scaler(device, amp, amp_dtype)
-    fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    evaluate = fid.Evaluator(args.fid_features, heldout, args.data, args.res, args.fid_n_real, device,
-                             args.inception_weights)
-
-    def fid_row():
-        if evaluate.features == "none":  # no feature space: skip the sampling too
-            return {}
-        fake = common.generate(ema.module, args.fid_n, args.nz, device, args.seed + 2)
-        return common.log_fid(log, evaluate(fake, out / "worst.png"), step, step * args.n_critic / per_epoch)
-
-    objects = {"G": G, "C": C, "ema": ema, "opt_g": opt_g, "opt_c": opt_c, "scaler": scaler, **schedulers}
+    objects = dict(G=G, C=C, ema=ema, opt_g=opt_g, opt_c=opt_c, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
-
-    def checkpoint():
-        common.save_checkpoint(out / "ckpt.pt", common.training_state(objects, step, epoch, clock.seconds, args))
+    evaluator = fid.Evaluator.for_run(args, heldout, device)
+    fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
 
     # Each generator step eats n_critic real batches; epochs count real batches.
-    per_epoch = max(1, len(train) // args.batch_size)
-    total = args.max_steps if args.max_steps is not None else math.ceil(args.epochs * per_epoch / args.n_critic)
-    real_batches = common.batches(train, args.batch_size, args.seed, step * args.n_critic, device, args.workers)
-    epoch = step * args.n_critic // per_epoch
-    stop = common.StopFlag(args.max_minutes)
+    per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
+    total = args.max_steps if args.max_steps is not None else math.ceil(args.epochs * per_epoch / n_critic)
+    real_batches = common.batches(train, args.batch_size, args.seed, step * n_critic, device, args.workers)
+    epoch = step * n_critic // per_epoch
+    clock = common.TrainClock(train_seconds, args.max_minutes)
+    bar = common.Progress(args, total, step, clock, "wgan_gp")
     losses, metrics, fid_step = {}, {}, None
-    bar = common.progress(total, step, "wgan_gp")
-    clock = common.TrainClock(train_seconds)
-    while step < total and not stop(clock.seconds):
-        for _ in range(args.n_critic):
+    while step < total and not clock.stop():
+        for _ in range(n_critic):
             _, x, _ = next(real_batches)
             real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
             z = torch.randn(real.shape[0], args.nz, device=device)
@@ -173,9 +279,8 @@ def main(argv=None):
                 with torch.no_grad():
                     fake = G(z)
                 # With --diffaug the critic (and its penalty) sees augmented images only.
-                real, fake = common.diff_augment(real, args.diffaug), common.diff_augment(fake, args.diffaug)
-                real_scores, fake_scores = C(real), C(fake)
-                loss_c = critic_loss(real_scores.float(), fake_scores.float())
+                real, fake = diff_augment(real, args.diffaug), diff_augment(fake, args.diffaug)
+                loss_c = critic_loss(C(real).float(), C(fake).float())
             with torch.autocast(device.type, enabled=False):
                 gp = gradient_penalty(C, real.float(), fake.float())
             opt_c.zero_grad(set_to_none=True)
@@ -185,44 +290,50 @@ def main(argv=None):
 
         with common.autocast(device, amp, amp_dtype):
             fake = G(torch.randn(args.batch_size, args.nz, device=device))
-            loss_g = generator_loss(C(common.diff_augment(fake, args.diffaug)).float())
+            loss_g = generator_loss(C(diff_augment(fake, args.diffaug)).float())
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()
         scaler.step(opt_g)
         scaler.update()
-        for scheduler in schedulers.values():
-            scheduler.step()
+        if args.lr_decay:  # both learning rates shrink every step
+            for group in opt_g.param_groups + opt_c.param_groups:
+                group["lr"] *= args.lr_decay
         ema.update(G)
         step += 1
-        bar.update(1)
+        bar.step()
 
         if step % args.log_every == 0 or step == total:
             # The Wasserstein estimate E[C(x)] - E[C(G(z))] is the number to watch: it
             # should shrink as G improves (the GAN losses of 2.1 say little).
-            losses = {"loss_c": loss_c.item(), "loss_g": loss_g.item(), "gp": gp.item(),
-                      "wasserstein": -loss_c.item()}
-            common.check_finite(step, out, **losses)
-            log.write(kind="train", step=step, epoch=step * args.n_critic / per_epoch, **losses)
-            bar.set_postfix(losses)
-        if step * args.n_critic // per_epoch > epoch:  # an epoch of real batches is done
-            epoch = step * args.n_critic // per_epoch
-            row = common.epoch_end(out, epoch, args, clock, lambda path: common.save_grid(ema.module(fixed_z), path),
-                                   fid_row, checkpoint)
-            if row is not None:
-                metrics, fid_step = row, step
+            losses = dict(
+                loss_c=loss_c.item(), loss_g=loss_g.item(), gp=gp.item(), wasserstein=-loss_c.item()
+            )
+            common.log_losses(log, bar, out, step, step * n_critic / per_epoch, losses)
+        if step * n_critic // per_epoch > epoch:  # an epoch of real batches is done: grid, FID, checkpoint
+            epoch = step * n_critic // per_epoch
+            with clock.paused():
+                if epoch % args.sample_every == 0:
+                    common.save_grid(ema.module(fixed_z), out / "samples" / f"epoch_{epoch:04d}.png")
+                if args.fid_every and epoch % args.fid_every == 0:
+                    row = evaluate(ema.module, evaluator, args, out)
+                    metrics, fid_step = common.log_eval(log, row, step, step * n_critic / per_epoch), step
+            if epoch % args.ckpt_every == 0:
+                common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     bar.close()
-    stop.restore()
+    clock.restore_signals()
     train_seconds = clock.seconds
-    checkpoint()
-    if fid_step != step:
-        metrics = fid_row()
+    common.save_training_state(out, objects, step, epoch, train_seconds, args)
+    if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
+        row = evaluate(ema.module, evaluator, args, out)
+        metrics = common.log_eval(log, row, step, step * n_critic / per_epoch)
 
-    sample_seconds = common.save_gan_outputs(ema.module, fixed_z, out, args.seed + 1)
-    params = {"params": common.count_params(G, C), "params_G": common.count_params(G), "params_D": common.count_params(C)}
+    sample_seconds = save_outputs(ema.module, fixed_z, out, args.seed + 1)
+    count = common.count_params
+    summary = dict(model="wgan_gp", params=count(G, C), params_G=count(G), params_D=count(C), steps=step)
+    summary.update(epochs=step * n_critic / per_epoch, train_seconds=train_seconds)
+    summary.update(sample_seconds_per_image=sample_seconds)
     # images/s counts the real images the critic reads (n_critic batches per generator step).
-    return common.write_summary(out, "wgan_gp", params, step, step * args.n_critic / per_epoch,
-                                step * args.n_critic * args.batch_size, train_seconds, sample_seconds,
-                                {**losses, **metrics}, stop)
+    return common.write_summary(out, clock, summary, step * n_critic * args.batch_size, {**losses, **metrics})
 
 
 if __name__ == "__main__":
