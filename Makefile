@@ -17,7 +17,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash run_all.sh --preset smoke
 
+# Format and lint first (pyproject.toml holds the rules): a finding fails the test run.
 test: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -464,12 +464,14 @@ def load_checkpoint(path, map_location="cpu"):
     except FileNotFoundError:
         raise UserError(f"checkpoint not found: {path}") from None
     except Exception as e:
-        why = str(e).splitlines()[0][:120]
-        if "Weights only load failed" in str(e):  # a pickled object other than tensors and plain data
+        pickled = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+        if pickled:  # a pickled object that is not tensors and plain data: loading it would run code
             raise UserError(
-                f"refusing to load {path}: not a plain tensor checkpoint; needs pickle ({why})"
+                f"refusing to load {path}: not a plain tensor checkpoint ({pickled[0][:160]})"
             ) from None
-        raise UserError(f"{path} is not a readable checkpoint (truncated or damaged?): {why}") from None
+        raise UserError(
+            f"{path} is not a readable checkpoint (truncated or damaged: {type(e).__name__})"
+        ) from None
 
 
 def save_training_state(out, objects, step, epoch, train_seconds, args):

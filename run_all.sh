@@ -28,21 +28,19 @@ mkdir -p "$RUNS"
 
 case "$PRESET" in
   smoke)
-    # The built-in digits on the CPU, each run bounded in minutes (1 per step, 2 for
-    # the phase-5 finalists, a quarter for phase 1's faces). The digits are 8x8 at the source, so 16x16 loses nothing
-    # and costs a quarter of 32x32: small nets taking thousands of steps beat big ones
-    # taking hundreds. FID(digits) from 500 samples against the 299 held-out digits.
+    # Every script's own CPU preset (--preset cpu: the built-in digits at 16 px, whose source is
+    # 8x8, and small networks), each run bounded in minutes: 1 per step, 2 for the phase-5
+    # finalists, a quarter for phase 1's faces. Small nets taking thousands of steps beat big
+    # ones taking hundreds. FID(digits) from 500 samples against the 299 held-out digits.
     DATA="${DATA:-digits}"
     MINUTES="${MINUTES:-1}"
-    COMMON=(--data "$DATA" --device cpu --epochs 100000 --max-minutes "$MINUTES" --aug none
-            --fid-n 500 --fid-features digits --log-every 25)
+    COMMON=(--preset cpu --data "$DATA" --device cpu --max-minutes "$MINUTES" --fid-n 500 --fid-features digits)
     FINAL=(--max-minutes "${FINAL_MINUTES:-2}")
-    GAN=(--res 16 --ngf 32 --ndf 32 --fid-every 10 --sample-every 5 --ckpt-every 20)
-    # Self-attention at 8x8, the depth of the study's 16x16 at 64, relative to the image.
-    SAGAN=(--attn-res 8)
+    GAN=(--fid-every 10 --sample-every 5 --ckpt-every 20)
+    SAGAN=()  # the preset's attention at 8x8: the depth of the study's 16x16 at 64, relative to the image
     # 2.4 asks "does it hold at a higher resolution?": twice the side, as 64 -> 128.
     GAN_HIGH=(--res 32 --ngf 16 --ndf 16 --attn-res 8)
-    VAE=(--res 16 --width 32 --fid-every 5 --sample-every 2 --ckpt-every 10)
+    VAE=(--fid-every 5 --sample-every 2 --ckpt-every 10)
     ADV_START=300
     # Phase 1 on the 100 built-in LFW faces, upscaled to 128 so MTCNN can find them.
     FACES="$RUNS/data/lfw_faces"
@@ -50,15 +48,14 @@ case "$PRESET" in
           --sample-every 50 --ckpt-every 50)
     # DDIM with 10 steps: each evaluation samples 500 images, and sampling is most of a
     # DDPM run's evaluation time on a CPU.
-    DDPM=(--res 16 --ch-mult 1,2,2 --num-res-blocks 1 --dropout 0 --lr 1e-3 --sample-steps 10
-          --fid-every 3 --sample-every 1 --ckpt-every 5)
-    DDPM_BASE=(--base-ch 32 --attn-res 8)
+    DDPM=(--sample-steps 10 --fid-every 3 --sample-every 1 --ckpt-every 5)
+    DDPM_BASE=()
     DDPM_WIDE=(--base-ch 48 --attn-res 4,8)
     ;;
   test)
     # A few steps per run: used by the test suite to walk every phase quickly.
     DATA="${DATA:-digits}"
-    COMMON=(--data "$DATA" --device cpu --max-steps 3 --batch-size 16 --aug none
+    COMMON=(--preset study --data "$DATA" --device cpu --max-steps 3 --batch-size 16 --aug none
             --fid-features none --log-every 1)
     FINAL=(--max-steps 6)
     GAN=(--res 32 --ngf 8 --ndf 8)
@@ -73,21 +70,20 @@ case "$PRESET" in
     DDPM_WIDE=(--base-ch 12 --attn-res 8)
     ;;
   full)
-    # The study's standard settings: batch 64, fp16 AMP + GradScaler (auto on
-    # CUDA), EMA 0.9999, FID every 25 epochs on 5,000 held-out images, 100 epochs.
+    # Every script's study preset (--preset study: batch 64, fp16 AMP + GradScaler on CUDA,
+    # EMA 0.9999, FID every 25 epochs on 5,000 held-out images, 100 epochs) at 64 px.
     : "${DATA:?the full preset needs DATA=/path/to/images (for CelebA, img_align_celeba/)}"
-    COMMON=(--data "$DATA" --crop "${CROP:-178}" --res 64 --epochs 100 --batch-size 64 --aug flip
-            --fid-every 25 --fid-n 5000 --fid-n-real 5000 --sample-every 1 --ckpt-every 1)
+    COMMON=(--preset study --data "$DATA" --crop "${CROP:-178}" --res 64)
     FINAL=(--epochs 200)
-    GAN=(--ngf 64 --ndf 64)
-    SAGAN=(--attn-res 16)
-    GAN_HIGH=(--res 128 --ngf 64 --ndf 64 --attn-res 16,32)
+    GAN=()
+    SAGAN=()
+    GAN_HIGH=(--res 128 --attn-res 16,32)
     VAE=(--width 64)
     ADV_START=5000
     FACES="$DATA"
     PIPE=()
-    DDPM=(--lr 2e-4 --dropout 0.1 --num-res-blocks 2 --sample-steps 100)
-    DDPM_BASE=(--base-ch 128 --attn-res 8,16)
+    DDPM=()
+    DDPM_BASE=()
     DDPM_WIDE=(--base-ch 192 --attn-res 8,16,32)
     ;;
   *) echo "run_all.sh: unknown preset $PRESET (smoke, full or test)" >&2; exit 2 ;;

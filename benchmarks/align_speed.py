@@ -9,6 +9,7 @@ cycled to --n images in a temp dir. Each size group is one MTCNN batch shape, as
 in a real folder of mixed sizes. Two timings: the first run (detection and warps
 for every image) and a re-run (everything in the manifest: no detection work).
 """
+
 import argparse
 import resource
 import sys
@@ -28,7 +29,12 @@ def make_folder(root, n):
     variants = []
     for size in (512, 384, 256, 192):
         im = face.resize((size, size), Image.LANCZOS)
-        variants += [im, im.rotate(10, resample=Image.BICUBIC), im.rotate(-10, resample=Image.BICUBIC), ImageOps.mirror(im)]
+        variants += [
+            im,
+            im.rotate(10, resample=Image.BICUBIC),
+            im.rotate(-10, resample=Image.BICUBIC),
+            ImageOps.mirror(im),
+        ]
     variants += [coffee, coffee.resize((300, 200), Image.LANCZOS)]
     for i in range(n):
         variants[i % len(variants)].save(root / f"{i:04d}.png")
@@ -53,10 +59,12 @@ def main():
         align.main([str(src), str(dst)] + flags)
         rerun = time.time() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\n| images | with a face | aligned | first run | faces/s | images/s | re-run | peak RSS |")
+    print("\n| images | with a face | aligned | first run | faces/s | images/s | re-run | peak RSS |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {args.n} | {n_faces} | {counts['aligned']} | {first:.1f} s | {counts['aligned'] / first:.2f} | "
-          f"{args.n / first:.2f} | {rerun:.2f} s | {rss:.0f} MB |")
+    print(
+        f"| {args.n} | {n_faces} | {counts['aligned']} | {first:.1f} s | {counts['aligned'] / first:.2f} | "
+        f"{args.n / first:.2f} | {rerun:.2f} s | {rss:.0f} MB |"
+    )
 
 
 if __name__ == "__main__":

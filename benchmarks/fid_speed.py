@@ -7,6 +7,7 @@ Each implementation runs in its own process (peak RSS is its own) on the same fo
 downloaded here; speed does not depend on the weight values). Prints images/s, peak RSS,
 the largest pool3 difference between the two, and the seconds for one 2048-d Frechet distance.
 """
+
 import argparse
 import json
 import resource
@@ -24,25 +25,32 @@ sys.path.insert(0, str(ROOT))
 
 def extract(impl, folder, batch_size, out):
     import torch
+
     from tests.test_fid import random_inception_state
+
     weights = random_inception_state()
     files = sorted(Path(folder).glob("*.png"))
     if impl == "pytorch-fid":
         import pytorch_fid.inception as pi
         from pytorch_fid.fid_score import get_activations
+
         pi.load_state_dict_from_url = lambda *a, **k: weights
         model = pi.InceptionV3([3]).eval()
         t = time.time()
         acts = get_activations(files, model, batch_size, 2048, "cpu", num_workers=0)
     else:
         import fid
+
         model = fid.load_inception(weights)
         t = time.time()
         acts = fid.activations(folder, model, batch_size)
     seconds = time.time() - t
     np.save(out, acts)
-    return {"images_per_s": len(files) / seconds, "threads": torch.get_num_threads(),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "images_per_s": len(files) / seconds,
+        "threads": torch.get_num_threads(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main():
@@ -58,6 +66,7 @@ def main():
         return
 
     from PIL import Image
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "pngs"
         folder.mkdir()
@@ -67,8 +76,18 @@ def main():
         rows, acts = {}, {}
         for impl in ["pytorch-fid", "fid.py"]:
             out = Path(tmp) / f"{impl}.npy"
-            cmd = [sys.executable, __file__, "--impl", impl, "--folder", str(folder), "--acts", str(out),
-                   "--batch-size", str(args.batch_size)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--impl",
+                impl,
+                "--folder",
+                str(folder),
+                "--acts",
+                str(out),
+                "--batch-size",
+                str(args.batch_size),
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode:
                 sys.exit(f"{impl} failed:\n{res.stderr[-2000:]}")
@@ -76,10 +95,11 @@ def main():
             acts[impl] = np.load(out)
 
     import fid
+
     diff = np.abs(acts["fid.py"] - acts["pytorch-fid"]).max()
     a = acts["fid.py"]
     mu1, s1 = fid.stats(a[: len(a) // 2])
-    mu2, s2 = fid.stats(a[len(a) // 2:])
+    mu2, s2 = fid.stats(a[len(a) // 2 :])
     rng = np.random.RandomState(0)
     x, y = rng.randn(4096, 2048), rng.randn(4096, 2048)  # full-rank 2048-d covariances
     mu_x, s_x = fid.stats(x)
@@ -88,8 +108,10 @@ def main():
     fid.frechet_distance(mu_x, s_x, mu_y, s_y)
     frechet_seconds = time.time() - t
 
-    print(f"Inception activations, {args.n} PNGs of 64x64, batch {args.batch_size}, CPU threads "
-          f"{rows['fid.py']['threads']}")
+    print(
+        f"Inception activations, {args.n} PNGs of 64x64, batch {args.batch_size}, CPU threads "
+        f"{rows['fid.py']['threads']}"
+    )
     print(f"| {'implementation':<14} | {'images/s':>9} | {'speed-up':>8} | {'peak RSS MB':>11} |")
     print(f"|{'-' * 16}|{'-' * 11}|{'-' * 10}|{'-' * 13}|")
     for impl, r in rows.items():

@@ -6,6 +6,7 @@
 Random weights (speed does not depend on their values), batch 64, CPU, T = 1000.
 Prints a table with seconds per image and the peak RSS of the process after each row.
 """
+
 import argparse
 import resource
 import sys
@@ -32,19 +33,26 @@ def main():
     args = p.parse_args()
 
     torch.manual_seed(0)
-    model = ddpm.UNet(args.channels, args.base_ch, args.ch_mult, args.num_res_blocks, args.attn_res, 0.0, args.res)
+    model = ddpm.UNet(
+        args.channels, args.base_ch, args.ch_mult, args.num_res_blocks, args.attn_res, 0.0, args.res
+    )
     torch.nn.init.normal_(model.out[-1].weight, std=0.02)  # not the all-zero output of a fresh net
     model.eval()
     betas = ddpm.make_betas("cosine", args.T)
     alpha_bar = torch.cumprod(1 - betas, 0)
     shape = (args.batch_size, args.channels, args.res, args.res)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"U-Net {params:.2f}M params, res {args.res}, base {args.base_ch}, ch-mult {args.ch_mult}, "
-          f"batch {args.batch_size}, CPU threads {torch.get_num_threads()}")
+    print(
+        f"U-Net {params:.2f}M params, res {args.res}, base {args.base_ch}, ch-mult {args.ch_mult}, "
+        f"batch {args.batch_size}, CPU threads {torch.get_num_threads()}"
+    )
     print(f"| {'sampler':<16} | {'network calls':>13} | {'s / image':>9} | {'peak RSS MB':>11} |")
     print(f"|{'-' * 18}|{'-' * 15}|{'-' * 11}|{'-' * 13}|")
     ddpm.ddim_sample(model, shape, alpha_bar, 2, "v")  # warm-up
-    rows = [(f"DDIM {s} steps", s, lambda s=s: ddpm.ddim_sample(model, shape, alpha_bar, s, "v")) for s in (10, 50, 100)]
+    rows = [
+        (f"DDIM {s} steps", s, lambda s=s: ddpm.ddim_sample(model, shape, alpha_bar, s, "v"))
+        for s in (10, 50, 100)
+    ]
     rows.append(("DDPM ancestral", args.T, lambda: ddpm.ddpm_sample(model, shape, betas, "v")))
     for name, calls, run in rows:
         t = time.time()

@@ -11,6 +11,7 @@ channels; the target is under 5% at res 64, batch 64. This machine's speed drift
 by 10-20% between runs, so the rows are run --repeats times, interleaved, and the
 best run of each row is reported (as timeit does).
 """
+
 import argparse
 import json
 import os
@@ -27,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 def pure(args, channels):
     import torch
+
     import dcgan
+
     G = dcgan.Generator(100, args.ngf, channels, args.res).apply(dcgan.init_weights)
     D = dcgan.Discriminator(args.ngf, channels, args.res).apply(dcgan.init_weights)
     opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
@@ -52,11 +55,34 @@ def pure(args, channels):
 
 def loop(args, data):
     import dcgan
+
     with tempfile.TemporaryDirectory() as tmp:
-        flags = ["--data", data, "--res", str(args.res), "--batch-size", str(args.batch_size),
-                 "--ngf", str(args.ngf), "--ndf", str(args.ngf), "--aug", "flip",
-                 "--sample-every", "1000000", "--ckpt-every", "1000000", "--fid-features", "none",
-                 "--log-every", "10", "--out", f"{tmp}/run", "--device", "cpu"]
+        flags = [
+            "--data",
+            data,
+            "--res",
+            str(args.res),
+            "--batch-size",
+            str(args.batch_size),
+            "--ngf",
+            str(args.ngf),
+            "--ndf",
+            str(args.ngf),
+            "--aug",
+            "flip",
+            "--sample-every",
+            "1000000",
+            "--ckpt-every",
+            "1000000",
+            "--fid-features",
+            "none",
+            "--log-every",
+            "10",
+            "--out",
+            f"{tmp}/run",
+            "--device",
+            "cpu",
+        ]
         # Warm-up run pays for caching the data and first allocations; then the timed run.
         dcgan.main(flags + ["--max-steps", "2", "--out", f"{tmp}/warm"])
         s = dcgan.main(flags + ["--max-steps", str(args.steps + 2)])
@@ -78,12 +104,19 @@ def main():
             ips = pure(args, channels=int(args.row[-1]))
         else:
             ips = loop(args, "digits" if args.row == "digits" else os.environ["BENCH_FOLDER"])
-        print(json.dumps({"images_per_s": ips,
-                          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        print(
+            json.dumps(
+                {
+                    "images_per_s": ips,
+                    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                }
+            )
+        )
         return
 
     import numpy as np
     from PIL import Image
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "pngs"
         folder.mkdir()
@@ -94,8 +127,20 @@ def main():
         rows = {}
         for _ in range(args.repeats):
             for row in ["pure1", "digits", "pure3", "folder"]:
-                cmd = [sys.executable, __file__, "--row", row, "--res", str(args.res), "--batch-size",
-                       str(args.batch_size), "--ngf", str(args.ngf), "--steps", str(args.steps)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--row",
+                    row,
+                    "--res",
+                    str(args.res),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--ngf",
+                    str(args.ngf),
+                    "--steps",
+                    str(args.steps),
+                ]
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if res.returncode:
                     sys.exit(f"{row} failed:\n{res.stderr[-2000:]}")
@@ -104,16 +149,25 @@ def main():
                     rows[row] = r
 
     import torch
-    print(f"DCGAN training, res {args.res}, batch {args.batch_size}, ngf=ndf={args.ngf}, "
-          f"{args.steps} timed steps, best of {args.repeats}, CPU threads {torch.get_num_threads()}")
+
+    print(
+        f"DCGAN training, res {args.res}, batch {args.batch_size}, ngf=ndf={args.ngf}, "
+        f"{args.steps} timed steps, best of {args.repeats}, CPU threads {torch.get_num_threads()}"
+    )
     print(f"| {'row':<28} | {'images/s':>9} | {'vs pure':>8} | {'peak RSS MB':>11} |")
     print(f"|{'-' * 30}|{'-' * 11}|{'-' * 10}|{'-' * 13}|")
-    names = {"pure1": "pure compute, 1 channel", "digits": "dcgan.py loop, cached digits",
-             "pure3": "pure compute, 3 channels", "folder": "dcgan.py loop, 2000 RGB PNGs"}
+    names = {
+        "pure1": "pure compute, 1 channel",
+        "digits": "dcgan.py loop, cached digits",
+        "pure3": "pure compute, 3 channels",
+        "folder": "dcgan.py loop, 2000 RGB PNGs",
+    }
     baseline = {"pure1": "pure1", "digits": "pure1", "pure3": "pure3", "folder": "pure3"}
     for row, r in rows.items():
         overhead = rows[baseline[row]]["images_per_s"] / r["images_per_s"] - 1
-        print(f"| {names[row]:<28} | {r['images_per_s']:9.1f} | {overhead:+7.1%} | {r['peak_rss_mb']:11.0f} |")
+        print(
+            f"| {names[row]:<28} | {r['images_per_s']:9.1f} | {overhead:+7.1%} | {r['peak_rss_mb']:11.0f} |"
+        )
 
 
 if __name__ == "__main__":

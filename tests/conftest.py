@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT))
 def _cache_dir(tmp_path_factory):
     """Every test (and every subprocess it starts) caches into a private folder."""
     import common
+
     cache = tmp_path_factory.mktemp("cache")
     os.environ["GENSTUDY_CACHE"] = str(cache)
     common.CACHE_DIR = cache
@@ -29,9 +30,13 @@ def image_tree(tmp_path):
     (root / "cats" / "nested" / "deeper").mkdir(parents=True)
     (root / "dogs").mkdir()
     Image.fromarray(rng.randint(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / "cats" / "rgb.png")
-    Image.fromarray(rng.randint(0, 255, (30, 30, 3), dtype=np.uint8)).save(root / "cats" / "nested" / "deeper" / "deep.jpg")
+    Image.fromarray(rng.randint(0, 255, (30, 30, 3), dtype=np.uint8)).save(
+        root / "cats" / "nested" / "deeper" / "deep.jpg"
+    )
     Image.fromarray(rng.randint(0, 255, (32, 32), dtype=np.uint8), mode="L").save(root / "dogs" / "gray.png")
-    Image.fromarray(rng.randint(0, 255, (36, 36, 4), dtype=np.uint8), mode="RGBA").save(root / "dogs" / "rgba.png")
+    Image.fromarray(rng.randint(0, 255, (36, 36, 4), dtype=np.uint8), mode="RGBA").save(
+        root / "dogs" / "rgba.png"
+    )
     (root / "dogs" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
     (root / "dogs" / "notes.txt").write_text("not an image")
     return root

@@ -1,5 +1,6 @@
 """align.py on real photos: skimage's astronaut (one face), rotated and downscaled
 copies, coffee (no face), a corrupt file; the CLI's manifest and resumability."""
+
 import csv
 
 import numpy as np
@@ -65,8 +66,13 @@ def test_object_arrays_from_mtcnn_are_converted():
             pts = np.empty(2, dtype=object)
             pts[0] = np.arange(10.0).reshape(5, 2)
             pts[1] = np.arange(10.0, 20.0).reshape(5, 2)
-            return np.array([[0, 0, 1, 1], [0, 0, 2, 2]], dtype=object), np.array([0.8, 0.95], dtype=object), pts
-    (prob, lm), = align.detect([Image.new("RGB", (8, 8))], Fake())
+            return (
+                np.array([[0, 0, 1, 1], [0, 0, 2, 2]], dtype=object),
+                np.array([0.8, 0.95], dtype=object),
+                pts,
+            )
+
+    ((prob, lm),) = align.detect([Image.new("RGB", (8, 8))], Fake())
     assert prob == 0.95 and lm.dtype == np.float64 and lm.shape == (5, 2) and lm[0, 0] == 10.0
 
 
@@ -95,6 +101,7 @@ def test_cli_manifest_statuses_and_rerun(tmp_path, monkeypatch, capsys):
     # Second run: everything is in the manifest, so no detector is even built.
     def no_detection(*a, **k):
         raise AssertionError("re-run did detection work")
+
     monkeypatch.setattr(align, "make_detector", no_detection)
     assert align.main([str(src), str(dst), "--size", "64"]) == counts
     assert "0 to align" in capsys.readouterr().out
@@ -108,7 +115,9 @@ def test_cli_resumes_after_partial_run(tmp_path, detector, monkeypatch):
     calls = []
     monkeypatch.setattr(align, "make_detector", lambda device=None: detector)
     real_detect = align.detect
-    monkeypatch.setattr(align, "detect", lambda images, det: calls.append(len(images)) or real_detect(images, det))
+    monkeypatch.setattr(
+        align, "detect", lambda images, det: calls.append(len(images)) or real_detect(images, det)
+    )
     # Simulate a run killed after the first image: its manifest has one row.
     align.main([str(src), str(dst), "--batch-size", "1"])
     lines = (dst / "manifest.csv").read_text().splitlines()
@@ -118,7 +127,9 @@ def test_cli_resumes_after_partial_run(tmp_path, detector, monkeypatch):
     assert calls == [1, 1] and counts["aligned"] == 3  # only the two missing images were detected
 
 
-@pytest.mark.parametrize("args, message", [(["/no/such/dir", "out"], "not a folder"), (["EMPTY", "out"], "no images")])
+@pytest.mark.parametrize(
+    "args, message", [(["/no/such/dir", "out"], "not a folder"), (["EMPTY", "out"], "no images")]
+)
 def test_cli_bad_input_exits_2(tmp_path, capsys, args, message):
     (tmp_path / "EMPTY").mkdir()
     args = [str(tmp_path / a) if a in ("EMPTY", "out") else a for a in args]

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 import common
+import dcgan
 
 
 def test_ema_arithmetic_with_warmup():
@@ -59,6 +60,7 @@ def test_checkpoint_failure_mid_write_keeps_old_file(tmp_path, monkeypatch):
     def dies_half_way(obj, f):
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt("killed mid-write")
+
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         common.save_checkpoint(path, {"step": 2})
@@ -90,11 +92,11 @@ def test_missing_checkpoint_is_user_error(tmp_path):
 def test_slerp_end_points_and_norm():
     torch.manual_seed(0)
     a, b = torch.randn(64), torch.randn(64)
-    path = common.slerp(a, b, torch.linspace(0, 1, 5))
+    path = dcgan.slerp(a, b, torch.linspace(0, 1, 5))
     assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
     # For equal-norm ends, slerp stays on the sphere where a straight line dips inside.
     b = b * a.norm() / b.norm()
-    mid = common.slerp(a, b, torch.tensor([0.5]))[0]
+    mid = dcgan.slerp(a, b, torch.tensor([0.5]))[0]
     assert math.isclose(mid.norm().item(), a.norm().item(), rel_tol=1e-4)
 
 
@@ -106,6 +108,7 @@ def test_check_finite_names_step_and_checkpoint(tmp_path):
 
 def test_amp_policy_auto_is_off_on_cpu():
     import argparse
+
     args = common.add_common_args(argparse.ArgumentParser()).parse_args(["--device", "cpu"])
     device, amp, dtype = common.setup_device(args)
     assert device.type == "cpu" and amp is False and dtype == torch.float16
@@ -115,6 +118,7 @@ def test_amp_policy_auto_is_off_on_cpu():
 def test_save_grid_rounds_like_save_image(tmp_path):
     import numpy as np
     from PIL import Image
+
     x = torch.linspace(-1, 1, 2 * 1 * 4 * 4).view(2, 1, 4, 4)
     common.save_grid(x, tmp_path / "g.png", nrow=2)
     img = np.asarray(Image.open(tmp_path / "g.png"))
@@ -130,19 +134,19 @@ ALL_OPS = ("color", "translation", "cutout")
 def test_diff_augment_shapes_and_seed():
     x = torch.rand(6, 3, 32, 32) * 2 - 1
     torch.manual_seed(1)
-    a = common.diff_augment(x, ALL_OPS)
+    a = dcgan.diff_augment(x, ALL_OPS)
     torch.manual_seed(1)
-    b = common.diff_augment(x, ALL_OPS)
+    b = dcgan.diff_augment(x, ALL_OPS)
     torch.manual_seed(2)
-    c = common.diff_augment(x, ALL_OPS)
+    c = dcgan.diff_augment(x, ALL_OPS)
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
-    assert common.diff_augment(x, ()) is x  # off means untouched
+    assert dcgan.diff_augment(x, ()) is x  # off means untouched
 
 
 def test_diff_augment_is_differentiable():
     # G learns through D's view of its samples: the gradient must reach the pixels.
     x = (torch.rand(4, 1, 16, 16) * 2 - 1).requires_grad_(True)
-    common.diff_augment(x, ALL_OPS).square().sum().backward()
+    dcgan.diff_augment(x, ALL_OPS).square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
@@ -150,7 +154,7 @@ def test_translation_shifts_whole_images():
     B, H, W = 8, 16, 16
     x = torch.arange(1, H * W + 1, dtype=torch.float32).view(1, 1, H, W).repeat(B, 1, 1, 1)  # unique values
     torch.manual_seed(0)
-    out = common.diff_augment(x, ("translation",))
+    out = dcgan.diff_augment(x, ("translation",))
     shifts = set()
     for b in range(B):
         # Every pixel is either padding (0) or the input pixel at one shift (dy, dx), within 1/8 of the size.
@@ -169,10 +173,12 @@ def test_translation_shifts_whole_images():
 def test_cutout_zeroes_one_square_of_half_the_size():
     x = torch.ones(16, 1, 16, 16)
     torch.manual_seed(0)
-    out = common.diff_augment(x, ("cutout",))
+    out = dcgan.diff_augment(x, ("cutout",))
     for img in out[:, 0]:
         rows, cols = (img == 0).nonzero(as_tuple=True)
-        assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a filled rectangle
+        assert len(rows) == (rows.max() - rows.min() + 1) * (
+            cols.max() - cols.min() + 1
+        )  # a filled rectangle
         assert rows.max() - rows.min() + 1 <= 8 and cols.max() - cols.min() + 1 <= 8
         assert ((img == 0) | (img == 1)).all()
     assert (out == 0).float().mean() > 0.1
@@ -181,21 +187,21 @@ def test_cutout_zeroes_one_square_of_half_the_size():
 def test_color_moves_brightness_and_keeps_structure():
     x = torch.rand(32, 3, 8, 8) * 2 - 1
     torch.manual_seed(0)
-    out = common.diff_augment(x, ("color",))
+    out = dcgan.diff_augment(x, ("color",))
     shift = (out - x).mean(dim=(1, 2, 3))
     assert shift.std() > 0.1  # brightness varies per image, up to +-0.5
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
 def test_diffaug_policy_parses_and_rejects():
-    assert common.diffaug_policy("color,cutout") == ("color", "cutout")
-    assert common.diffaug_policy("") == ()
+    assert dcgan.diffaug_policy("color,cutout") == ("color", "cutout")
+    assert dcgan.diffaug_policy("") == ()
     with pytest.raises(Exception, match="unknown DiffAugment"):
-        common.diffaug_policy("color,blur")
+        dcgan.diffaug_policy("color,blur")
 
 
 def test_latent_walk_rows_run_between_two_latents():
-    z = common.latent_walk(16, seed=3)
+    z = dcgan.latent_walk(16, seed=3)
     assert z.shape == (64, 16)
     ends = torch.randn(16, 16, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(z[0], ends[0], atol=1e-5) and torch.allclose(z[7], ends[8], atol=1e-5)

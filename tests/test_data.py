@@ -41,6 +41,7 @@ def test_folder_with_every_case(image_tree):
 
 def test_crop_takes_center(tmp_path):
     from PIL import Image
+
     img = np.zeros((218, 178), dtype=np.uint8)
     img[20:198, :] = 255  # a 178x178 white center inside black top/bottom bands
     (tmp_path / "f").mkdir()
@@ -62,6 +63,7 @@ def test_cache_reuse_reads_no_images(image_tree, monkeypatch):
 
     def no_reads(*a, **k):
         raise AssertionError("image file opened although the cache exists")
+
     monkeypatch.setattr(common.Image, "open", no_reads)
     second = common.load_dataset(str(image_tree), 32)
     assert np.array_equal(np.asarray(first.images), np.asarray(second.images))
@@ -80,13 +82,16 @@ def test_split_is_disjoint_and_deterministic():
 
 
 @pytest.mark.filterwarnings("ignore:skipped")
-@pytest.mark.parametrize("make_args", [
-    lambda tmp: ["--data", str(tmp / "missing")],
-    lambda tmp: ["--data", str(tmp / "empty")],
-    lambda tmp: ["--data", str(tmp / "only_text")],
-    lambda tmp: ["--data", str(tmp / "only_corrupt")],
-    lambda tmp: ["--data", "lfw", "--cond"],  # --cond needs >= 2 classes
-])
+@pytest.mark.parametrize(
+    "make_args",
+    [
+        lambda tmp: ["--data", str(tmp / "missing")],
+        lambda tmp: ["--data", str(tmp / "empty")],
+        lambda tmp: ["--data", str(tmp / "only_text")],
+        lambda tmp: ["--data", str(tmp / "only_corrupt")],
+        lambda tmp: ["--data", "lfw", "--cond"],  # --cond needs >= 2 classes
+    ],
+)
 def test_bad_data_is_one_line_exit_2(tmp_path, capsys, make_args):
     (tmp_path / "empty").mkdir()
     (tmp_path / "only_text").mkdir()

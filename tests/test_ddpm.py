@@ -7,9 +7,38 @@ import torch
 import common
 import ddpm
 
-TINY = ["--data", "lfw", "--res", "16", "--batch-size", "16", "--base-ch", "8", "--ch-mult", "1,2",
-        "--num-res-blocks", "1", "--attn-res", "8", "--dropout", "0", "--T", "50", "--sample-steps", "5",
-        "--log-every", "2", "--sample-every", "1", "--ckpt-every", "1", "--fid-features", "none"]
+TINY = [
+    "--preset",
+    "study",
+    "--data",
+    "lfw",
+    "--res",
+    "16",
+    "--batch-size",
+    "16",
+    "--base-ch",
+    "8",
+    "--ch-mult",
+    "1,2",
+    "--num-res-blocks",
+    "1",
+    "--attn-res",
+    "8",
+    "--dropout",
+    "0",
+    "--T",
+    "50",
+    "--sample-steps",
+    "5",
+    "--log-every",
+    "2",
+    "--sample-every",
+    "1",
+    "--ckpt-every",
+    "1",
+    "--fid-features",
+    "none",
+]
 
 
 def test_linear_betas_end_points():
@@ -130,12 +159,22 @@ def test_attention_where_asked():
 def test_end_to_end_and_resume(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     summary = ddpm.main(TINY + ["--schedule", "cosine", "--pred", "v", "--max-steps", "12", "--out", str(a)])
-    for name in ["args.json", "metrics.jsonl", "samples.png", "progress.gif", "ckpt.pt", "summary.json",
-                 "denoise.png", "samples/epoch_0001.png"]:
+    for name in [
+        "args.json",
+        "metrics.jsonl",
+        "samples.png",
+        "progress.gif",
+        "ckpt.pt",
+        "summary.json",
+        "denoise.png",
+        "samples/epoch_0001.png",
+    ]:
         assert (a / name).is_file() and (a / name).stat().st_size > 0, name
     assert summary["steps"] == 12 and summary["sample_seconds_per_image"] > 0
     ddpm.main(TINY + ["--schedule", "cosine", "--pred", "v", "--max-steps", "7", "--out", str(b)])
-    ddpm.main(TINY + ["--schedule", "cosine", "--pred", "v", "--max-steps", "12", "--out", str(b), "--resume"])
+    ddpm.main(
+        TINY + ["--schedule", "cosine", "--pred", "v", "--max-steps", "12", "--out", str(b), "--resume"]
+    )
     ca, cb = common.load_checkpoint(a / "ckpt.pt"), common.load_checkpoint(b / "ckpt.pt")
     assert cb["step"] == 12
     for key in ca["ema"]["module"]:
@@ -145,9 +184,22 @@ def test_end_to_end_and_resume(tmp_path):
 def test_ddpm_sampler_and_fid_rows(tmp_path):
     out = tmp_path / "run"
     flags = [f for f in TINY if f not in ("lfw",)]
-    flags[flags.index("--data") + 1:flags.index("--data") + 1] = ["digits"]
-    summary = ddpm.main(flags + ["--sampler", "ddpm", "--max-steps", "3", "--fid-features", "digits",
-                                 "--fid-n", "40", "--out", str(out)])
+    flags[flags.index("--data") + 1 : flags.index("--data") + 1] = ["digits"]
+    summary = ddpm.main(
+        flags
+        + [
+            "--sampler",
+            "ddpm",
+            "--max-steps",
+            "3",
+            "--fid-features",
+            "digits",
+            "--fid-n",
+            "40",
+            "--out",
+            str(out),
+        ]
+    )
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     fids = [r for r in rows if r["kind"] == "fid"]
     assert len(fids) == 1 and fids[0]["features"] == "digits" and fids[0]["n_fake"] == 40
@@ -155,8 +207,48 @@ def test_ddpm_sampler_and_fid_rows(tmp_path):
 
 
 def test_bad_flags_exit_2(tmp_path):
-    for bad in (["--schedule", "quadratic"], ["--pred", "x0"], ["--res", "32", "--ch-mult", "1,2,2,2,2,2,2"],
-                ["--sample-steps", "0"], ["--spacing", "odd"]):
+    for bad in (
+        ["--schedule", "quadratic"],
+        ["--pred", "x0"],
+        ["--res", "32", "--ch-mult", "1,2,2,2,2,2,2"],
+        ["--sample-steps", "0"],
+        ["--spacing", "odd"],
+    ):
         with pytest.raises(SystemExit) as e:
             ddpm.main(bad + ["--out", str(tmp_path / "x")])
         assert e.value.code == 2, bad
+
+
+def test_samplers_take_any_callable_and_the_noise_device():
+    """No parameters to look at: the samplers run wherever the noise is."""
+    alpha_bar = torch.cumprod(1 - ddpm.make_betas("cosine", 100), 0)
+    x0 = torch.rand(2, 1, 4, 4) * 1.8 - 0.9
+    oracle = Oracle(x0, alpha_bar, "v")
+    plain = lambda x, t: oracle(x, t)  # parameter-free, as a compiled model is
+    x_T = torch.randn(2, 1, 4, 4)
+    out = ddpm.ddim_sample(plain, None, alpha_bar, 10, "v", x_T=x_T)
+    assert torch.allclose(out, x0, atol=1e-4)
+    out = ddpm.ddpm_sample(
+        plain, (2, 1, 4, 4), ddpm.make_betas("cosine", 100), "v", generator=torch.Generator().manual_seed(0)
+    )
+    assert out.shape == (2, 1, 4, 4) and torch.allclose(out, x0, atol=5e-3)
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddim", 7), ("ddpm", 50)])
+def test_every_output_uses_the_chosen_sampler(sampler, steps):
+    """sample() is the one place the sampler is chosen; grids, FID, samples.png and the
+    denoise strip all go through it."""
+    import argparse
+
+    betas = ddpm.make_betas("linear", 50)
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    x0 = torch.rand(3, 1, 4, 4) * 1.8 - 0.9
+    oracle = Oracle(x0, alpha_bar, "eps")
+    args = argparse.Namespace(
+        sampler=sampler, sample_steps=7, pred="eps", eta=0.0, spacing="trailing", seed=0
+    )
+    path = []
+    out = ddpm.sample_from(oracle, torch.randn(3, 1, 4, 4), args, alpha_bar, betas, trajectory=path)
+    assert len(oracle.seen) == len(path) == steps and torch.allclose(out, x0, atol=5e-3)
+    if sampler == "ddim":
+        assert oracle.seen == ddpm.ddim_timesteps(50, 7, "trailing")  # --spacing is honoured too

@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+import classifiers
 import common
 import fid
 
@@ -37,6 +38,7 @@ def weights():
 def oracle(weights):
     """pytorch-fid's InceptionV3 with the same random weights (its download patched out)."""
     import pytorch_fid.inception as pi
+
     original = pi.load_state_dict_from_url
     pi.load_state_dict_from_url = lambda *a, **k: weights
     try:
@@ -59,10 +61,15 @@ def make_folder(root, n, seed, smooth):
 
 def test_state_dict_keys_match_pytorch_fid(oracle, weights):
     import pytorch_fid.inception as pi
+
     ours = fid.FIDInceptionV3().state_dict()
     assert set(ours) == set(weights)
-    theirs = {k for k in pi.fid_inception_v3.__globals__["_inception_v3"](num_classes=1008, aux_logits=False,
-                                                                          weights=None).state_dict()}
+    theirs = {
+        k
+        for k in pi.fid_inception_v3.__globals__["_inception_v3"](
+            num_classes=1008, aux_logits=False, weights=None
+        ).state_dict()
+    }
     assert set(ours) == theirs
 
 
@@ -86,25 +93,35 @@ def test_pool3_matches_pytorch_fid(oracle, weights):
 
 
 def test_fid_on_folders_matches_pytorch_fid(tmp_path, oracle, weights, monkeypatch):
-    from pytorch_fid import fid_score
     import pytorch_fid.inception as pi
+    from pytorch_fid import fid_score
+
     a = make_folder(tmp_path / "a", 10, seed=0, smooth=False)
     b = make_folder(tmp_path / "b", 10, seed=1, smooth=True)
     monkeypatch.setattr(pi, "load_state_dict_from_url", lambda *a_, **k: weights)
-    ref = fid_score.calculate_fid_given_paths([str(a), str(b)], batch_size=5, device="cpu", dims=2048, num_workers=0)
+    ref = fid_score.calculate_fid_given_paths(
+        [str(a), str(b)], batch_size=5, device="cpu", dims=2048, num_workers=0
+    )
     model = fid.load_inception(weights)
-    ours = fid.frechet_distance(*fid.stats(fid.activations(a, model, batch_size=4)),
-                                *fid.stats(fid.activations(b, model, batch_size=3)))
+    ours = fid.frechet_distance(
+        *fid.stats(fid.activations(a, model, batch_size=4)),
+        *fid.stats(fid.activations(b, model, batch_size=3)),
+    )
     assert ref > 0 and abs(ours - ref) / ref < 1e-3, (ours, ref)
 
 
 def test_stats_npz_interchange_with_pytorch_fid(tmp_path, monkeypatch, capsys):
     from pytorch_fid import fid_score
+
     rng = np.random.RandomState(0)
     acts1, acts2 = rng.randn(50, 8), rng.randn(60, 8) + 0.3
-    np.savez(tmp_path / "theirs.npz", mu=acts1.mean(0), sigma=np.cov(acts1, rowvar=False))  # as pytorch-fid writes
+    np.savez(
+        tmp_path / "theirs.npz", mu=acts1.mean(0), sigma=np.cov(acts1, rowvar=False)
+    )  # as pytorch-fid writes
     fid.save_stats(tmp_path / "ours.npz", *fid.stats(acts2))
-    mu_t, s_t = fid_score.compute_statistics_of_path(str(tmp_path / "ours.npz"), None, 1, 8, "cpu")  # their reader
+    mu_t, s_t = fid_score.compute_statistics_of_path(
+        str(tmp_path / "ours.npz"), None, 1, 8, "cpu"
+    )  # their reader
     assert np.allclose(mu_t, acts2.mean(0))
     monkeypatch.setattr(fid, "load_inception", lambda *a, **k: None)
     value = fid.main([str(tmp_path / "theirs.npz"), str(tmp_path / "ours.npz")])
@@ -185,11 +202,16 @@ def test_missing_weights_offline_message(tmp_path, monkeypatch, capsys):
 
     def offline(url, dst):
         raise OSError("network is unreachable")
+
     monkeypatch.setattr(common, "download_file", offline)
     with pytest.warns(UserWarning, match="could not download"), pytest.raises(common.UserError) as e:
         fid.load_inception()
     msg = str(e.value)
-    assert fid.WEIGHTS_NAME in msg and fid.WEIGHTS_URL in msg and str(tmp_path / "torch" / "hub" / "checkpoints") in msg
+    assert (
+        fid.WEIGHTS_NAME in msg
+        and fid.WEIGHTS_URL in msg
+        and str(tmp_path / "torch" / "hub" / "checkpoints") in msg
+    )
     (tmp_path / "a").mkdir()
     with pytest.raises(SystemExit) as e, pytest.warns(UserWarning):
         fid.main([str(tmp_path / "a"), str(tmp_path / "a")])
@@ -218,10 +240,10 @@ def test_uint8_rounding_matches_saved_png(tmp_path):
 
 
 def test_digits_net_accuracy_and_coverage():
-    model, accuracy = fid.train_digits_net()
+    model, accuracy = classifiers.train_digits_net()
     assert accuracy >= 0.97, accuracy
     # Deterministic: the cached copy a training run uses is the same network.
-    cached = fid.load_digits_net()
+    cached = classifiers.load_digits_net()
     train, held = common.load_dataset("digits", 32, aug="none").split()
     x = torch.from_numpy(np.array(held.images)).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
@@ -229,9 +251,11 @@ def test_digits_net_accuracy_and_coverage():
         f2, _ = cached(x)
     assert f1.shape == (len(held), 64)
     assert torch.allclose(f1, f2, atol=1e-5)
-    covered, kl = fid.class_coverage(logits.numpy())
+    covered, kl = classifiers.class_coverage(logits.numpy())
     assert covered == 10 and kl < 0.1
-    covered, kl = fid.class_coverage(np.eye(10)[[3] * 95 + [4] * 5])  # collapse onto one digit (+ a few 4s)
+    covered, kl = classifiers.class_coverage(
+        np.eye(10)[[3] * 95 + [4] * 5]
+    )  # collapse onto one digit (+ a few 4s)
     assert covered == 2 and kl > 1.5
 
 
@@ -247,7 +271,9 @@ def test_diversity_and_farthest_closed_forms():
 def test_evaluator_diversity_and_worst_samples(tmp_path):
     _, held = common.load_dataset("digits", 16, aug="none").split()
     evaluate = fid.Evaluator("digits", held, "digits", 16, 5000, "cpu")
-    real = torch.from_numpy(np.array(held.images[:100])).permute(0, 3, 1, 2).float() / 127.5 - 1  # (100, 1, 16, 16)
+    real = (
+        torch.from_numpy(np.array(held.images[:100])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    )  # (100, 1, 16, 16)
     blank = torch.full((16, 1, 16, 16), -1.0)  # black squares: no digit at all
     fake = torch.cat([real, blank])
     row = evaluate(fake, tmp_path / "worst.png")
@@ -256,7 +282,7 @@ def test_evaluator_diversity_and_worst_samples(tmp_path):
     worst = np.asarray(Image.open(tmp_path / "worst.png").convert("L"))
     assert worst.shape == (4 * 18 + 2, 4 * 18 + 2)
     # Every image in the worst grid is one of the 16 blank ones (black inside the white padding).
-    cells = [worst[2 + 18 * i:18 * (i + 1), 2 + 18 * j:18 * (j + 1)] for i in range(4) for j in range(4)]
+    cells = [worst[2 + 18 * i : 18 * (i + 1), 2 + 18 * j : 18 * (j + 1)] for i in range(4) for j in range(4)]
     assert all(c.max() == 0 for c in cells)
     collapsed = evaluate(real[:1].repeat(50, 1, 1, 1))
     assert collapsed["diversity"] == pytest.approx(0.0, abs=1e-6)
@@ -265,12 +291,14 @@ def test_evaluator_diversity_and_worst_samples(tmp_path):
 @pytest.fixture(scope="module")
 def vgg_state():
     import torchvision
+
     torch.manual_seed(0)
     return torchvision.models.vgg16().state_dict()
 
 
 def test_lpips_diversity_matches_lpips_package(vgg_state):
     import warnings
+
     lpips = pytest.importorskip("lpips")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -298,3 +326,22 @@ def test_evaluator_adds_lpips_only_when_vgg_weights_exist(tmp_path, monkeypatch,
     monkeypatch.setattr(common, "find_pretrained", lambda name, *a, **k: tmp_path / "vgg.pth")
     row = fid.Evaluator("digits", held, "digits", 16, 5000, "cpu")(fake)
     assert row["lpips"] == pytest.approx(fid.lpips_diversity(fake, fid.lpips_vgg(vgg_state)))
+
+
+def test_cli_two_statistics_files_need_no_network(tmp_path, monkeypatch, capsys):
+    def no_network(*a, **k):
+        raise AssertionError("a network was loaded for two .npz files")
+
+    monkeypatch.setattr(fid, "load_inception", no_network)
+    monkeypatch.setattr(classifiers, "load_digits_net", no_network)
+    rng = np.random.RandomState(0)
+    a, b = rng.randn(50, 4), rng.randn(60, 4) + 1
+    fid.save_stats(tmp_path / "a.npz", *fid.stats(a))
+    fid.save_stats(tmp_path / "b.npz", *fid.stats(b))
+    value = fid.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz")])
+    assert value == pytest.approx(fid.frechet_distance(*fid.stats(a), *fid.stats(b)))
+    assert capsys.readouterr().out.startswith("FID: ")
+    (tmp_path / "bad.npz").write_bytes(b"not numpy")
+    with pytest.raises(SystemExit) as e:
+        fid.main([str(tmp_path / "a.npz"), str(tmp_path / "bad.npz")])
+    assert e.value.code == 2 and "not a statistics file" in capsys.readouterr().err

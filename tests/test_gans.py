@@ -1,5 +1,6 @@
 """wgan_gp.py and sagan.py: losses in closed form, spectral norm, self-attention,
 shapes at every resolution, and end-to-end runs with resume."""
+
 import json
 
 import pytest
@@ -48,8 +49,15 @@ def test_wasserstein_and_hinge_losses():
     assert wgan_gp.critic_loss(real, fake).item() == pytest.approx(-1.5 - 1.25)
     assert wgan_gp.generator_loss(fake).item() == pytest.approx(1.5)
     # hinge: relu(1 - real) = [0, 0.5], relu(1 + fake) = [0, 1]
-    assert sagan.critic_loss(real, fake, "hinge").item() == pytest.approx(0.25 + 0.5)
-    assert sagan.critic_loss(real, fake, "wgan-gp").item() == pytest.approx(-2.75)
+    # sagan's critic_loss takes the critic and its inputs too: wgan-gp adds the penalty there.
+    w = torch.full((2,), 1.5)  # a linear critic with ||grad|| = 1.5 * sqrt(2) everywhere
+    x_real, x_fake = torch.randn(2, 1, 1, 2), torch.randn(2, 1, 1, 2)
+    loss, gp = sagan.critic_loss(Linear(w), x_real, x_fake, real, fake, "hinge")
+    assert loss.item() == pytest.approx(0.25 + 0.5) and gp.item() == 0.0
+    loss, gp = sagan.critic_loss(Linear(w), x_real, x_fake, real, fake, "wgan-gp")
+    assert loss.item() == pytest.approx(-2.75) and gp.item() == pytest.approx(
+        (1.5 * 2**0.5 - 1) ** 2, rel=1e-5
+    )
 
 
 def test_wgan_critic_has_no_batchnorm():
@@ -71,11 +79,15 @@ def test_spectral_norm_top_singular_value_is_one():
     torch.manual_seed(0)
     C = sagan.spectrally_normed(sagan.Critic(ndf=8, channels=3, res=32))
     convs = [m for m in C.modules() if isinstance(m, nn.Conv2d)]
-    assert len(convs) == 7 and all(hasattr(m, "parametrizations") for m in convs)  # 3 down, 1 out, 3 in attention
+    assert len(convs) == 7 and all(
+        hasattr(m, "parametrizations") for m in convs
+    )  # 3 down, 1 out, 3 in attention
     with torch.no_grad():  # whatever the raw weights' scale, the weights used have sigma 1
         for m in convs:
             m.parametrizations.weight.original.mul_(5)
-    assert all(torch.linalg.matrix_norm(m.parametrizations.weight.original.flatten(1), 2) > 1.5 for m in convs)
+    assert all(
+        torch.linalg.matrix_norm(m.parametrizations.weight.original.flatten(1), 2) > 1.5 for m in convs
+    )
     for _ in range(10):  # each training-mode forward runs one power iteration
         C(torch.randn(4, 3, 32, 32))
     for m in convs:
@@ -109,8 +121,11 @@ def test_sagan_shapes_and_attention_placement(res, attn_res, n_attn):
     assert any(isinstance(m, nn.GroupNorm) for m in G.modules())
     # The attention sees the sizes it was placed at.
     seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
-             for m in list(G.modules()) + list(C.modules()) if isinstance(m, sagan.SelfAttention)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
+        for m in list(G.modules()) + list(C.modules())
+        if isinstance(m, sagan.SelfAttention)
+    ]
     x = G(torch.randn(2, 128))
     assert x.shape == (2, 3, res, res) and C(x).shape == (2,)
     assert sorted(seen) == sorted(list(attn_res) * 2)
@@ -120,10 +135,34 @@ def test_sagan_shapes_and_attention_placement(res, attn_res, n_attn):
 
 # ----------------------------------------------------------------------------- end to end
 
-TINY = ["--data", "lfw", "--batch-size", "8", "--ngf", "8", "--ndf", "8", "--log-every", "1",
-        "--fid-features", "none", "--res", "32"]
-OUTPUTS = ["args.json", "metrics.jsonl", "samples.png", "interp.png", "progress.gif", "ckpt.pt",
-           "summary.json", "samples/epoch_0001.png"]
+TINY = [
+    "--preset",
+    "study",
+    "--data",
+    "lfw",
+    "--batch-size",
+    "8",
+    "--ngf",
+    "8",
+    "--ndf",
+    "8",
+    "--log-every",
+    "1",
+    "--fid-features",
+    "none",
+    "--res",
+    "32",
+]
+OUTPUTS = [
+    "args.json",
+    "metrics.jsonl",
+    "samples.png",
+    "interp.png",
+    "progress.gif",
+    "ckpt.pt",
+    "summary.json",
+    "samples/epoch_0001.png",
+]
 
 
 def rows(out):
@@ -142,7 +181,10 @@ def test_wgan_gp_end_to_end(tmp_path):
     assert train[0]["wasserstein"] == pytest.approx(-train[0]["loss_c"])
     ckpt = common.load_checkpoint(out / "ckpt.pt")
     assert ckpt["step"] == 6 and {"G", "C", "ema", "opt_g", "opt_c", "scaler"} <= set(ckpt)
-    assert ckpt["opt_g"]["param_groups"][0]["lr"] == 1e-4 and ckpt["opt_g"]["param_groups"][0]["betas"] == (0.0, 0.9)
+    assert ckpt["opt_g"]["param_groups"][0]["lr"] == 1e-4 and ckpt["opt_g"]["param_groups"][0]["betas"] == (
+        0.0,
+        0.9,
+    )
     assert summary["steps"] == 6 and summary["epochs"] == pytest.approx(1.2)
 
 
@@ -163,31 +205,43 @@ def test_resume_matches_uninterrupted(tmp_path, module):
     assert rows(a) == rows(b)  # same losses at every step (b logged step 3 once, then resumed)
 
 
-@pytest.mark.parametrize("res, extra", [(32, ["--loss", "hinge", "--n-critic", "1"]),
-                                        (64, []),
-                                        (128, ["--attn-res", "16,32", "--batch-size", "4"])])
+@pytest.mark.parametrize(
+    "res, extra",
+    [
+        (32, ["--loss", "hinge", "--n-critic", "1"]),
+        (64, []),
+        (128, ["--attn-res", "16,32", "--batch-size", "4"]),
+    ],
+)
 def test_sagan_end_to_end(tmp_path, res, extra):
     out = tmp_path / "run"
-    summary = sagan.main(TINY + ["--res", str(res), "--max-steps", "2", "--sample-every", "1",
-                                 "--out", str(out)] + extra)
+    summary = sagan.main(
+        TINY + ["--res", str(res), "--max-steps", "2", "--sample-every", "1", "--out", str(out)] + extra
+    )
     for name in OUTPUTS[:-1]:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     from PIL import Image
+
     assert Image.open(out / "samples.png").size == (8 * (res + 2) + 2,) * 2  # 8x8 grid, 2 px padding
     assert summary["steps"] == 2 and summary["params_D"] > 0
     # Resume continues from step 2.
-    summary = sagan.main(TINY + ["--res", str(res), "--max-steps", "3", "--out", str(out), "--resume"] + extra)
+    summary = sagan.main(
+        TINY + ["--res", str(res), "--max-steps", "3", "--out", str(out), "--resume"] + extra
+    )
     assert summary["steps"] == 3
 
 
-@pytest.mark.parametrize("module, flags, message", [
-    (sagan, ["--attn-res", "7"], "--attn-res"),
-    (sagan, ["--loss", "bce"], "invalid choice"),
-    (sagan, ["--cond"], "unconditional"),
-    (wgan_gp, ["--n-critic", "0"], "--n-critic"),
-    (wgan_gp, ["--diffaug", "zoom"], "unknown DiffAugment"),
-    (wgan_gp, ["--data", "/no/such/folder"], "error:"),
-])
+@pytest.mark.parametrize(
+    "module, flags, message",
+    [
+        (sagan, ["--attn-res", "7"], "--attn-res"),
+        (sagan, ["--loss", "bce"], "invalid choice"),
+        (sagan, ["--cond"], "unconditional"),
+        (wgan_gp, ["--n-critic", "0"], "--n-critic"),
+        (wgan_gp, ["--diffaug", "zoom"], "unknown DiffAugment"),
+        (wgan_gp, ["--data", "/no/such/folder"], "error:"),
+    ],
+)
 def test_bad_input_exits_2(tmp_path, capsys, module, flags, message):
     with pytest.raises(SystemExit) as e:
         module.main(TINY + ["--max-steps", "1", "--out", str(tmp_path / "run")] + flags)

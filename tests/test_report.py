@@ -1,4 +1,5 @@
 """report.py on a hand-made runs/ tree whose numbers are known."""
+
 import json
 import math
 import subprocess
@@ -6,10 +7,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
 
 import report
-from conftest import ROOT
 
 
 def grid_png(path, res, n=64, value=128):
@@ -26,10 +27,23 @@ def make_run(root, name, model, args, fids=(), train=(), summary=True, **extra):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if summary:
         final = fids[-1] if fids else {}
-        (run / "summary.json").write_text(json.dumps(
-            {"model": model, "params": 123456, "steps": 100, "epochs": 20, "train_seconds": 90.0,
-             "images_per_s": 1234.4, "sample_seconds_per_image": 0.0005, "final": final,
-             "stopped_by": "max-minutes", "complete": True, **extra}))
+        (run / "summary.json").write_text(
+            json.dumps(
+                {
+                    "model": model,
+                    "params": 123456,
+                    "steps": 100,
+                    "epochs": 20,
+                    "train_seconds": 90.0,
+                    "images_per_s": 1234.4,
+                    "sample_seconds_per_image": 0.0005,
+                    "final": final,
+                    "stopped_by": "max-minutes",
+                    "complete": True,
+                    **extra,
+                }
+            )
+        )
         grid_png(run / "samples.png", 16)
         for epoch in (1, 5, 10, 20):
             grid_png(run / "samples" / f"epoch_{epoch:04d}.png", 16, value=10 * epoch)
@@ -37,9 +51,21 @@ def make_run(root, name, model, args, fids=(), train=(), summary=True, **extra):
 
 
 def fid_row(epoch, fid, **kw):
-    return {"step": epoch * 5, "epoch": epoch, "features": "digits", "fid": fid, "kid": 1.5, "kid_std": 0.1,
-            "n_fake": 500, "n_real": 299, "classes_covered": 10, "class_kl": 0.05, "diversity": 5.0,
-            "diversity_real": 6.0, **kw}
+    return {
+        "step": epoch * 5,
+        "epoch": epoch,
+        "features": "digits",
+        "fid": fid,
+        "kid": 1.5,
+        "kid_std": 0.1,
+        "n_fake": 500,
+        "n_real": 299,
+        "classes_covered": 10,
+        "class_kl": 0.05,
+        "diversity": 5.0,
+        "diversity_real": 6.0,
+        **kw,
+    }
 
 
 healthy_gan = [{"step": s, "loss_d": 0.6, "loss_g": 1.2} for s in range(0, 200, 10)]
@@ -48,24 +74,58 @@ healthy_gan = [{"step": s, "loss_d": 0.6, "loss_g": 1.2} for s in range(0, 200, 
 @pytest.fixture
 def runs(tmp_path):
     root = tmp_path / "runs"
-    make_run(root, "2.1_dcgan", "dcgan", {"g_arch": "dcgan", "aug": "none"},
-             fids=[fid_row(10, 40.0), fid_row(20, 12.3456)], train=healthy_gan)
-    make_run(root, "2.2_wgan_gp", "wgan_gp", {"n_critic": 2},
-             fids=[fid_row(20, 88.0, classes_covered=3, diversity=1.0)],
-             train=[{"step": s, "loss_g": 1.0, "wasserstein": 1.0 if s < 150 else 9.0} for s in range(0, 200, 10)])
+    make_run(
+        root,
+        "2.1_dcgan",
+        "dcgan",
+        {"g_arch": "dcgan", "aug": "none"},
+        fids=[fid_row(10, 40.0), fid_row(20, 12.3456)],
+        train=healthy_gan,
+    )
+    make_run(
+        root,
+        "2.2_wgan_gp",
+        "wgan_gp",
+        {"n_critic": 2},
+        fids=[fid_row(20, 88.0, classes_covered=3, diversity=1.0)],
+        train=[{"step": s, "loss_g": 1.0, "wasserstein": 1.0 if s < 150 else 9.0} for s in range(0, 200, 10)],
+    )
     failed = make_run(root, "2.3_sagan", "sagan", {}, summary=False)
     (failed / "FAILED").write_text("exit 2\nloss_g is nan at step 7: training diverged\n")
-    make_run(root, "3.1_vae_mse", "vae", {"beta": 1.0}, fids=[fid_row(20, 300.0)],
-             train=[{"step": s, "loss": 0.3, "kl": 0.01} for s in range(0, 200, 10)])
+    make_run(
+        root,
+        "3.1_vae_mse",
+        "vae",
+        {"beta": 1.0},
+        fids=[fid_row(20, 300.0)],
+        train=[{"step": s, "loss": 0.3, "kl": 0.01} for s in range(0, 200, 10)],
+    )
     (root / "3.2_vae_perceptual").mkdir()
     (root / "3.2_vae_perceptual" / "SKIPPED").write_text("VGG-16 weights (vgg16-397923af.pth) not found\n")
-    make_run(root, "4.1_ddpm_linear_eps", "ddpm", {"schedule": "linear", "pred": "eps"}, fids=[fid_row(4, 50.0)],
-             train=[{"step": s, "loss": 0.1 if s < 150 else (float("nan") if s == 190 else 1.0)}
-                    for s in range(0, 200, 10)])
-    gan = make_run(root, "5_gan", "dcgan", {"g_arch": "dcgan", "aug": "none"}, fids=[fid_row(20, 7.5, kid=0.25)], train=healthy_gan)
+    make_run(
+        root,
+        "4.1_ddpm_linear_eps",
+        "ddpm",
+        {"schedule": "linear", "pred": "eps"},
+        fids=[fid_row(4, 50.0)],
+        train=[
+            {"step": s, "loss": 0.1 if s < 150 else (float("nan") if s == 190 else 1.0)}
+            for s in range(0, 200, 10)
+        ],
+    )
+    gan = make_run(
+        root,
+        "5_gan",
+        "dcgan",
+        {"g_arch": "dcgan", "aug": "none"},
+        fids=[fid_row(20, 7.5, kid=0.25)],
+        train=healthy_gan,
+    )
     grid_png(gan / "worst.png", 16, n=16)
     grid_png(gan / "interp.png", 16)
-    (root / "phase5.json").write_text(json.dumps({"gan": {"run": "2.1_dcgan", "why": "lowest FID", "fid": 12.3456}}))
+    (root / "phase5.json").write_text(
+        json.dumps({"gan": {"run": "2.1_dcgan", "why": "lowest FID", "fid": 12.3456}})
+    )
     (root / "data").mkdir()  # not a run: no leading digit
     return root
 
@@ -76,14 +136,34 @@ def test_report_tables_hold_exactly_the_runs_numbers(runs):
     assert "7 runs" in text
     line = next(l for l in text.splitlines() if l.startswith("| 2.1 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells == ["2.1", "`2.1_dcgan`", "dcgan 16px (g_arch dcgan, aug none)", "12.35",
-                     "FID(digits), 500 samples vs 299 held-out, epoch 20", "0.12M", "1.5 min", "1234", "none flagged"]
+    assert cells == [
+        "2.1",
+        "`2.1_dcgan`",
+        "dcgan 16px (g_arch dcgan, aug none)",
+        "12.35",
+        "FID(digits), 500 samples vs 299 held-out, epoch 20",
+        "0.12M",
+        "1.5 min",
+        "1234",
+        "none flagged",
+    ]
     # Phase 5: FID, KID, IS, diversity, LPIPS, params, time, sample time per image.
     line = next(l for l in text.splitlines() if l.startswith("| `5_gan` |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells == ["`5_gan`", "`2.1_dcgan` (lowest FID)", "dcgan 16px (g_arch dcgan, aug none)", "7.50", "0.25",
-                     "n/a (needs Inception weights)", "5 / 6", "n/a (needs VGG-16 weights)", "0.12M", "1.5 min",
-                     "0.0005", "none flagged"]
+    assert cells == [
+        "`5_gan`",
+        "`2.1_dcgan` (lowest FID)",
+        "dcgan 16px (g_arch dcgan, aug none)",
+        "7.50",
+        "0.25",
+        "n/a (needs Inception weights)",
+        "5 / 6",
+        "n/a (needs VGG-16 weights)",
+        "0.12M",
+        "1.5 min",
+        "0.0005",
+        "none flagged",
+    ]
     assert "![5_gan](5_gan/worst.png)" in text and "![5_gan](5_gan/interp.png)" in text
     assert "(none for 5_gan)" in text  # no denoise strip: not a DDPM
     for phase in "2345":
@@ -95,11 +175,16 @@ def test_report_tables_hold_exactly_the_runs_numbers(runs):
 
 def test_observed_failures_come_from_the_numbers(runs):
     report.main([str(runs)])
-    rows = {l.split("|")[2].strip(): l.split("|")[-2].strip() for l in (runs / "REPORT.md").read_text().splitlines()
-            if l.startswith("| ") and "`" in l.split("|")[2]}
+    rows = {
+        l.split("|")[2].strip(): l.split("|")[-2].strip()
+        for l in (runs / "REPORT.md").read_text().splitlines()
+        if l.startswith("| ") and "`" in l.split("|")[2]
+    }
     assert rows["`2.1_dcgan`"] == "none flagged"
-    assert rows["`2.2_wgan_gp`"] == ("diverged: wasserstein 1 at best, 9 at the end; mode collapse: 3/10 digit "
-                                     "classes; low diversity: 0.17 of real")
+    assert rows["`2.2_wgan_gp`"] == (
+        "diverged: wasserstein 1 at best, 9 at the end; mode collapse: 3/10 digit "
+        "classes; low diversity: 0.17 of real"
+    )
     assert rows["`2.3_sagan`"] == "failed: exit 2 loss_g is nan at step 7: training diverged"
     assert rows["`3.1_vae_mse`"] == "posterior collapse: KL 0.01 nats"
     assert rows["`3.2_vae_perceptual`"] == "skipped: VGG-16 weights (vgg16-397923af.pth) not found"
@@ -122,7 +207,9 @@ def test_discriminator_wins_and_unfinished(tmp_path):
 def test_pick_lowest_fid_and_keep_it(tmp_path):
     make_run(tmp_path, "4.1_a", "ddpm", {}, fids=[fid_row(5, 30.0)])
     make_run(tmp_path, "4.2_b", "ddpm", {}, fids=[fid_row(5, 20.0)])
-    make_run(tmp_path, "4.3_c", "ddpm", {}, fids=[fid_row(5, 10.0)], summary=False)  # unfinished: not a candidate
+    make_run(
+        tmp_path, "4.3_c", "ddpm", {}, fids=[fid_row(5, 10.0)], summary=False
+    )  # unfinished: not a candidate
     assert report.pick(tmp_path, "ddpm", ["4.1_a", "4.2_b", "4.3_c"]) == "4.2_b"
     make_run(tmp_path, "4.4_d", "ddpm", {}, fids=[fid_row(5, 1.0)])
     assert report.pick(tmp_path, "ddpm", ["4.1_a", "4.2_b", "4.4_d"]) == "4.2_b"  # kept in phase5.json
@@ -131,22 +218,26 @@ def test_pick_lowest_fid_and_keep_it(tmp_path):
     assert report.pick(tmp_path, "gan", ["2.1_x", "2.2_y"]) == "2.1_x"  # no FIDs: the first finished
     picks = json.loads((tmp_path / "phase5.json").read_text())
     assert picks["gan"]["why"].startswith("first finished") and picks["ddpm"]["fid"] == 20.0
-    res = subprocess.run([sys.executable, str(ROOT / "report.py"), str(tmp_path), "--pick", "vae", "3.1_none"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "report.py"), str(tmp_path), "--pick", "vae", "3.1_none"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1 and res.stdout == ""
 
 
 def test_missing_runs_folder_exit_2(tmp_path):
-    res = subprocess.run([sys.executable, str(ROOT / "report.py"), str(tmp_path / "nope")],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "report.py"), str(tmp_path / "nope")], capture_output=True, text=True
+    )
     assert res.returncode == 2 and "no such folder" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_first16_crops_the_top_left_four_by_four(tmp_path):
     res = 16
     grid = np.full((8 * (res + 2) + 2, 8 * (res + 2) + 2, 3), 255, np.uint8)
-    grid[2:2 + res, 2:2 + res] = 7  # image 0 (top left)
-    grid[2:2 + res, 2 + 4 * (res + 2):2 + 4 * (res + 2) + res] = 99  # image 4: outside the crop
+    grid[2 : 2 + res, 2 : 2 + res] = 7  # image 0 (top left)
+    grid[2 : 2 + res, 2 + 4 * (res + 2) : 2 + 4 * (res + 2) + res] = 99  # image 4: outside the crop
     Image.fromarray(grid).save(tmp_path / "g.png")
     crop = np.asarray(report.first16(tmp_path / "g.png"))
     assert crop.shape == (4 * (res + 2) + 2, 4 * (res + 2) + 2, 3)

@@ -6,19 +6,39 @@ import sys
 
 from conftest import ROOT
 
-RUNS = ["1A_raw_64", "1A_raw_128", "1B_aligned_64", "1C_aligned_deluxe", "1D_aligned_mix",
-        "2.1_dcgan", "2.2_wgan_gp", "2.3_sagan", "2.4_sagan_high",
-        "3.1_vae_mse", "3.3_vae_patchgan",
-        "4.1_ddpm_linear_eps", "4.2_ddpm_cosine_eps", "4.3_ddpm_cosine_v", "4.4_ddpm_wide",
-        "5_gan", "5_vae", "5_ddpm"]
+RUNS = [
+    "1A_raw_64",
+    "1A_raw_128",
+    "1B_aligned_64",
+    "1C_aligned_deluxe",
+    "1D_aligned_mix",
+    "2.1_dcgan",
+    "2.2_wgan_gp",
+    "2.3_sagan",
+    "2.4_sagan_high",
+    "3.1_vae_mse",
+    "3.3_vae_patchgan",
+    "4.1_ddpm_linear_eps",
+    "4.2_ddpm_cosine_eps",
+    "4.3_ddpm_cosine_v",
+    "4.4_ddpm_wide",
+    "5_gan",
+    "5_vae",
+    "5_ddpm",
+]
 
 
 def run_all(runs_dir, *args, python=sys.executable):
     # No VGG-16 weights (an empty torch hub dir): step 3.2 must be skipped, saying so.
     env = dict(os.environ, RUNS=str(runs_dir), PYTHON=str(python), TORCH_HOME=str(runs_dir / "torch"))
     env.pop("VGG_WEIGHTS", None)
-    return subprocess.run(["bash", str(ROOT / "run_all.sh"), "--preset", "test", *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["bash", str(ROOT / "run_all.sh"), "--preset", "test", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_every_phase_runs_then_skips(tmp_path):
@@ -36,13 +56,17 @@ def test_every_phase_runs_then_skips(tmp_path):
     assert "vgg16-397923af.pth" in (tmp_path / "3.2_vae_perceptual" / "SKIPPED").read_text()
     # Phase 5 retrained the picked run of each family with its own flags, for longer.
     picks = json.loads((tmp_path / "phase5.json").read_text())
-    assert {f: p["run"] for f, p in picks.items()} == {"gan": "2.1_dcgan", "vae": "3.1_vae_mse",
-                                                       "ddpm": "4.1_ddpm_linear_eps"}  # no FID: first finished
+    assert {f: p["run"] for f, p in picks.items()} == {
+        "gan": "2.1_dcgan",
+        "vae": "3.1_vae_mse",
+        "ddpm": "4.1_ddpm_linear_eps",
+    }  # no FID: first finished
     for family, source in [("gan", "2.1_dcgan"), ("vae", "3.1_vae_mse"), ("ddpm", "4.1_ddpm_linear_eps")]:
         final, base = (json.loads((tmp_path / n / "args.json").read_text()) for n in (f"5_{family}", source))
         assert final["max_steps"] == 6 and base["max_steps"] == 3
-        assert {k: v for k, v in final.items() if k not in ("max_steps", "out")} == \
-               {k: v for k, v in base.items() if k not in ("max_steps", "out")}
+        assert {k: v for k, v in final.items() if k not in ("max_steps", "out")} == {
+            k: v for k, v in base.items() if k not in ("max_steps", "out")
+        }
     text = (tmp_path / "REPORT.md").read_text()
     assert f"{len(RUNS) + 1} runs" in text  # every run above and the skipped 3.2
     for name in RUNS:
@@ -68,8 +92,10 @@ def test_failed_runs_are_reported_and_study_goes_on(tmp_path):
     (tmp_path / "4.2_ddpm_cosine_eps" / "ckpt.pt").write_bytes(b"not a checkpoint")
     # ... and a learning rate of 1e30 makes another diverge midway (its loss is not finite by step 2).
     python = tmp_path / "python"
-    python.write_text(f'#!/bin/sh\ncase "$*" in *4.3_ddpm_cosine_v*) exec {sys.executable} "$@" --lr 1e30 ;; esac\n'
-                      f'exec {sys.executable} "$@"\n')
+    python.write_text(
+        f'#!/bin/sh\ncase "$*" in *4.3_ddpm_cosine_v*) exec {sys.executable} "$@" --lr 1e30 ;; esac\n'
+        f'exec {sys.executable} "$@"\n'
+    )
     python.chmod(0o755)
     res = run_all(tmp_path, "--only", "4", python=python)
     assert res.returncode == 1  # the study went on, and the exit code still tells
@@ -77,14 +103,21 @@ def test_failed_runs_are_reported_and_study_goes_on(tmp_path):
     for name in ["4.1_ddpm_linear_eps", "4.4_ddpm_wide"]:
         assert (tmp_path / name / "summary.json").is_file(), name
     assert not (tmp_path / "2.1_dcgan").exists() and not (tmp_path / "5_ddpm").exists()  # --only 4
-    rows = {l.split("|")[2].strip(): l.split("|")[-2].strip() for l in (tmp_path / "REPORT.md").read_text().splitlines()
-            if l.startswith("| 4.")}
-    assert rows["`4.2_ddpm_cosine_eps`"].startswith("failed: exit 2 (ddpm.py) error: refusing to load")
+    rows = {
+        l.split("|")[2].strip(): l.split("|")[-2].strip()
+        for l in (tmp_path / "REPORT.md").read_text().splitlines()
+        if l.startswith("| 4.")
+    }
+    # A damaged file is called damaged (not a pickle threat) and named.
+    assert rows["`4.2_ddpm_cosine_eps`"].startswith("failed: exit 2 (ddpm.py) error: ")
+    assert "ckpt.pt is not a readable checkpoint (truncated or damaged" in rows["`4.2_ddpm_cosine_eps`"]
     assert rows["`4.3_ddpm_cosine_v`"].startswith("failed: exit 2 (ddpm.py) error: loss is")
     assert "training diverged" in rows["`4.3_ddpm_cosine_v`"]
     assert rows["`4.1_ddpm_linear_eps`"] == rows["`4.4_ddpm_wide`"] == "none flagged"
 
 
 def test_unknown_preset_exit_2(tmp_path):
-    res = subprocess.run(["bash", str(ROOT / "run_all.sh"), "--preset", "huge"], capture_output=True, text=True)
+    res = subprocess.run(
+        ["bash", str(ROOT / "run_all.sh"), "--preset", "huge"], capture_output=True, text=True
+    )
     assert res.returncode == 2 and "unknown preset" in res.stderr

@@ -1,5 +1,6 @@
 """vae.py: KL in closed form, the VGG perceptual loss on random weights, the PatchGAN
 grid, the upsample+conv decoder, end-to-end runs with resume, missing weights."""
+
 import json
 
 import pytest
@@ -10,8 +11,26 @@ from torchvision.models import vgg16
 import common
 import vae
 
-TINY = ["--data", "lfw", "--res", "32", "--batch-size", "8", "--width", "8", "--latent", "16", "--ndf", "8",
-        "--log-every", "1", "--fid-features", "none"]
+TINY = [
+    "--preset",
+    "study",
+    "--data",
+    "lfw",
+    "--res",
+    "32",
+    "--batch-size",
+    "8",
+    "--width",
+    "8",
+    "--latent",
+    "16",
+    "--ndf",
+    "8",
+    "--log-every",
+    "1",
+    "--fid-features",
+    "none",
+]
 
 
 def test_kl_matches_torch_distributions():
@@ -38,7 +57,9 @@ def test_vae_shapes_and_reparameterisation(res):
     model.eval()
     a, b = model(x)[0], model(x)[0]
     assert not torch.allclose(a, b)  # z is sampled
-    assert torch.equal(model.decode(model.encode(x)[0]), model.decode(model.encode(x)[0]))  # the mean path is not
+    assert torch.equal(
+        model.decode(model.encode(x)[0]), model.decode(model.encode(x)[0])
+    )  # the mean path is not
 
 
 def test_decoder_has_no_transposed_conv():
@@ -69,9 +90,36 @@ def test_patch_discriminator_is_a_grid_of_70px_patches():
 
 def test_patchgan_at_16px(tmp_path):
     # The smoke study's resolution: pix2pix's 3-layer PatchGAN would not fit 16x16.
-    summary = vae.main(["--data", "digits", "--res", "16", "--width", "8", "--latent", "8", "--ndf", "8",
-                        "--batch-size", "8", "--aug", "none", "--fid-features", "none", "--max-steps", "3",
-                        "--adv", "0.1", "--adv-start", "1", "--out", str(tmp_path / "run")])
+    summary = vae.main(
+        [
+            "--preset",
+            "study",
+            "--data",
+            "digits",
+            "--res",
+            "16",
+            "--width",
+            "8",
+            "--latent",
+            "8",
+            "--ndf",
+            "8",
+            "--batch-size",
+            "8",
+            "--aug",
+            "none",
+            "--fid-features",
+            "none",
+            "--max-steps",
+            "3",
+            "--adv",
+            "0.1",
+            "--adv-start",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert summary["steps"] == 3 and summary["params_D"] > 0
 
 
@@ -100,9 +148,13 @@ def test_perceptual_taps_are_the_named_relus(vgg_state):
     ref.load_state_dict(vgg_state)
     ref.eval()
     convs_before = {i: sum(isinstance(m, nn.Conv2d) for m in ref.features[:i]) for i in loss.TAPS}
-    assert convs_before == {3: 2, 8: 4, 15: 7} and all(isinstance(ref.features[i], nn.ReLU) for i in loss.TAPS)
+    assert convs_before == {3: 2, 8: 4, 15: 7} and all(
+        isinstance(ref.features[i], nn.ReLU) for i in loss.TAPS
+    )
     x = torch.rand(1, 3, 32, 32) * 2 - 1
-    normed = ((x + 1) / 2 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    normed = ((x + 1) / 2 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    ).view(1, 3, 1, 1)
     seen = {}
     for i in loss.TAPS:
         ref.features[i].register_forward_hook(lambda m, inp, out, i=i: seen.__setitem__(i, out.clone()))
@@ -122,11 +174,22 @@ def test_end_to_end_with_patchgan(tmp_path):
     out = tmp_path / "run"
     # lfw: 84 training faces // 8 = 10 steps an epoch.
     summary = vae.main(TINY + ["--max-steps", "12", "--adv", "0.1", "--adv-start", "5", "--out", str(out)])
-    for name in ["args.json", "metrics.jsonl", "samples.png", "recon.png", "interp.png", "progress.gif",
-                 "ckpt.pt", "summary.json", "samples/epoch_0001.png"]:
+    for name in [
+        "args.json",
+        "metrics.jsonl",
+        "samples.png",
+        "recon.png",
+        "interp.png",
+        "progress.gif",
+        "ckpt.pt",
+        "summary.json",
+        "samples/epoch_0001.png",
+    ]:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     train = [r for r in rows(out) if r["kind"] == "train"]
-    assert "adv" not in train[3] and "adv" in train[5] and "loss_d" in train[5]  # the PatchGAN starts at step 5
+    assert (
+        "adv" not in train[3] and "adv" in train[5] and "loss_d" in train[5]
+    )  # the PatchGAN starts at step 5
     assert {"mse", "kl", "loss"} <= set(train[0])
     evals = [r for r in rows(out) if r["kind"] == "eval"]
     assert evals[-1]["step"] == 12 and 0 < evals[-1]["heldout_mse"] < 4
@@ -134,6 +197,7 @@ def test_end_to_end_with_patchgan(tmp_path):
     ckpt = common.load_checkpoint(out / "ckpt.pt")
     assert {"vae", "ema", "opt", "D", "opt_d", "scaler"} <= set(ckpt) and ckpt["step"] == 12
     from PIL import Image
+
     assert Image.open(out / "recon.png").size == (8 * 34 + 2, 8 * 34 + 2)  # 4 input rows + 4 recon rows
 
 
@@ -158,8 +222,9 @@ def test_perceptual_step_runs_with_weights(tmp_path, monkeypatch, vgg_state):
     vae.main(TINY + ["--max-steps", "3", "--beta", "1e-4", "--perceptual", "0.1", "--out", str(out)])
     train = [r for r in rows(out) if r["kind"] == "train"]
     assert all(r["perceptual"] > 0 for r in train)
-    assert train[-1]["loss"] == pytest.approx(train[-1]["mse"] + 1e-4 * train[-1]["kl"] + 0.1 * train[-1]["perceptual"],
-                                              rel=1e-5)
+    assert train[-1]["loss"] == pytest.approx(
+        train[-1]["mse"] + 1e-4 * train[-1]["kl"] + 0.1 * train[-1]["perceptual"], rel=1e-5
+    )
 
 
 def test_missing_vgg_weights_is_one_clear_line(tmp_path, monkeypatch, capsys):
@@ -168,25 +233,42 @@ def test_missing_vgg_weights_is_one_clear_line(tmp_path, monkeypatch, capsys):
 
     def offline(url, dst):
         raise OSError("network is unreachable")
+
     monkeypatch.setattr(common, "download_file", offline)
     with pytest.warns(UserWarning, match="could not download"), pytest.raises(SystemExit) as e:
         vae.main(TINY + ["--max-steps", "1", "--perceptual", "0.1", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1
-    assert vae.VGG_NAME in err and "--vgg-weights" in err and str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    assert (
+        vae.VGG_NAME in err
+        and "--vgg-weights" in err
+        and str(tmp_path / "torch" / "hub" / "checkpoints") in err
+    )
 
 
 def test_wrong_vgg_file_refused(tmp_path, capsys):
     bad = tmp_path / vae.VGG_NAME
     torch.save({"x": torch.zeros(1)}, bad)
     with pytest.raises(SystemExit) as e:
-        vae.main(TINY + ["--max-steps", "1", "--perceptual", "0.1", "--vgg-weights", str(bad),
-                         "--out", str(tmp_path / "run")])
+        vae.main(
+            TINY
+            + [
+                "--max-steps",
+                "1",
+                "--perceptual",
+                "0.1",
+                "--vgg-weights",
+                str(bad),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
     assert e.value.code == 2 and "sha256" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, message", [(["--beta", "-1"], ">= 0"), (["--cond"], "unconditional"),
-                                            (["--data", ""], "empty")])
+@pytest.mark.parametrize(
+    "flags, message", [(["--beta", "-1"], ">= 0"), (["--cond"], "unconditional"), (["--data", ""], "empty")]
+)
 def test_bad_input_exits_2(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as e:
         vae.main(TINY + ["--max-steps", "1", "--out", str(tmp_path / "run")] + flags)
