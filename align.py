@@ -85,8 +85,6 @@ def align_face(img, size=128, detector=None, min_prob=0.0):
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
 def _read_manifest(path):
     if not path.exists():
         return {}

@@ -1,12 +1,9 @@
 """Shared plumbing for the genstudy scripts, in the order a script uses it: errors and files,
 flags and presets, data, pretrained weights, device and AMP, EMA, checkpoints and resume, logs
-and images, the training clock, progress bar and summary. No model, loss or sampler lives here:
-each model script holds its own, and its own training loop.
-
-Data (`--data`): `digits` (scikit-learn's 1,797 real 8x8 digits), `lfw` (scikit-image's 100 real
-25x25 faces), an image folder (recursive; the label is the first sub-folder), or a comma-separated
-mix. Images are center-cropped, resized with antialiasing to `--res` and cached once as a uint8
-`.npy` (rebuilt, with a warning, when it fails to load); training reads it and augments batches.
+and images, the training clock, progress bar and summary. No model, loss or sampler lives here.
+Data: `digits` (scikit-learn's 1,797 real 8x8 digits), `lfw` (scikit-image's 100 real 25x25
+faces), an image folder (recursive; the label is the first sub-folder), or a comma-separated mix,
+cached once per resolution as a uint8 `.npy` that training reads and augments batch by batch.
 """
 
 import argparse
@@ -17,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -103,12 +101,7 @@ def add_common_args(parser):
     a("--fid-every", type=int, default=25, help="epochs between FID evaluations (0 = only at the end)")
     a("--fid-n", type=int, default=5000, help="generated images per FID")
     a("--fid-n-real", type=int, default=5000, help="held-out real images per FID")
-    a(
-        "--fid-features",
-        default="auto",
-        choices=["auto", "inception", "digits", "none"],
-        help="auto: see fid.py",
-    )
+    a("--fid-features", default="auto", choices=["auto", "inception", "digits", "none"], help="see fid.py")
     a("--inception-weights", default=None, help="path to pt_inception-2015-12-05-6726825d.pth")
     a("--log-every", type=int, default=50, help="steps between metrics.jsonl rows")
     a("--sample-every", type=int, default=1, help="epochs between samples/epoch_NNNN.png")
@@ -172,7 +165,8 @@ def _builtin(name):
 
 
 def _read_cache(npy, manifest, res, channels):
-    """The cached images and manifest, or None (with a warning) when either is damaged."""
+    """The cached (images, labels, classes), or None, with a warning, when the .npy or its
+    manifest fails to load or the two disagree: the caller then rebuilds it."""
     try:
         meta = json.loads(manifest.read_text())
         images = np.load(npy, mmap_mode="r")
@@ -194,9 +188,8 @@ def _load_source(src, res, channels, crop):
         if not root.is_dir():
             raise UserError(f"--data must be digits, lfw or a folder of images, got file {src}")
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        folder_labels = [
-            p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "." for p in files
-        ]
+        parts = [p.relative_to(root).parts for p in files]
+        folder_labels = [part[0] if len(part) > 1 else "." for part in parts]
         if not files:
             raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {src}")
         key_files = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
@@ -243,6 +236,8 @@ class ImageData(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
+        if np.ndim(i):  # an index array, as the training loader asks: a whole uint8 batch
+            return self.batch(i)
         x = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)  # (C, H, W) uint8
         return x.float() / 127.5 - 1, int(self.labels[i])
 
@@ -251,14 +246,12 @@ class ImageData(torch.utils.data.Dataset):
         x = torch.from_numpy(np.ascontiguousarray(self.images[idx])).permute(0, 3, 1, 2)  # (B, C, H, W)
         return x, torch.from_numpy(self.labels[idx])
 
-    def subset(self, idx):
-        return ImageData(self.images[np.sort(idx)], self.labels[np.sort(idx)], self.classes, self.aug)
-
     def split(self):
         """Deterministic (train, held-out) split; held-out is 1/6 of the data, at most 5,000."""
         perm = np.random.RandomState(0).permutation(len(self))
         n_out = min(HELDOUT_MAX, len(self) // 6)
-        return self.subset(perm[n_out:]), self.subset(perm[:n_out])
+        parts = np.sort(perm[n_out:]), np.sort(perm[:n_out])
+        return tuple(ImageData(self.images[idx], self.labels[idx], self.classes, self.aug) for idx in parts)
 
 
 def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
@@ -289,39 +282,22 @@ def train_and_heldout(args):
     return load_dataset(args.data, args.res, crop=args.crop, aug=args.aug, cond=args.cond).split()
 
 
-class _EpochBatches(torch.utils.data.Dataset):
-    """Batch `first + i` of one epoch's permutation, as uint8 tensors: the unit a
-    data-loading worker reads from the memmap."""
-
-    def __init__(self, data, perm, batch_size, first, per_epoch):
-        self.data, self.perm, self.batch_size = data, perm, batch_size
-        self.first, self.per_epoch = first, per_epoch
-
-    def __len__(self):
-        return self.per_epoch - self.first
-
-    def __getitem__(self, i):
-        b = self.first + i
-        return self.data.batch(self.perm[b * self.batch_size : (b + 1) * self.batch_size])
-
-
 def batches(data, batch_size, seed, start_step, device, workers=0):
-    """Endless (epoch, x uint8 (B, C, H, W), labels) on `device`. Epoch e's order is
-    a permutation drawn from (seed, e) alone, so a resumed run sees the same batches
-    as an uninterrupted one. `workers` > 0 reads batches in worker processes (worth
-    it when the cache is larger than RAM and the memmap reads hit the disk)."""
+    """Endless (epoch, x uint8 (B, C, H, W), labels) on `device`. Epoch e's order is a permutation
+    drawn from (seed, e) alone, so a resumed run sees the same batches as an uninterrupted one.
+    `workers` > 0 reads batches in worker processes (worth it when the cache is larger than RAM
+    and the memmap reads hit the disk)."""
     per_epoch = max(1, len(data) // batch_size)
     epoch, first = divmod(start_step, per_epoch)
     pin = torch.device(device).type == "cuda"
     while True:
         g = torch.Generator().manual_seed(seed * 100003 + epoch)
         perm = torch.randperm(len(data), generator=g).numpy()
-        # The loader draws its workers' base seed from `g`, not from the global RNG that
-        # the training noise comes from (which would break exact resume).
-        epoch_batches = _EpochBatches(data, perm, batch_size, first, per_epoch)
-        loader = torch.utils.data.DataLoader(
-            epoch_batches, batch_size=None, num_workers=workers, pin_memory=pin, generator=g
-        )
+        index = [perm[b * batch_size : (b + 1) * batch_size] for b in range(first, per_epoch)]
+        # The loader draws its workers' base seed from `g`, not from the global RNG that the
+        # training noise comes from (which would break exact resume).
+        options = dict(num_workers=workers, pin_memory=pin, generator=g)
+        loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=index, **options)
         for x, y in loader:
             yield epoch, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         epoch, first = epoch + 1, 0
@@ -362,15 +338,9 @@ def download_file(url, dst):
     import urllib.request
 
     with urllib.request.urlopen(url, timeout=20) as r:
-        total = int(r.headers.get("Content-Length", 0))
-        with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name) as bar:
-
-            def write(f):
-                for chunk in iter(lambda: r.read(1 << 20), b""):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-
-            atomic_write(dst, write)
+        size = int(r.headers.get("Content-Length", 0))
+        with tqdm.wrapattr(r, "read", total=size, desc=dst.name) as source:
+            atomic_write(dst, lambda f: shutil.copyfileobj(source, f, 1 << 20))
 
 
 def find_pretrained(name, url, path=None, env=None, flag="", download=True):
@@ -388,42 +358,28 @@ def find_pretrained(name, url, path=None, env=None, flag="", download=True):
         where = f"Download {url} and put it at {cache} (or pass {flag} PATH, or set {env}=PATH)"
         raise UserError(f"weights {name} not found at {found}. {where}")
     expected = name.rsplit("-", 1)[1].split(".")[0]
-    h = hashlib.sha256()
     with open(found, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    if not h.hexdigest().startswith(expected):
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if not digest.startswith(expected):
         raise UserError(f"{found} is not {name}: its sha256 does not start with {expected}")
     return found
 
 
 # ----------------------------------------------------------------------------- device, AMP, seeding
 def setup_device(args):
-    """-> (device, amp enabled, amp dtype). AMP 'auto' is on for CUDA only: bf16
-    autocast on CPUs without bf16 units is ~200x slower than fp32."""
+    """-> (device, autocast, scaler). `with autocast():` runs under AMP when it is on ('auto': on
+    CUDA only, since bf16 autocast on CPUs without bf16 units is ~200x slower than fp32); the
+    GradScaler scales losses for fp16 only (bf16 has fp32's exponent range), else passes through."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available")
     on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if on_cuda else "cpu")
-    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
+    amp = args.amp == "on" or (args.amp == "auto" and on_cuda)
     dtype = torch.float16 if args.amp_dtype == "fp16" else torch.bfloat16
-    if device.type == "cuda":
+    if on_cuda:
         torch.backends.cudnn.benchmark = True
-    return device, amp, dtype
-
-
-def autocast(device, amp, dtype):
-    return torch.autocast(device.type, dtype=dtype, enabled=amp)
-
-
-def grad_scaler(device, amp, dtype):
-    # Loss scaling is needed for fp16 only; bf16 has fp32's exponent range.
-    return torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
-
-
-def seed_everything(seed):
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+    autocast = functools.partial(torch.autocast, device.type, dtype=dtype, enabled=amp)
+    return device, autocast, torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
 
 
 # ----------------------------------------------------------------------------- EMA
@@ -487,21 +443,23 @@ def save_training_state(out, objects, step, epoch, train_seconds, args):
 
 
 def prepare_run(args, script, model_flags):
-    """Make the run folder and write args.json. A run resumed with a flag that shapes the
-    model (`model_flags`) set otherwise than in its args.json is refused, naming the flags.
-    Returns the folder as a Path."""
+    """Make the run folder, write args.json, seed the RNGs -> (folder, device, autocast, scaler).
+    Resuming with a flag that shapes the model (`model_flags`) set otherwise than in the run's
+    args.json is refused, naming the flags, before anything is written."""
     out = Path(args.out or f"runs/{script}")
     if (out / "ckpt.pt").exists() and not args.resume:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if args.resume and (out / "ckpt.pt").exists() and (out / "args.json").exists():
-        saved = json.loads((out / "args.json").read_text())
-        differ = [f for f in model_flags if f in saved and saved[f] != json.loads(json.dumps(vars(args)[f]))]
+        saved, now = json.loads((out / "args.json").read_text()), json.loads(json.dumps(vars(args)))
+        differ = [f for f in model_flags if f in saved and saved[f] != now[f]]
         if differ:
-            said = ", ".join(f"--{f.replace('_', '-')} {saved[f]} (now {vars(args)[f]})" for f in differ)
+            said = ", ".join(f"--{f.replace('_', '-')} {saved[f]} (now {now[f]})" for f in differ)
             raise UserError(f"cannot resume {out}: it was trained with {said}; use another --out")
     (out / "samples").mkdir(parents=True, exist_ok=True)
     write_json(out / "args.json", vars(args))
-    return out
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)  # also seeds every CUDA device
+    return (out, *setup_device(args))
 
 
 def start_or_resume(out, objects, args, device):
@@ -555,20 +513,18 @@ def log_eval(log, row, step, epoch):
     return row
 
 
-def log_losses(log, bar, out, step, epoch, losses):
-    """A training row: stop on a non-finite loss, else log it and show it on the bar."""
+def log_losses(log, clock, out, step, epoch, losses):
+    """A training row: stop on a non-finite loss, else log it and show it on the clock's bar."""
     check_finite(step, out, **losses)
     log.write(kind="train", step=step, epoch=epoch, **losses)
-    bar.set_postfix(losses)
+    clock.bar.set_postfix(losses, refresh=False)  # drawn at the bar's own pace, not at every row
 
 
 def check_finite(step, out, **losses):
     for name, value in losses.items():
         if not math.isfinite(value):
-            last = Path(out) / "ckpt.pt"
-            raise UserError(
-                f"{name} is {value} at step {step}: training diverged; last good checkpoint: {last}"
-            )
+            last = f"last good checkpoint: {Path(out) / 'ckpt.pt'}"
+            raise UserError(f"{name} is {value} at step {step}: training diverged; {last}")
 
 
 def save_grid(x, path, nrow=8):
@@ -602,27 +558,30 @@ def generate(G, n, nz, device, seed, labels=None, batch_size=256):
     return torch.cat(out)
 
 
-def count_params(*models):
-    return sum(p.numel() for m in models for p in m.parameters())
-
-
-# ----------------------------------------------------------------------------- clock, progress, summary
+# ----------------------------------------------------------------------------- training clock and summary
 class TrainClock:
-    """Training seconds, summed across resumes (sampling and evaluation run inside `paused()`
-    and do not count, so --max-minutes and images/s measure training), and when to stop:
-    SIGINT/SIGTERM, or --max-minutes of training. The loop asks `stop()` between steps and
-    ends cleanly: checkpoint, final samples, metrics."""
+    """The run's training seconds, summed across resumes (sampling and evaluation run inside
+    `paused()` and do not count, so --max-minutes and images/s measure training); when to stop
+    (SIGINT/SIGTERM, or --max-minutes of training: the loop asks `stop()` between steps and ends
+    cleanly); and its tqdm `bar`, over steps, or over training minutes when --max-minutes bounds
+    the run and --max-steps does not (steps from --epochs would show 0/2,300,000 and an ETA of
+    days), redrawn at most every 30 s when stderr is a log file."""
 
-    def __init__(self, seconds, max_minutes):
-        self._base, self._start = seconds, time.time()
-        self.max_seconds = max_minutes * 60 if max_minutes else None
+    def __init__(self, args, seconds, total_steps, step, desc):
+        self._base, self._start, self._end = seconds, time.time(), None
+        self.max_seconds = args.max_minutes * 60 if args.max_minutes else None
         self.signalled, self.timed_out = None, False
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
+        self.by_time = args.max_minutes is not None and args.max_steps is None
+        fmt = "{l_bar}{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}{postfix}]" if self.by_time else None
+        total, initial = (args.max_minutes, seconds / 60) if self.by_time else (total_steps, step)
+        refresh = 0.1 if sys.stderr.isatty() else 30
+        self.bar = tqdm(total=total, initial=initial, desc=desc, bar_format=fmt, mininterval=refresh)
 
     @property
     def seconds(self):
-        return self._base + time.time() - self._start
+        return self._base + (self._end or time.time()) - self._start
 
     @contextlib.contextmanager
     def paused(self):
@@ -638,40 +597,32 @@ class TrainClock:
         self.signalled = signal.Signals(signum).name
         print(f"\n{self.signalled}: finishing the current step, then checkpoint and samples", file=sys.stderr)
 
+    def tick(self):
+        """One training step done: the bar moves a step, or on to the training minutes so far."""
+        self.bar.update(min(self.seconds / 60, self.bar.total) - self.bar.n if self.by_time else 1)
+
     def stop(self):
         self.timed_out = self.max_seconds is not None and self.seconds > self.max_seconds
         return bool(self.signalled) or self.timed_out
 
-    def restore_signals(self):
+    def finish(self):
+        """Training is over: the clock stops, the bar closes, the signals get their defaults back."""
+        self._end = time.time()
+        self.bar.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-class Progress(tqdm):
-    """A tqdm bar over steps, or over training minutes when --max-minutes bounds the run and
-    --max-steps does not (steps from --epochs would show 0/2,300,000 and an ETA of days).
-    Redrawn at most every 30 s when stderr is a log file, not a terminal."""
-
-    def __init__(self, args, total_steps, step, clock, desc):
-        self.clock, self.by_time = clock, args.max_minutes is not None and args.max_steps is None
-        fmt = "{l_bar}{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}{postfix}]" if self.by_time else None
-        total, initial = (args.max_minutes, clock.seconds / 60) if self.by_time else (total_steps, step)
-        refresh = 0.1 if sys.stderr.isatty() else 30
-        super().__init__(total=total, initial=initial, desc=desc, bar_format=fmt, mininterval=refresh)
-
-    def step(self):
-        """One training step done: a step further, or on to the training minutes so far."""
-        self.update(min(self.clock.seconds / 60, self.total) - self.n if self.by_time else 1)
-
-
-def write_summary(out, clock, summary, images, final):
-    """summary.json: the run's `summary` (model, sizes, steps, epochs, train seconds...), its
-    speed (`images` read in training), `final` losses and metrics, and how it stopped
-    (`complete` is false when a signal cut it short, so run_all.sh resumes it)."""
-    stopped_by = clock.signalled or ("max-minutes" if clock.timed_out else "steps")
-    speed = images / max(summary["train_seconds"], 1e-9)
-    summary = {**summary, "images_per_s": speed, "final": final}
-    summary.update(stopped_by=stopped_by, complete=not clock.signalled)
+def write_summary(out, clock, models, images, final, **run):
+    """summary.json: `run` (model, steps, epochs...), the sizes of `models` ({name: module, or None}),
+    the training time and speed (`images` read in training), the `final` losses and metrics, and
+    how the run stopped (`complete` is false when a signal cut it short: run_all.sh resumes it)."""
+    models = {name: m for name, m in models.items() if m is not None}
+    sizes = {f"params_{name}": sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    summary = {**run, "params": sum(sizes.values()), **sizes, "train_seconds": clock.seconds}
+    summary.update(images_per_s=images / max(clock.seconds, 1e-9), final=final)
+    summary.update(stopped_by=clock.signalled or ("max-minutes" if clock.timed_out else "steps"))
+    summary["complete"] = not clock.signalled
     write_json(Path(out) / "summary.json", summary)
-    print(f"done: {summary['steps']} steps in {summary['train_seconds']:.0f}s; outputs in {out}")
+    print(f"done: {run['steps']} steps in {clock.seconds:.0f}s; outputs in {out}")
     return summary

@@ -1,35 +1,26 @@
-"""DCGAN: Radford, Metz & Chintala, "Unsupervised Representation Learning with
-Deep Convolutional Generative Adversarial Networks" (2016).
+"""DCGAN: Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep
+Convolutional Generative Adversarial Networks" (2016).
 
-Study steps:
   phase 1 (pipeline ablations)  python dcgan.py --data DIR --res 64|128 --aug flip|deluxe
   step 2.1 (the GAN baseline)   python dcgan.py --data DIR --res 64
-
-Presets (--preset auto picks study on CUDA, cpu otherwise; a flag given explicitly wins):
-  study  the defaults below: 64 px from --res, ngf = ndf = 64, 100 epochs, FID every 25 epochs
-  cpu    a first look in 5 minutes: digits at 16 px, ngf = ndf = 32, FID(digits) of 1,000
-         samples at the end (python dcgan.py on a laptop)
+  presets   --preset study (the default on CUDA): the defaults below (ngf = ndf = 64, 100 epochs,
+            FID every 25); --preset cpu (elsewhere): digits at 16 px, ngf = ndf = 32, 5 minutes,
+            FID(digits) of 1,000 samples at the end. A flag given explicitly wins over either.
 
 Variants from the seed reports (each one flag, combinable):
-  --g-arch upconv    nearest upsample + 3x3 conv instead of transposed conv (Odena et al.
-                     2016, "Deconvolution and Checkerboard Artifacts")
-  --g-arch csp       CSP-up blocks: half the channels upsampled straight through, half
-                     through transposed conv + BN + ReLU, concatenated (after CSPNet)
+  --g-arch upconv    nearest upsample + 3x3 conv instead of transposed conv (Odena et al. 2016)
+  --g-arch csp       CSP-up blocks: half the channels upsampled straight through, half through
+                     transposed conv + BN + ReLU, concatenated (after CSPNet)
   --lr-g 1e-4 --lr-d 4e-4   two time-scale update rule (Heusel et al. 2017)
   --lr-decay 0.9999  both learning rates times GAMMA after every step
-  --diffaug color,translation,cutout   DiffAugment (Zhao et al. 2020) on real and fake
-                     images in D's and G's steps, for small datasets
+  --diffaug color,translation,cutout   DiffAugment (Zhao et al. 2020) on real and fake images
 
-The networks follow the paper: transposed convolutions with BatchNorm and ReLU in
-the generator, strided convolutions with LeakyReLU(0.2) in the discriminator (no
-BatchNorm on its first layer), N(0, 0.02) weight init, Adam 2e-4 with beta1 = 0.5.
-The number of up/down blocks follows --res (3 at 32, 4 at 64, 5 at 128).
-
-Departures from the paper: the loss is BCE on logits (the sigmoid is folded into
-the loss, which is stable under fp16 autocast); the generator is trained with the
-non-saturating loss -log D(G(z)) (Goodfellow et al. 2014, sec. 3), as the paper's
-code does; samples come from an EMA of the generator's weights; `--cond` adds a
-one-hot label to z and a projection term to D (Miyato & Koyama 2018).
+As the paper: transposed convolutions with BatchNorm and ReLU in the generator, strided ones
+with LeakyReLU(0.2) in the discriminator (no BatchNorm on its first layer), N(0, 0.02) init,
+Adam 2e-4 with beta1 = 0.5; up/down blocks follow --res (3 at 32, 4 at 64, 5 at 128).
+Departures: BCE on logits (stable under fp16 autocast); the non-saturating generator loss
+-log D(G(z)) (Goodfellow et al. 2014, sec. 3), as the paper's code; samples from an EMA of G;
+`--cond` adds a one-hot label to z and a projection term to D (Miyato & Koyama 2018).
 """
 
 import argparse
@@ -47,11 +38,10 @@ import fid
 
 # ----------------------------------------------------------------------------- model
 class CSPUp(nn.Module):
-    """Cross-stage-partial 2x upsampling (after Wang et al. 2020, CSPNet): half the
-    channels are upsampled straight through (nearest neighbour, no weights), the
-    other half go through transposed conv + BN + ReLU; the concatenation is mixed
-    to c_out channels by a 1x1 conv (CSPNet's transition). Half the transposed-conv
-    cost of a DCGAN block, and a gradient highway through the plain half."""
+    """Cross-stage-partial 2x upsampling (after CSPNet, Wang et al. 2020): half the channels are
+    upsampled straight through (nearest, no weights), half through transposed conv + BN + ReLU;
+    a 1x1 conv (CSPNet's transition) mixes the concatenation to c_out channels. Half the
+    transposed-conv cost of a DCGAN block, and a gradient highway through the plain half."""
 
     def __init__(self, c_in, c_out):
         super().__init__()
@@ -71,8 +61,8 @@ def up_block(arch, c_in, c_out):
     if arch == "dcgan":
         up = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)
     elif arch == "upconv":
-        # Resize-convolution (Odena et al. 2016): every output pixel gets the same number
-        # of kernel taps, so no checkerboard from the stride-2 transposed conv's overlap.
+        # Resize-convolution (Odena et al. 2016): each output pixel gets as many kernel taps as
+        # the next, so no checkerboard from the stride-2 transposed conv's uneven overlap.
         up = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False))
     elif arch == "csp":
         up = CSPUp(c_in, c_out)
@@ -90,11 +80,8 @@ class Generator(nn.Module):
         self.nz, self.n_classes = nz, n_classes
         n_up = int(math.log2(res)) - 2  # 4x4 -> res: 3 blocks at 32, 4 at 64, 5 at 128
         ch = ngf * 2 ** (n_up - 1)
-        layers = [
-            nn.ConvTranspose2d(nz + n_classes, ch, 4, 1, 0, bias=False),
-            nn.BatchNorm2d(ch),
-            nn.ReLU(True),
-        ]
+        conv = nn.ConvTranspose2d(nz + n_classes, ch, 4, 1, 0, bias=False)
+        layers = [conv, nn.BatchNorm2d(ch), nn.ReLU(True)]
         for _ in range(n_up - 1):
             layers.append(up_block(arch, ch, ch // 2))  # (B, ch / 2, 2H, 2W)
             ch //= 2
@@ -118,11 +105,8 @@ class Discriminator(nn.Module):
         n_down = int(math.log2(res)) - 2
         layers, ch = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)], ndf
         for _ in range(n_down - 1):
-            layers += [
-                nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ch * 2),
-                nn.LeakyReLU(0.2, True),
-            ]
+            conv = nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False)
+            layers += [conv, nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
             ch *= 2
         self.features = nn.Sequential(*layers)  # (B, ch, 4, 4)
         self.out = nn.Conv2d(ch, 1, 4, 1, 0, bias=False)
@@ -166,19 +150,15 @@ def diffaug_policy(text):
     """argparse type for --diffaug: '' (off) or a comma list of DIFFAUG_OPS."""
     ops = tuple(o.strip() for o in text.split(",") if o.strip())
     if bad := [o for o in ops if o not in DIFFAUG_OPS]:
-        raise argparse.ArgumentTypeError(
-            f"unknown DiffAugment op(s) {bad}; choose from {','.join(DIFFAUG_OPS)}"
-        )
+        raise argparse.ArgumentTypeError(f"unknown DiffAugment op(s) {bad}; choose from {DIFFAUG_OPS}")
     return ops
 
 
 def diff_augment(x, policy):
-    """DiffAugment (Zhao et al. 2020): the same kind of random, differentiable augmentation
-    on real *and* fake images, in D's and G's steps, so D cannot memorise a small training
-    set and G's gradients pass through. x in [-1, 1] (B, C, H, W); draws from the torch RNG
-    of x's device. Each op as in the paper's code: color (brightness +-0.5, saturation
-    x[0, 2], contrast x[0.5, 1.5]), translation (up to 1/8 of the size, zero padded),
-    cutout (a square of half the size)."""
+    """DiffAugment (Zhao et al. 2020): random, differentiable augmentation of real *and* fake
+    images in D's and G's steps, so D cannot memorise a small set and G's gradients pass through.
+    x in [-1, 1] (B, C, H, W), the torch RNG of x's device. As the paper's code: color (brightness
+    +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]), translation (<= 1/8, zero padded), cutout (1/2)."""
     if not policy:
         return x
     B, C, H, W = x.shape
@@ -195,8 +175,7 @@ def diff_augment(x, policy):
         sh, sw = int(H * 0.125 + 0.5), int(W * 0.125 + 0.5)
         dy = torch.randint(-sh, sh + 1, (B, 1, 1), device=x.device)
         dx = torch.randint(-sw, sw + 1, (B, 1, 1), device=x.device)
-        # Read pixel (i + dy, j + dx) from a copy padded by one zero pixel all round:
-        # a shift past the border reads the padding.
+        # Read pixel (i + dy, j + dx) of a copy padded by one zero pixel: past the border, zeros.
         src_r = (rows + dy + 1).clamp(0, H + 1)  # (B, H, 1)
         src_c = (cols + dx + 1).clamp(0, W + 1)  # (B, 1, W)
         padded = F.pad(x, [1, 1, 1, 1])  # (B, C, H + 2, W + 2)
@@ -263,17 +242,16 @@ MODEL_FLAGS = ("res", "g_arch", "nz", "ngf", "ndf", "cond")  # a resumed run mus
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p)
-    p.add_argument(
-        "--g-arch", default="dcgan", choices=["dcgan", "upconv", "csp"], help="generator upsampling"
-    )
-    p.add_argument("--nz", type=int, default=100, help="latent size")
-    p.add_argument("--ngf", type=int, default=64, help="generator width")
-    p.add_argument("--ndf", type=int, default=64, help="discriminator width")
-    p.add_argument("--beta1", type=float, default=0.5)
-    p.add_argument("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR")
-    p.add_argument("--lr-d", type=float, default=None, help="discriminator lr (default --lr)")
-    p.add_argument("--lr-decay", type=float, default=None, metavar="GAMMA", help="both lrs x GAMMA each step")
-    p.add_argument("--diffaug", type=diffaug_policy, default=(), metavar="OPS", help=",".join(DIFFAUG_OPS))
+    a = p.add_argument
+    a("--g-arch", default="dcgan", choices=["dcgan", "upconv", "csp"], help="generator upsampling")
+    a("--nz", type=int, default=100, help="latent size")
+    a("--ngf", type=int, default=64, help="generator width")
+    a("--ndf", type=int, default=64, help="discriminator width")
+    a("--beta1", type=float, default=0.5)
+    a("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR")
+    a("--lr-d", type=float, default=None, help="discriminator lr (default --lr)")
+    a("--lr-decay", type=float, default=None, metavar="GAMMA", help="both lrs x GAMMA each step")
+    a("--diffaug", type=diffaug_policy, default=(), metavar="OPS", help=",".join(DIFFAUG_OPS))
     args = common.parse_with_preset(p, argv, CPU_PRESET)
     if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
         p.error(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
@@ -283,12 +261,9 @@ def parse_args(argv=None):
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    out = common.prepare_run(args, "dcgan", MODEL_FLAGS)
-    device, amp, amp_dtype = common.setup_device(args)
-    common.seed_everything(args.seed)
+    out, device, autocast, scaler = common.prepare_run(args, "dcgan", MODEL_FLAGS)
     train, heldout = common.train_and_heldout(args)
     channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
-
     G = Generator(args.nz, args.ngf, channels, args.res, n_classes, args.g_arch).to(device)
     D = Discriminator(args.ndf, channels, args.res, n_classes).to(device)
     G.apply(init_weights)
@@ -296,18 +271,15 @@ def main(argv=None):
     ema = common.EMA(G, args.ema)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(args.beta1, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d or args.lr, betas=(args.beta1, 0.999))
-    scaler = common.grad_scaler(device, amp, amp_dtype)
     objects = dict(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     # Fixed noise (and labels), so every epoch's grid shows the same 64 latents.
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = (torch.arange(64) % n_classes).to(device) if n_classes else None
-
     per_epoch = max(1, len(train) // args.batch_size)
     total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
-    clock = common.TrainClock(train_seconds, args.max_minutes)
-    bar = common.Progress(args, total, step, clock, "dcgan")
+    clock = common.TrainClock(args, train_seconds, total, step, "dcgan")
     losses, metrics, fid_step = {}, {}, None
     for _, x, y in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
         if step >= total or clock.stop():
@@ -316,7 +288,7 @@ def main(argv=None):
         y = y if n_classes else None
         z = torch.randn(real.shape[0], args.nz, device=device)
         # D step: maximise log D(x) + log(1 - D(G(z))); with --diffaug D sees every image augmented.
-        with common.autocast(device, amp, amp_dtype):
+        with autocast():
             fake = G(z, y)
             real_aug, fake_aug = diff_augment(real, args.diffaug), diff_augment(fake.detach(), args.diffaug)
             loss_d = d_loss(D(real_aug, y), D(fake_aug, y))
@@ -324,7 +296,7 @@ def main(argv=None):
         scaler.scale(loss_d).backward()
         scaler.step(opt_d)
         # G step: the fake batch goes through the updated D.
-        with common.autocast(device, amp, amp_dtype):
+        with autocast():
             loss_g = g_loss(D(diff_augment(fake, args.diffaug), y))
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()
@@ -335,11 +307,10 @@ def main(argv=None):
                 group["lr"] *= args.lr_decay
         ema.update(G)
         step += 1
-        bar.step()
-
+        clock.tick()
         if step % args.log_every == 0 or step == total:
             losses = {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
-            common.log_losses(log, bar, out, step, step / per_epoch, losses)
+            common.log_losses(log, clock, out, step, step / per_epoch, losses)
         if step % per_epoch == 0:  # end of an epoch: grid and FID (not training time), checkpoint
             epoch = step // per_epoch
             with clock.paused():
@@ -350,21 +321,15 @@ def main(argv=None):
                     metrics, fid_step = common.log_eval(log, row, step, epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
-    bar.close()
-    clock.restore_signals()
-    train_seconds = clock.seconds
-    common.save_training_state(out, objects, step, step // per_epoch, train_seconds, args)
+    clock.finish()
+    common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
         row = evaluate(ema.module, evaluator, args, n_classes, out)
         metrics = common.log_eval(log, row, step, step / per_epoch)
-
-    sample_seconds = save_outputs(ema.module, fixed_z, fixed_y, out, args.seed + 1)
-    count = common.count_params
-    summary = dict(model="dcgan", params=count(G, D), params_G=count(G), params_D=count(D), steps=step)
-    summary.update(
-        epochs=step / per_epoch, train_seconds=train_seconds, sample_seconds_per_image=sample_seconds
-    )
-    return common.write_summary(out, clock, summary, step * args.batch_size, {**losses, **metrics})
+    run = dict(model="dcgan", steps=step, epochs=step / per_epoch)
+    run["sample_seconds_per_image"] = save_outputs(ema.module, fixed_z, fixed_y, out, args.seed + 1)
+    final, images = {**losses, **metrics}, step * args.batch_size
+    return common.write_summary(out, clock, dict(G=G, D=D), images, final, **run)
 
 
 if __name__ == "__main__":

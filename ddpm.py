@@ -42,9 +42,8 @@ import torch.nn.functional as F
 import common
 import fid
 
+
 # ----------------------------------------------------------------------------- U-Net
-
-
 def timestep_embedding(t, dim):
     """Sinusoidal embedding of integer timesteps t (B,) -> (B, dim), as in the Transformer."""
     half = dim // 2
@@ -173,8 +172,6 @@ class UNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- diffusion: pure functions
-
-
 def make_betas(schedule, T):
     """beta_1..beta_T as float64 (T,). linear: 1e-4..0.02 (Ho et al.). cosine: from
     abar(t) = f(t) / f(0), f(t) = cos^2((t/T + s) / (1 + s) * pi/2), s = 0.008, with
@@ -224,8 +221,6 @@ def diffusion_loss(model, x0, alpha_bar, pred):
 
 
 # ----------------------------------------------------------------------------- sampling
-
-
 def ddim_timesteps(T, steps, spacing="leading"):
     """The S timesteps DDIM visits, descending. For T = 1000, S = 10: leading 900..0,
     trailing 999..99, linspace 999..0 (Lin et al. 2024, table 2, name these)."""
@@ -402,12 +397,9 @@ def parse_args(argv=None):
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    out = common.prepare_run(args, "ddpm", MODEL_FLAGS)
-    device, amp, amp_dtype = common.setup_device(args)
-    common.seed_everything(args.seed)
+    out, device, autocast, scaler = common.prepare_run(args, "ddpm", MODEL_FLAGS)
     train, heldout = common.train_and_heldout(args)
     shape = (train.images.shape[-1], args.res, args.res)  # (C, H, W)
-
     betas = make_betas(args.schedule, args.T)  # float64: cumprod over 1000 steps keeps its precision
     alpha_bar = torch.cumprod(1 - betas, 0)
     model = UNet(
@@ -416,23 +408,20 @@ def main(argv=None):
     model = model.to(device)
     ema = common.EMA(model, args.ema)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    scaler = common.grad_scaler(device, amp, amp_dtype)
     objects = dict(model=model, ema=ema, opt=opt, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     # Fixed starting noise, so every epoch's grid follows the same 64 trajectories.
     fixed_x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
-
     per_epoch = max(1, len(train) // args.batch_size)
     total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
-    clock = common.TrainClock(train_seconds, args.max_minutes)
-    bar = common.Progress(args, total, step, clock, "ddpm")
+    clock = common.TrainClock(args, train_seconds, total, step, "ddpm")
     losses, metrics, fid_step = {}, {}, None
     for _, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
         if step >= total or clock.stop():
             break
         x0 = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
-        with common.autocast(device, amp, amp_dtype):
+        with autocast():
             loss = diffusion_loss(model, x0, alpha_bar, args.pred)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -442,11 +431,10 @@ def main(argv=None):
         scaler.update()
         ema.update(model)
         step += 1
-        bar.step()
-
+        clock.tick()
         if step % args.log_every == 0 or step == total:
             losses = {"loss": loss.item()}
-            common.log_losses(log, bar, out, step, step / per_epoch, losses)
+            common.log_losses(log, clock, out, step, step / per_epoch, losses)
         if step % per_epoch == 0:  # end of an epoch: grid and FID (not training time), checkpoint
             epoch = step // per_epoch
             with clock.paused():
@@ -458,22 +446,17 @@ def main(argv=None):
                     metrics, fid_step = common.log_eval(log, row, step, epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
-    bar.close()
-    clock.restore_signals()
-    train_seconds = clock.seconds
-    common.save_training_state(out, objects, step, step // per_epoch, train_seconds, args)
+    clock.finish()
+    common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
         row = evaluate(ema.module, evaluator, args, alpha_bar, betas, shape, out)
         metrics = common.log_eval(log, row, step, step / per_epoch)
-
-    sample_seconds = save_outputs(ema.module, fixed_x_T, args, alpha_bar, betas, out)
-    sample_steps = args.sample_steps if args.sampler == "ddim" else args.T
-    summary = dict(model="ddpm", schedule=args.schedule, pred=args.pred, sampler=args.sampler)
-    summary.update(sample_steps=sample_steps, params=common.count_params(model), steps=step)
-    summary.update(
-        epochs=step / per_epoch, train_seconds=train_seconds, sample_seconds_per_image=sample_seconds
-    )
-    return common.write_summary(out, clock, summary, step * args.batch_size, {**losses, **metrics})
+    run = dict(model="ddpm", schedule=args.schedule, pred=args.pred, sampler=args.sampler)
+    run.update(sample_steps=args.sample_steps if args.sampler == "ddim" else args.T, steps=step)
+    run["epochs"] = step / per_epoch
+    run["sample_seconds_per_image"] = save_outputs(ema.module, fixed_x_T, args, alpha_bar, betas, out)
+    final, images = {**losses, **metrics}, step * args.batch_size
+    return common.write_summary(out, clock, dict(model=model), images, final, **run)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,12 @@ images/s, observed failure), a FID-curve plot and a 16-sample grid per step. Pha
 KID, IS, diversity, sample time, progression grids, interpolations, the DDPM denoising strip
 and each finalist's 16 worst samples (worst.png: farthest from any held-out image in feature
 space). The "observed failure" column comes from the run's own numbers, never from a guess:
-  failed / skipped / unfinished       the FAILED or SKIPPED file, or no summary.json
-  NaN                                 a non-finite value anywhere in metrics.jsonl
-  discriminator wins                  DCGAN's loss_D below 0.1 over the last tenth of training
-  diverged                            the mean of DDPM's loss or of the critic's Wasserstein
-                                      estimate over the last tenth of training is over 3x its
-                                      best tenth
-  mode collapse                       fewer than 8 of the 10 digit classes (digits features)
-  low diversity                       mean pairwise feature distance under half the real one
-  posterior collapse                  VAE's KL under 0.5 nats over the last tenth
+  failed / skipped / unfinished   the FAILED or SKIPPED file, or no summary.json
+  NaN                             a non-finite value anywhere in metrics.jsonl
+  discriminator wins              DCGAN's loss_D below 0.1 over the last tenth of training
+  diverged                        DDPM loss or critic Wasserstein estimate: last tenth > 3x the best tenth
+  mode collapse / low diversity   < 8 of 10 digit classes / mean pairwise feature distance < half the real one
+  posterior collapse              VAE's KL under 0.5 nats over the last tenth
 """
 
 import argparse
@@ -34,26 +31,15 @@ import numpy as np
 from matplotlib.figure import Figure  # pyplot-free: no display or backend needed to write PNGs
 from PIL import Image
 
-PHASES = {
-    "1": "Phase 1: the data pipeline (DCGAN on faces)",
-    "2": "Phase 2: GAN evolution",
-    "3": "Phase 3: VAE evolution",
-    "4": "Phase 4: DDPM evolution",
-    "5": "Phase 5: the best of each family, trained longer under identical conditions",
-}
-STEP_FLAGS = {
-    "dcgan": ("g_arch", "aug"),
-    "wgan_gp": ("n_critic",),
-    "sagan": ("loss", "attn_res"),
-    "vae": ("beta", "perceptual", "adv"),
-    "ddpm": ("schedule", "pred", "base_ch"),
-}
+PHASES = {"1": "Phase 1: the data pipeline (DCGAN on faces)", "2": "Phase 2: GAN evolution"}
+PHASES.update({"3": "Phase 3: VAE evolution", "4": "Phase 4: DDPM evolution"})
+PHASES["5"] = "Phase 5: the best of each family, trained longer under identical conditions"
+STEP_FLAGS = dict(dcgan=("g_arch", "aug"), wgan_gp=("n_critic",), sagan=("loss", "attn_res"))
+STEP_FLAGS.update(vae=("beta", "perceptual", "adv"), ddpm=("schedule", "pred", "base_ch"))
 PROGRESS_AT = (10, 50, 100, 200)  # the full study's 200 epochs; a shorter run shows its share
 
 
 # ----------------------------------------------------------------------------- reading runs
-
-
 def read_json(path):
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -70,14 +56,8 @@ def read_rows(path):
 
 def load_run(folder):
     summary = read_json(folder / "summary.json")
-    run = {
-        "name": folder.name,
-        "dir": folder,
-        "args": read_json(folder / "args.json") or {},
-        "summary": summary,
-        "rows": read_rows(folder / "metrics.jsonl"),
-        "note": "",
-    }
+    run = dict(name=folder.name, dir=folder, args=read_json(folder / "args.json") or {}, summary=summary)
+    run.update(rows=read_rows(folder / "metrics.jsonl"), note="")
     if (folder / "SKIPPED").is_file():
         run["status"], run["note"] = "skipped", (folder / "SKIPPED").read_text().strip()
     elif (folder / "FAILED").is_file():
@@ -97,18 +77,15 @@ def last_fid(run):
 
 
 # ----------------------------------------------------------------------------- diagnostics
-
-
 def diagnose(run):
     """The run's observed failures, each with the number that shows it (empty: none seen)."""
     if run["status"] != "complete":
         return [f"{run['status']}: {run['note'] or 'no summary.json (re-run to resume it)'}"]
     found = []
-    for row in run["rows"]:
-        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            found.append(f"NaN: {bad[0]} at step {row.get('step')}")
-            break
+    floats = [(k, r.get("step"), v) for r in run["rows"] for k, v in r.items() if isinstance(v, float)]
+    bad = [(k, step) for k, step, v in floats if not math.isfinite(v)]
+    if bad:
+        found.append(f"NaN: {bad[0][0]} at step {bad[0][1]}")
     train = [r for r in run["rows"] if r.get("kind") == "train"]
     tenths = {}  # each logged loss as the means of ten chunks of training: the step noise averaged out
     for key in ("loss_d", "loss", "wasserstein", "kl"):
@@ -135,8 +112,6 @@ def diagnose(run):
 
 
 # ----------------------------------------------------------------------------- formatting
-
-
 def fmt(x, spec=".2f"):
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
@@ -177,33 +152,17 @@ def phase_table(runs):
     rows = []
     for run in runs:
         s, row = run["summary"] or {}, last_fid(run)
-        rows.append(
-            [
-                run["name"].split("_")[0],
-                f"`{run['name']}`",
-                describe(run),
-                fmt(row and row["fid"]),
-                evaluated(row),
-                millions(s.get("params")),
-                minutes(s.get("train_seconds")),
-                fmt(s.get("images_per_s"), ".0f"),
-                "; ".join(diagnose(run)) or "none flagged",
-            ]
-        )
-    return table(
-        ["step", "run", "model", "FID", "evaluated", "params", "train time", "images/s", "observed failure"],
-        rows,
-    )
+        cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), fmt(row and row["fid"])]
+        cells += [evaluated(row), millions(s.get("params")), minutes(s.get("train_seconds"))]
+        rows.append(cells + [fmt(s.get("images_per_s"), ".0f"), "; ".join(diagnose(run)) or "none flagged"])
+    return table("step|run|model|FID|evaluated|params|train time|images/s|observed failure".split("|"), rows)
 
 
 # ----------------------------------------------------------------------------- figures
-
-
 def first16(png):
     """The top-left 4x4 images of an 8-wide grid written by save_grid (2 px padding)."""
     img = Image.open(png).convert("RGB")
-    res = (img.width - 2) // 8 - 2
-    side = 4 * (res + 2) + 2
+    side = 4 * ((img.width - 2) // 8) + 2  # each tile is res + 2 px wide
     return img.crop((0, 0, side, side))
 
 
@@ -215,9 +174,8 @@ def fid_curves(runs, path):
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     for run in runs:
-        ax.plot(
-            [r["epoch"] for r in run["fids"]], [r["fid"] for r in run["fids"]], "o-", label=run["name"], ms=3
-        )
+        epochs, fids = [r["epoch"] for r in run["fids"]], [r["fid"] for r in run["fids"]]
+        ax.plot(epochs, fids, "o-", label=run["name"], ms=3)
     ax.set(xlabel="epoch", ylabel=fid_name(runs[0]["fids"][-1]), yscale="log")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -253,19 +211,13 @@ def progression(run):
 
 
 # ----------------------------------------------------------------------------- the report
-
-
 def samples_figure(runs, path, lines):
     panels = [
         (r["name"], first16(r["dir"] / "samples.png")) for r in runs if (r["dir"] / "samples.png").is_file()
     ]
     if panels:
-        lines += [
-            "",
-            "16 samples per run (EMA weights where EMA is on, fixed noise):",
-            "",
-            f"![samples](report/{image_grid(panels, path, len(panels)).name})",
-        ]
+        lines += ["", "16 samples per run (EMA weights where EMA is on, fixed noise):", ""]
+        lines.append(f"![samples](report/{image_grid(panels, path, len(panels)).name})")
     lines.append("")
 
 
@@ -273,10 +225,8 @@ def phase_section(phase, runs, figdir, lines):
     lines += [f"## {PHASES[phase]}", ""]
     if phase == "1" and (figdir.parent / "phase1.json").is_file():
         for step, result in read_json(figdir.parent / "phase1.json").items():
-            lines.append(
-                f"- {step}: winner {result.get('winner') or 'none'}"
-                + (f": {result['why']}" if result.get("why") else f", FID {result.get('fid')}")
-            )
+            why = f": {result['why']}" if result.get("why") else f", FID {result.get('fid')}"
+            lines.append(f"- {step}: winner {result.get('winner') or 'none'}{why}")
         lines.append("")
     lines += phase_table(runs) + [""]
     curve = fid_curves(runs, figdir / f"phase{phase}_fid.png")
@@ -294,40 +244,22 @@ def phase5_section(runs, figdir, lines):
     for run in runs:
         s, row = run["summary"] or {}, last_fid(run) or {}
         pick = picks.get(run["name"].split("_", 1)[1], {})
+        cells = [f"`{run['name']}`", f"`{pick.get('run', '?')}` ({pick.get('why', '?')})", describe(run)]
+        cells += [fmt(row.get("fid")), fmt(row.get("kid"), ".4g")]
+        cells.append(fmt(row.get("is")) if "is" in row else "n/a (needs Inception weights)")
+        cells.append(f"{fmt(row.get('diversity'), '.3g')} / {fmt(row.get('diversity_real'), '.3g')}")
+        cells.append(fmt(row.get("lpips"), ".3f") if "lpips" in row else "n/a (needs VGG-16 weights)")
+        cells += [millions(s.get("params")), minutes(s.get("train_seconds"))]
         rows.append(
-            [
-                f"`{run['name']}`",
-                f"`{pick.get('run', '?')}` ({pick.get('why', '?')})",
-                describe(run),
-                fmt(row.get("fid")),
-                fmt(row.get("kid"), ".4g"),
-                fmt(row.get("is")) if "is" in row else "n/a (needs Inception weights)",
-                f"{fmt(row.get('diversity'), '.3g')} / {fmt(row.get('diversity_real'), '.3g')}",
-                fmt(row.get("lpips"), ".3f") if "lpips" in row else "n/a (needs VGG-16 weights)",
-                millions(s.get("params")),
-                minutes(s.get("train_seconds")),
-                fmt(s.get("sample_seconds_per_image"), ".4f"),
-                "; ".join(diagnose(run)) or "none flagged",
-            ]
+            cells
+            + [fmt(s.get("sample_seconds_per_image"), ".4f"), "; ".join(diagnose(run)) or "none flagged"]
         )
-    lines += [f"## {PHASES['5']}", ""]
-    lines += table(
-        [
-            "finalist",
-            "retrained from",
-            "model",
-            "FID",
-            "KID",
-            "IS",
-            "diversity (fake / real)",
-            "LPIPS diversity",
-            "params",
-            "train time",
-            "sample s/img",
-            "observed failure",
-        ],
-        rows,
-    ) + [""]
+    header = (
+        "finalist|retrained from|model|FID|KID|IS|diversity (fake / real)|LPIPS diversity|params|train time"
+    )
+    lines += (
+        [f"## {PHASES['5']}", ""] + table((header + "|sample s/img|observed failure").split("|"), rows) + [""]
+    )
     lines += [f"- `{run['name']}`: {evaluated(last_fid(run))}" for run in runs] + [""]
     curve = fid_curves(runs, figdir / "phase5_fid.png")
     if curve:
@@ -335,23 +267,19 @@ def phase5_section(runs, figdir, lines):
     samples_figure(runs, figdir / "phase5_samples.png", lines)
     panels = [p for run in runs for p in progression(run)]
     if panels:
+        lines.append("Progression (epoch grids at the study's epochs 10, 50, 100, 200, or this run's share):")
         lines += [
-            "Progression (epoch grids at the study's epochs 10, 50, 100, 200, or this run's share):",
             "",
             f"![progression](report/{image_grid(panels, figdir / 'phase5_progress.png', 4).name})",
             "",
         ]
-    for title, file in [
-        ("Latent interpolations (slerp)", "interp.png"),
-        ("DDPM denoising (x_T to x_0)", "denoise.png"),
-        ("16 worst samples (farthest from any held-out image in feature space)", "worst.png"),
-    ]:
+    worst = "16 worst samples (farthest from any held-out image in feature space)"
+    slerp, denoise = "Latent interpolations (slerp)", "DDPM denoising (x_T to x_0)"
+    for title, file in [(slerp, "interp.png"), (denoise, "denoise.png"), (worst, "worst.png")]:
         shown = [f"![{run['name']}]({run['name']}/{file})" for run in runs if (run["dir"] / file).is_file()]
         missing = [run["name"] for run in runs if not (run["dir"] / file).is_file()]
-        lines += [
-            f"**{title}**: " + " ".join(shown) + (f" (none for {', '.join(missing)})" if missing else ""),
-            "",
-        ]
+        none_for = f" (none for {', '.join(missing)})" if missing else ""
+        lines += [f"**{title}**: " + " ".join(shown) + none_for, ""]
 
 
 def write_report(root):
@@ -361,14 +289,11 @@ def write_report(root):
     figdir = root / "report"
     figdir.mkdir(exist_ok=True)
     specs = sorted({str(r["args"].get("data")) for r in runs.values() if r["args"]})
-    lines = [
-        "# genstudy report",
-        "",
-        f"{len(runs)} runs in `{root}`; data: {', '.join(specs) or 'none'}. "
-        "FID(digits) uses the built-in digit classifier's features and is never comparable with "
-        "Inception FID; every FID below names its feature space and sample counts.",
-        "",
-    ]
+    intro = (
+        f"{len(runs)} runs in `{root}`; data: {', '.join(specs) or 'none'}. FID(digits) uses the built-in "
+    )
+    intro += "digit classifier's features and is never comparable with Inception FID; every FID below names "
+    lines = ["# genstudy report", "", intro + "its feature space and sample counts.", ""]
     for phase in PHASES:
         group = [r for name, r in runs.items() if name[0] == phase]
         if group and phase == "5":

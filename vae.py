@@ -1,37 +1,27 @@
-"""VAE: Kingma & Welling, "Auto-Encoding Variational Bayes" (2014), and its study
-evolution toward sharper samples.
+"""VAE: Kingma & Welling, "Auto-Encoding Variational Bayes" (2014), and its study evolution
+toward sharper samples: L = L_mse + lambda_vgg L_vgg + lambda_adv L_adv + beta L_kl.
 
-  L = L_mse + lambda_vgg L_vgg + lambda_adv L_adv + beta L_kl
+  step 3.1 MSE VAE           python vae.py --data DIR --res 64 --beta 1.0
+  step 3.2 + VGG perceptual  python vae.py --data DIR --res 64 --beta 1e-4 --perceptual 0.1
+  step 3.3 + PatchGAN        python vae.py --data DIR --res 64 --beta 1e-4 --perceptual 0.1 --adv 0.1 \
+                                 --adv-start 2000
+  presets   --preset study (the default on CUDA): the defaults below; --preset cpu (elsewhere): digits
+            at 16 px, 5 minutes, FID(digits) of 1,000 prior samples at the end. Explicit flags win.
 
-  step 3.1 MSE VAE               python vae.py --data DIR --res 64 --beta 1.0
-  step 3.2 + VGG perceptual      python vae.py --data DIR --res 64 --beta 1e-4 --perceptual 0.1
-  step 3.3 + PatchGAN            python vae.py --data DIR --res 64 --beta 1e-4 --perceptual 0.1 --adv 0.1 \
-                                     --adv-start 2000
-  presets                        --preset study (the default on CUDA): the flags' defaults below;
-                                 --preset cpu (elsewhere): 16 px digits, width 32, 5 minutes, FID(digits)
-                                 of 1,000 prior samples at the end. An explicit flag wins over either.
+3.1: a conv encoder gives q(z|x) = N(mu, diag(exp(logvar))) over a 256-d latent; z = mu +
+exp(logvar / 2) * eps (the reparameterisation trick, sec. 2.4: gradients flow through the
+sample); per-pixel MSE is the Gaussian likelihood, whose optimum under uncertainty is the *mean*
+of the plausible images: blurry. 3.2: match VGG-16 features at relu1_2, relu2_2 and relu3_3 too
+(Johnson et al. 2016): edges and textures count. 3.3: a PatchGAN (Isola et al. 2017, 70x70
+receptive field) judges each patch of the reconstruction, punishing blur directly (as VQGAN's
+training, Esser et al. 2021), from step --adv-start on.
 
-3.1: a convolutional encoder gives q(z|x) = N(mu, diag(exp(logvar))) over a
-256-d latent; z = mu + exp(logvar / 2) * eps (the reparameterisation trick,
-sec. 2.4, so gradients flow through the sample); the decoder maps z back to
-pixels. Minimising per-pixel MSE is the Gaussian likelihood, whose optimum
-under uncertainty is the *mean* of the plausible images: blurry.
-3.2: match VGG-16 feature maps at relu1_2, relu2_2 and relu3_3 as well (Johnson
-et al. 2016): edges and textures count, not just per-pixel averages.
-3.3: a PatchGAN discriminator (Isola et al. 2017, 70x70 receptive field) judges
-each patch of the reconstruction real or fake, which punishes blur directly
-(as in VQGAN's training, Esser et al. 2021), from step --adv-start on.
-
-Conventions and departures: L_mse is the mean over pixels and L_kl is summed over
-the latent dimensions (averaged over the batch), so beta = 1 weighs the KL heavily
-against a per-pixel error (prior samples are smooth, reconstructions blurry: the
-3.1 failure); the study's 3.2/3.3 use beta = 1e-4. The decoder upsamples by
-nearest neighbour + 3x3 conv, never transposed convs (no checkerboard). The
-adversarial loss is non-saturating BCE on logits. Samples come from an EMA of
-the VAE's weights. Below 32 px the PatchGAN has two layers, not pix2pix's three
-(34x34 patches): three would not fit a 16x16 image. VGG-16 needs torchvision's
-ImageNet weights (vgg16-397923af.pth); without them --perceptual stops at
-start-up with a message saying where to put them.
+Conventions and departures: L_mse is the mean over pixels and L_kl the sum over latent dims
+(averaged over the batch), so beta = 1 weighs the KL heavily (the 3.1 failure); 3.2/3.3 use
+beta = 1e-4. The decoder upsamples by nearest neighbour + 3x3 conv (no checkerboard). The
+adversarial loss is non-saturating BCE on logits. Samples come from an EMA of the weights.
+Below 32 px the PatchGAN has two layers (34x34 patches): three would not fit 16x16. VGG-16
+needs torchvision's vgg16-397923af.pth; without it --perceptual stops at start-up, saying where.
 """
 
 import argparse
@@ -49,13 +39,10 @@ VGG_NAME, VGG_URL = fid.VGG_NAME, fid.VGG_URL  # torchvision's ImageNet VGG-16
 
 
 # ----------------------------------------------------------------------------- model
-
-
 def norm(ch):
-    # GroupNorm, not BatchNorm: a decoded image must not depend on the rest of the batch,
-    # and at evaluation the decoder sees posterior means, not the noisy z of training, so
-    # BatchNorm's running statistics would not fit.
-    # 32 groups where the width allows, never fewer than 4 channels a group (any width works).
+    # GroupNorm, not BatchNorm: a decoded image must not depend on the rest of the batch, and
+    # at evaluation the decoder sees posterior means, not training's noisy z, which BatchNorm's
+    # running statistics would not fit. 32 groups where the width allows, >= 4 channels a group.
     groups = next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0 and (ch // g >= 4 or g == 1))
     return nn.GroupNorm(groups, ch)
 
@@ -66,11 +53,9 @@ def down(c_in, c_out):
 
 def up(c_in, c_out):
     # Nearest upsample + conv: every output pixel gets the same number of kernel taps.
+    conv = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)
     return nn.Sequential(
-        nn.Upsample(scale_factor=2, mode="nearest"),
-        nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False),
-        norm(c_out),
-        nn.LeakyReLU(0.2, True),
+        nn.Upsample(scale_factor=2, mode="nearest"), conv, norm(c_out), nn.LeakyReLU(0.2, True)
     )
 
 
@@ -82,19 +67,13 @@ class VAE(nn.Module):
         self.latent = latent
         n = int(math.log2(res)) - 2  # halvings down to 4x4
         chs = [width * 2**i for i in range(n + 1)]  # e.g. 32, 64, 128, 256 at res 32
-        self.encoder = nn.Sequential(
-            nn.Conv2d(channels, width, 3, 1, 1),
-            nn.LeakyReLU(0.2, True),
-            *[down(chs[i], chs[i + 1]) for i in range(n)],
-            nn.Flatten(),
-        )
+        stem = nn.Conv2d(channels, width, 3, 1, 1)
+        downs = [down(chs[i], chs[i + 1]) for i in range(n)]
+        self.encoder = nn.Sequential(stem, nn.LeakyReLU(0.2, True), *downs, nn.Flatten())
         self.to_stats = nn.Linear(chs[-1] * 16, 2 * latent)
         self.from_z = nn.Linear(latent, chs[-1] * 16)
-        self.decoder = nn.Sequential(
-            *[up(chs[i + 1], chs[i]) for i in reversed(range(n))],
-            nn.Conv2d(width, channels, 3, 1, 1),
-            nn.Tanh(),
-        )
+        ups = [up(chs[i + 1], chs[i]) for i in reversed(range(n))]
+        self.decoder = nn.Sequential(*ups, nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh())
         self.top = chs[-1]
 
     def encode(self, x):
@@ -121,11 +100,8 @@ class PatchDiscriminator(nn.Module):
         layers, ch = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)], ndf
         for i in range(1, n_layers + 1):  # stride 2 except the last: widths 2, 4, 8 x ndf
             out = ndf * min(2**i, 8)
-            layers += [
-                nn.Conv2d(ch, out, 4, 2 if i < n_layers else 1, 1, bias=False),
-                nn.BatchNorm2d(out),
-                nn.LeakyReLU(0.2, True),
-            ]
+            conv = nn.Conv2d(ch, out, 4, 2 if i < n_layers else 1, 1, bias=False)
+            layers += [conv, nn.BatchNorm2d(out), nn.LeakyReLU(0.2, True)]
             ch = out
         self.net = nn.Sequential(*layers, nn.Conv2d(ch, 1, 4, 1, 1))
 
@@ -134,10 +110,9 @@ class PatchDiscriminator(nn.Module):
 
 
 class VGGPerceptual(nn.Module):
-    """Feature-matching loss on VGG-16 (torchvision's layout) at relu1_2, relu2_2 and
-    relu3_3: sum over the taps of the mean squared feature difference. Inputs in
-    [-1, 1]; gray images are repeated to RGB and both are normalised with ImageNet
-    statistics. `state_dict`: torchvision's vgg16 weights; None keeps random ones."""
+    """Feature-matching loss on VGG-16 (torchvision's layout): the mean squared feature difference
+    at relu1_2, relu2_2 and relu3_3, summed. Inputs in [-1, 1] (gray repeated to RGB), ImageNet-
+    normalised. `state_dict`: torchvision's vgg16 weights; None keeps random ones."""
 
     TAPS = {3: "relu1_2", 8: "relu2_2", 15: "relu3_3"}  # indices into vgg16().features
 
@@ -177,8 +152,6 @@ def load_vgg(path=None):
 
 
 # ----------------------------------------------------------------------------- losses
-
-
 def kl_divergence(mu, logvar):
     """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dims, averaged over the batch
     (Kingma & Welling appendix B: -1/2 sum(1 + logvar - mu^2 - exp(logvar)))."""
@@ -209,13 +182,11 @@ def slerp(a, b, t):
 
 @torch.no_grad()
 def prior_samples(vae, n, device, seed, batch_size=256):
-    """n images decoded from z ~ N(0, I), drawn from a generator seeded with `seed` (the
-    same noise at every evaluation), in batches, gathered on the CPU."""
+    """n images decoded from z ~ N(0, I) drawn with `seed` (the same noise at every evaluation), in
+    batches, gathered on the CPU."""
     g = torch.Generator().manual_seed(seed)
-    sizes = [min(batch_size, n - i) for i in range(0, n, batch_size)]
-    return torch.cat(
-        [vae.decode(torch.randn(b, vae.latent, generator=g).to(device)).float().cpu() for b in sizes]
-    )
+    z = [torch.randn(min(batch_size, n - i), vae.latent, generator=g) for i in range(0, n, batch_size)]
+    return torch.cat([vae.decode(b.to(device)).float().cpu() for b in z])
 
 
 @torch.no_grad()
@@ -230,29 +201,24 @@ def heldout_mse(vae, data, device, batch_size=256):
 
 
 def evaluate(vae, evaluator, heldout, args, out):
-    """Held-out reconstruction error always; FID and friends of prior samples when a
-    feature space is on."""
+    """Held-out reconstruction error always; FID and friends of prior samples when a feature space is on."""
     row = {"heldout_mse": heldout_mse(vae, heldout, evaluator.device)}
     if evaluator.features != "none":
-        row.update(
-            evaluator(prior_samples(vae, args.fid_n, evaluator.device, args.seed + 2), out / "worst.png")
-        )
+        prior = prior_samples(vae, args.fid_n, evaluator.device, args.seed + 2)
+        row.update(evaluator(prior, out / "worst.png"))
     return row
 
 
 @torch.no_grad()
 def save_outputs(vae, fixed_z, heldout, out):
-    """The final pictures from the EMA weights: samples.png (prior samples), recon.png
-    (rows alternate 8 held-out images and their reconstructions from mu), interp.png
-    (slerp between the codes of two held-out images, 8 pairs), progress.gif. Returns the
-    sampling seconds per image."""
+    """The final pictures from the EMA weights: samples.png (prior samples), recon.png (rows
+    alternate 8 held-out images and their reconstructions from mu), interp.png (slerp between the
+    codes of two held-out images, 8 pairs), progress.gif. -> the sampling seconds per image."""
     t = time.time()
     final = vae.decode(fixed_z)
     sample_seconds = (time.time() - t) / fixed_z.shape[0]
     common.save_grid(final, out / "samples.png")
-    images = common.to_float(heldout.batch(torch.arange(32) % len(heldout))[0]).to(
-        fixed_z.device
-    )  # (32, C, H, W)
+    images = common.to_float(heldout.batch(torch.arange(32) % len(heldout))[0].to(fixed_z.device))
     recons = vae.decode(vae.encode(images)[0])
     pairs = torch.stack([images.view(4, 8, *images.shape[1:]), recons.view(4, 8, *images.shape[1:])], 1)
     common.save_grid(pairs.flatten(0, 2), out / "recon.png")
@@ -271,20 +237,17 @@ MODEL_FLAGS = ("res", "latent", "width", "ndf")  # a resumed run must keep these
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p)
+    a = p.add_argument
     p.set_defaults(lr=1e-3)
-    p.add_argument("--latent", type=int, default=256)
-    p.add_argument("--width", type=int, default=32, help="encoder/decoder base channels")
-    p.add_argument("--beta", type=float, default=1.0, help="KL weight (1.0 for 3.1, 1e-4 for 3.2/3.3)")
-    p.add_argument(
-        "--perceptual", type=float, default=0.0, metavar="W", help="VGG-16 feature loss weight (3.2)"
-    )
-    p.add_argument("--vgg-weights", default=None, help=f"path to torchvision's {VGG_NAME}")
-    p.add_argument("--adv", type=float, default=0.0, metavar="W", help="PatchGAN loss weight (3.3)")
-    p.add_argument(
-        "--adv-start", type=int, default=0, metavar="STEP", help="step at which the PatchGAN starts"
-    )
-    p.add_argument("--ndf", type=int, default=64, help="PatchGAN width")
-    p.add_argument("--lr-d", type=float, default=2e-4, help="PatchGAN learning rate")
+    a("--latent", type=int, default=256)
+    a("--width", type=int, default=32, help="encoder/decoder base channels")
+    a("--beta", type=float, default=1.0, help="KL weight (1.0 for 3.1, 1e-4 for 3.2/3.3)")
+    a("--perceptual", type=float, default=0.0, metavar="W", help="VGG-16 feature loss weight (3.2)")
+    a("--vgg-weights", default=None, help=f"path to torchvision's {VGG_NAME}")
+    a("--adv", type=float, default=0.0, metavar="W", help="PatchGAN loss weight (3.3)")
+    a("--adv-start", type=int, default=0, metavar="STEP", help="step at which the PatchGAN starts")
+    a("--ndf", type=int, default=64, help="PatchGAN width")
+    a("--lr-d", type=float, default=2e-4, help="PatchGAN learning rate")
     args = common.parse_with_preset(p, argv, CPU_PRESET)
     if min(args.beta, args.perceptual, args.adv) < 0:
         p.error("--beta, --perceptual and --adv must be >= 0")
@@ -296,14 +259,11 @@ def parse_args(argv=None):
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    out = common.prepare_run(args, "vae", MODEL_FLAGS)
-    device, amp, amp_dtype = common.setup_device(args)
-    common.seed_everything(args.seed)
+    out, device, autocast, scaler = common.prepare_run(args, "vae", MODEL_FLAGS)
     # Weights first: a missing VGG file is a one-line error before any work is done.
     vgg = VGGPerceptual(load_vgg(args.vgg_weights)).to(device) if args.perceptual else None
     train, heldout = common.train_and_heldout(args)
     channels = train.images.shape[-1]
-
     vae = VAE(channels, args.res, args.latent, args.width).to(device)
     ema = common.EMA(vae, args.ema)
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
@@ -313,22 +273,20 @@ def main(argv=None):
         D = PatchDiscriminator(channels, args.ndf, n_layers=min(3, int(math.log2(args.res)) - 2)).to(device)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.5, 0.999))
         objects.update(D=D, opt_d=opt_d)
-    objects["scaler"] = scaler = common.grad_scaler(device, amp, amp_dtype)
+    objects["scaler"] = scaler
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(args.seed)).to(device)
-
     per_epoch = max(1, len(train) // args.batch_size)
     total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
-    clock = common.TrainClock(train_seconds, args.max_minutes)
-    bar = common.Progress(args, total, step, clock, "vae")
+    clock = common.TrainClock(args, train_seconds, total, step, "vae")
     losses, metrics, eval_step = {}, {}, None
     for _, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
         if step >= total or clock.stop():
             break
         x = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         adv_on = D is not None and step >= args.adv_start
-        with common.autocast(device, amp, amp_dtype):
+        with autocast():
             recon, mu, logvar = vae(x)
             terms = dict(mse=F.mse_loss(recon.float(), x), kl=kl_divergence(mu.float(), logvar.float()))
             loss = terms["mse"] + args.beta * terms["kl"]
@@ -342,7 +300,7 @@ def main(argv=None):
         scaler.scale(loss).backward()
         scaler.step(opt)
         if adv_on:  # the PatchGAN learns to tell inputs from their reconstructions
-            with common.autocast(device, amp, amp_dtype):
+            with autocast():
                 terms["loss_d"] = d_loss(D(x).float(), D(recon.detach()).float())
             opt_d.zero_grad(set_to_none=True)
             scaler.scale(terms["loss_d"]).backward()
@@ -350,11 +308,10 @@ def main(argv=None):
         scaler.update()
         ema.update(vae)
         step += 1
-        bar.step()
-
+        clock.tick()
         if step % args.log_every == 0 or step == total:
             losses = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
-            common.log_losses(log, bar, out, step, step / per_epoch, losses)
+            common.log_losses(log, clock, out, step, step / per_epoch, losses)
         if step % per_epoch == 0:  # end of an epoch: grid and evaluation (not training time), checkpoint
             epoch = step // per_epoch
             with clock.paused():
@@ -365,22 +322,15 @@ def main(argv=None):
                     metrics, eval_step = common.log_eval(log, row, step, epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
-    bar.close()
-    clock.restore_signals()
-    train_seconds = clock.seconds
-    common.save_training_state(out, objects, step, step // per_epoch, train_seconds, args)
+    clock.finish()
+    common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
     if eval_step != step:  # the final weights are evaluated unless the last epoch's evaluation saw them
-        metrics = common.log_eval(
-            log, evaluate(ema.module, evaluator, heldout, args, out), step, step / per_epoch
-        )
-
-    sample_seconds = save_outputs(ema.module, fixed_z, heldout, out)
-    count, n_D = common.count_params, common.count_params(D) if D is not None else 0
-    summary = dict(model="vae", params=count(vae) + n_D, params_vae=count(vae), params_D=n_D, steps=step)
-    summary.update(
-        epochs=step / per_epoch, train_seconds=train_seconds, sample_seconds_per_image=sample_seconds
-    )
-    return common.write_summary(out, clock, summary, step * args.batch_size, {**losses, **metrics})
+        row = evaluate(ema.module, evaluator, heldout, args, out)
+        metrics = common.log_eval(log, row, step, step / per_epoch)
+    run = dict(model="vae", steps=step, epochs=step / per_epoch)
+    run["sample_seconds_per_image"] = save_outputs(ema.module, fixed_z, heldout, out)
+    final, images = {**losses, **metrics}, step * args.batch_size
+    return common.write_summary(out, clock, dict(vae=vae, D=D), images, final, **run)
 
 
 if __name__ == "__main__":

@@ -1,31 +1,26 @@
 """WGAN-GP: Gulrajani, Ahmed, Arjovsky, Dumoulin & Courville, "Improved Training
 of Wasserstein GANs" (2017).
 
-Study step 2.2: DCGAN (2.1) collapses and its discriminator wins, because the
-Jensen-Shannon loss gives G vanishing or useless gradients once D separates real
-from fake. A critic that estimates the Wasserstein-1 distance keeps giving useful
-gradients; the critic must be 1-Lipschitz, which the gradient penalty enforces
-softly (eq. 3):
+Study step 2.2: DCGAN (2.1) collapses and its discriminator wins, because the Jensen-Shannon
+loss gives G vanishing or useless gradients once D separates real from fake. A critic that
+estimates the Wasserstein-1 distance keeps giving useful gradients; it must be 1-Lipschitz,
+which the gradient penalty enforces softly (eq. 3):
 
     L_critic = E[C(G(z))] - E[C(x)] + lambda * E[(||grad C(x_hat)||_2 - 1)^2],
     x_hat = eps * x + (1 - eps) * G(z),  eps ~ U[0, 1]
     L_G = -E[C(G(z))]
 
-  step 2.2        python wgan_gp.py --data DIR --res 64
-  presets         --preset study (the default on CUDA): the flags' defaults below;
-                  --preset cpu (elsewhere): 16 px digits, ngf = ndf = 32, 5 minutes, FID(digits)
-                  of 1,000 samples at the end. A flag given explicitly wins over either.
+  step 2.2   python wgan_gp.py --data DIR --res 64
+  presets    --preset study (the default on CUDA): the defaults below; --preset cpu (elsewhere):
+             16 px digits, ngf = ndf = 32, 5 minutes, FID(digits) of 1,000 samples at the end.
 
-As the paper (Algorithm 1): Adam lr 1e-4, betas (0.0, 0.9), lambda 10, no
-BatchNorm in the critic (it would make each sample's score depend on the batch,
-and the penalty is per sample); layer norm instead, as the paper recommends (sec. 4).
-The generator is DCGAN's (copied from dcgan.py so this file reads alone), with a
-128-d latent.
-
-Departures: n_critic = 2 critic steps per generator step, not 5 (the study's
-setting: on a fixed time budget, more generator steps won); samples come from an
-EMA of the generator's weights; the penalty is computed in fp32 outside autocast
-(its double backward underflows in fp16 without loss scaling).
+As the paper (Algorithm 1): Adam lr 1e-4, betas (0.0, 0.9), lambda 10, no BatchNorm in the
+critic (it would make each sample's score depend on the batch, and the penalty is per sample):
+layer norm instead, as the paper recommends (sec. 4). The generator is DCGAN's (copied from
+dcgan.py so this file reads alone), with a 128-d latent; so are DiffAugment and the TTUR and
+lr-decay flags. Departures: n_critic = 2 critic steps per generator step, not 5 (the study's
+setting: on a fixed time budget, more generator steps won); samples from an EMA of G; the
+penalty is computed in fp32 outside autocast (its double backward underflows in fp16).
 """
 
 import argparse
@@ -40,9 +35,8 @@ import torch.nn.functional as F
 import common
 import fid
 
+
 # ----------------------------------------------------------------------------- model
-
-
 class Generator(nn.Module):
     """DCGAN's generator: z (B, nz) -> image (B, C, res, res) in [-1, 1]."""
 
@@ -53,11 +47,8 @@ class Generator(nn.Module):
         ch = ngf * 2 ** (n_up - 1)
         layers = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
         for _ in range(n_up - 1):
-            layers += [
-                nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ch // 2),
-                nn.ReLU(True),
-            ]
+            conv = nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False)
+            layers += [conv, nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
             ch //= 2
         layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -76,11 +67,8 @@ class Critic(nn.Module):
         layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         ch = ndf
         for _ in range(n_down - 1):
-            layers += [
-                nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
-                nn.GroupNorm(1, ch * 2),
-                nn.LeakyReLU(0.2, True),
-            ]
+            conv = nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False)
+            layers += [conv, nn.GroupNorm(1, ch * 2), nn.LeakyReLU(0.2, True)]
             ch *= 2
         layers.append(nn.Conv2d(ch, 1, 4, 1, 0))  # (B, 1, 1, 1)
         self.net = nn.Sequential(*layers)
@@ -99,8 +87,6 @@ def init_generator(m):
 
 
 # ----------------------------------------------------------------------------- losses
-
-
 def gradient_penalty(critic, real, fake):
     """E[(||grad_x C(x_hat)||_2 - 1)^2] at random points x_hat on the lines between
     real and fake samples (eq. 3, without lambda)."""
@@ -128,19 +114,15 @@ def diffaug_policy(text):
     """argparse type for --diffaug: '' (off) or a comma list of DIFFAUG_OPS."""
     ops = tuple(o.strip() for o in text.split(",") if o.strip())
     if bad := [o for o in ops if o not in DIFFAUG_OPS]:
-        raise argparse.ArgumentTypeError(
-            f"unknown DiffAugment op(s) {bad}; choose from {','.join(DIFFAUG_OPS)}"
-        )
+        raise argparse.ArgumentTypeError(f"unknown DiffAugment op(s) {bad}; choose from {DIFFAUG_OPS}")
     return ops
 
 
 def diff_augment(x, policy):
-    """DiffAugment (Zhao et al. 2020): the same kind of random, differentiable augmentation
-    on real *and* fake images, in D's and G's steps, so D cannot memorise a small training
-    set and G's gradients pass through. x in [-1, 1] (B, C, H, W); draws from the torch RNG
-    of x's device. Each op as in the paper's code: color (brightness +-0.5, saturation
-    x[0, 2], contrast x[0.5, 1.5]), translation (up to 1/8 of the size, zero padded),
-    cutout (a square of half the size)."""
+    """DiffAugment (Zhao et al. 2020): random, differentiable augmentation of real *and* fake
+    images in D's and G's steps, so D cannot memorise a small set and G's gradients pass through.
+    x in [-1, 1] (B, C, H, W), the torch RNG of x's device. As the paper's code: color (brightness
+    +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]), translation (<= 1/8, zero padded), cutout (1/2)."""
     if not policy:
         return x
     B, C, H, W = x.shape
@@ -157,8 +139,7 @@ def diff_augment(x, policy):
         sh, sw = int(H * 0.125 + 0.5), int(W * 0.125 + 0.5)
         dy = torch.randint(-sh, sh + 1, (B, 1, 1), device=x.device)
         dx = torch.randint(-sw, sw + 1, (B, 1, 1), device=x.device)
-        # Read pixel (i + dy, j + dx) from a copy padded by one zero pixel all round:
-        # a shift past the border reads the padding.
+        # Read pixel (i + dy, j + dx) of a copy padded by one zero pixel: past the border, zeros.
         src_r = (rows + dy + 1).clamp(0, H + 1)  # (B, H, 1)
         src_c = (cols + dx + 1).clamp(0, W + 1)  # (B, 1, W)
         padded = F.pad(x, [1, 1, 1, 1])  # (B, C, H + 2, W + 2)
@@ -222,16 +203,17 @@ MODEL_FLAGS = ("res", "nz", "ngf", "ndf")  # a resumed run must keep these
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(p)
+    a = p.add_argument
     p.set_defaults(lr=1e-4)
-    p.add_argument("--nz", type=int, default=128, help="latent size")
-    p.add_argument("--ngf", type=int, default=64, help="generator width")
-    p.add_argument("--ndf", type=int, default=64, help="critic width")
-    p.add_argument("--n-critic", type=int, default=2, help="critic steps per generator step")
-    p.add_argument("--gp-lambda", type=float, default=10.0, help="gradient penalty weight")
-    p.add_argument("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR")
-    p.add_argument("--lr-d", type=float, default=None, help="critic lr (default --lr)")
-    p.add_argument("--lr-decay", type=float, default=None, metavar="GAMMA", help="both lrs x GAMMA each step")
-    p.add_argument("--diffaug", type=diffaug_policy, default=(), metavar="OPS", help=",".join(DIFFAUG_OPS))
+    a("--nz", type=int, default=128, help="latent size")
+    a("--ngf", type=int, default=64, help="generator width")
+    a("--ndf", type=int, default=64, help="critic width")
+    a("--n-critic", type=int, default=2, help="critic steps per generator step")
+    a("--gp-lambda", type=float, default=10.0, help="gradient penalty weight")
+    a("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR")
+    a("--lr-d", type=float, default=None, help="critic lr (default --lr)")
+    a("--lr-decay", type=float, default=None, metavar="GAMMA", help="both lrs x GAMMA each step")
+    a("--diffaug", type=diffaug_policy, default=(), metavar="OPS", help=",".join(DIFFAUG_OPS))
     args = common.parse_with_preset(p, argv, CPU_PRESET)
     if args.n_critic < 1:
         p.error(f"--n-critic must be at least 1, got {args.n_critic}")
@@ -245,37 +227,31 @@ def parse_args(argv=None):
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    out = common.prepare_run(args, "wgan_gp", MODEL_FLAGS)
-    device, amp, amp_dtype = common.setup_device(args)
-    common.seed_everything(args.seed)
+    out, device, autocast, scaler = common.prepare_run(args, "wgan_gp", MODEL_FLAGS)
     train, heldout = common.train_and_heldout(args)
-
     G = Generator(args.nz, args.ngf, train.images.shape[-1], args.res).to(device)
     C = Critic(args.ndf, train.images.shape[-1], args.res).to(device)
     G.apply(init_generator)
     ema = common.EMA(G, args.ema)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(0.0, 0.9))
     opt_c = torch.optim.Adam(C.parameters(), lr=args.lr_d or args.lr, betas=(0.0, 0.9))
-    scaler = common.grad_scaler(device, amp, amp_dtype)
     objects = dict(G=G, C=C, ema=ema, opt_g=opt_g, opt_c=opt_c, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
-
     # Each generator step eats n_critic real batches; epochs count real batches.
     per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
     total = args.max_steps if args.max_steps is not None else math.ceil(args.epochs * per_epoch / n_critic)
     real_batches = common.batches(train, args.batch_size, args.seed, step * n_critic, device, args.workers)
     epoch = step * n_critic // per_epoch
-    clock = common.TrainClock(train_seconds, args.max_minutes)
-    bar = common.Progress(args, total, step, clock, "wgan_gp")
+    clock = common.TrainClock(args, train_seconds, total, step, "wgan_gp")
     losses, metrics, fid_step = {}, {}, None
     while step < total and not clock.stop():
         for _ in range(n_critic):
             _, x, _ = next(real_batches)
             real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
             z = torch.randn(real.shape[0], args.nz, device=device)
-            with common.autocast(device, amp, amp_dtype):
+            with autocast():
                 with torch.no_grad():
                     fake = G(z)
                 # With --diffaug the critic (and its penalty) sees augmented images only.
@@ -287,8 +263,7 @@ def main(argv=None):
             scaler.scale(loss_c + args.gp_lambda * gp).backward()
             scaler.step(opt_c)
             scaler.update()
-
-        with common.autocast(device, amp, amp_dtype):
+        with autocast():
             fake = G(torch.randn(args.batch_size, args.nz, device=device))
             loss_g = generator_loss(C(diff_augment(fake, args.diffaug)).float())
         opt_g.zero_grad(set_to_none=True)
@@ -300,15 +275,13 @@ def main(argv=None):
                 group["lr"] *= args.lr_decay
         ema.update(G)
         step += 1
-        bar.step()
-
+        clock.tick()
         if step % args.log_every == 0 or step == total:
             # The Wasserstein estimate E[C(x)] - E[C(G(z))] is the number to watch: it
             # should shrink as G improves (the GAN losses of 2.1 say little).
-            losses = dict(
-                loss_c=loss_c.item(), loss_g=loss_g.item(), gp=gp.item(), wasserstein=-loss_c.item()
-            )
-            common.log_losses(log, bar, out, step, step * n_critic / per_epoch, losses)
+            c = loss_c.item()
+            losses = dict(loss_c=c, loss_g=loss_g.item(), gp=gp.item(), wasserstein=-c)
+            common.log_losses(log, clock, out, step, step * n_critic / per_epoch, losses)
         if step * n_critic // per_epoch > epoch:  # an epoch of real batches is done: grid, FID, checkpoint
             epoch = step * n_critic // per_epoch
             with clock.paused():
@@ -319,21 +292,16 @@ def main(argv=None):
                     metrics, fid_step = common.log_eval(log, row, step, step * n_critic / per_epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
-    bar.close()
-    clock.restore_signals()
-    train_seconds = clock.seconds
-    common.save_training_state(out, objects, step, epoch, train_seconds, args)
+    clock.finish()
+    common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
         row = evaluate(ema.module, evaluator, args, out)
         metrics = common.log_eval(log, row, step, step * n_critic / per_epoch)
-
-    sample_seconds = save_outputs(ema.module, fixed_z, out, args.seed + 1)
-    count = common.count_params
-    summary = dict(model="wgan_gp", params=count(G, C), params_G=count(G), params_D=count(C), steps=step)
-    summary.update(epochs=step * n_critic / per_epoch, train_seconds=train_seconds)
-    summary.update(sample_seconds_per_image=sample_seconds)
-    # images/s counts the real images the critic reads (n_critic batches per generator step).
-    return common.write_summary(out, clock, summary, step * n_critic * args.batch_size, {**losses, **metrics})
+    run = dict(model="wgan_gp", steps=step, epochs=step * n_critic / per_epoch)
+    run["sample_seconds_per_image"] = save_outputs(ema.module, fixed_z, out, args.seed + 1)
+    # images/s counts the real images the critic read: n_critic batches a generator step.
+    final, images = {**losses, **metrics}, step * n_critic * args.batch_size
+    return common.write_summary(out, clock, dict(G=G, D=C), images, final, **run)
 
 
 if __name__ == "__main__":

@@ -110,9 +110,12 @@ def test_amp_policy_auto_is_off_on_cpu():
     import argparse
 
     args = common.add_common_args(argparse.ArgumentParser()).parse_args(["--device", "cpu"])
-    device, amp, dtype = common.setup_device(args)
+    device, autocast, scaler = common.setup_device(args)
+    amp, dtype = autocast.keywords["enabled"], autocast.keywords["dtype"]
     assert device.type == "cpu" and amp is False and dtype == torch.float16
-    assert not common.grad_scaler(device, amp, dtype).is_enabled()
+    assert not scaler.is_enabled()
+    with autocast():
+        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_save_grid_rounds_like_save_image(tmp_path):

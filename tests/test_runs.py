@@ -2,6 +2,7 @@
 resume checks, and derived caches that are rebuilt (never fatal, never silently reused)."""
 
 import json
+import time
 import warnings
 
 import numpy as np
@@ -95,26 +96,26 @@ def test_preset_flag_value_is_checked(capsys):
 
 def test_progress_counts_minutes_under_max_minutes():
     args = dcgan.parse_args(["--preset", "study", "--max-minutes", "2", "--epochs", "100000"])
-    clock = common.TrainClock(30.0, args.max_minutes)  # resumed after half a minute of training
-    bar = common.Progress(args, 2_300_000, 10, clock, "t")
-    assert bar.by_time and bar.total == 2 and bar.n == pytest.approx(0.5, abs=0.01)
-    bar.step()
-    assert bar.n == pytest.approx(0.5, abs=0.01)  # a step moves the bar by the time it took
-    clock._base = 600.0  # past the limit: the bar stops at its total
-    bar.step()
-    assert bar.n == 2
-    bar.close()
-    clock.restore_signals()
+    clock = common.TrainClock(args, 30.0, 2_300_000, 10, "t")  # resumed after half a minute of training
+    assert clock.by_time and clock.bar.total == 2 and clock.bar.n == pytest.approx(0.5, abs=0.01)
+    clock.tick()
+    assert clock.bar.n == pytest.approx(0.5, abs=0.01)  # a step moves the bar by the time it took
+    assert "min" in str(clock.bar) and "2300000" not in str(clock.bar).replace(",", "")
+    clock._base = 600.0  # past the limit: the bar stops at its total, and the clock says stop
+    clock.tick()
+    assert clock.bar.n == 2 and clock.stop() and clock.timed_out
+    clock.finish()
 
 
 def test_progress_counts_steps_otherwise():
     args = dcgan.parse_args(["--preset", "study", "--max-steps", "7", "--max-minutes", "2"])
-    clock = common.TrainClock(0.0, args.max_minutes)
-    bar = common.Progress(args, 7, 3, clock, "t")
-    bar.step()
-    assert not bar.by_time and (bar.n, bar.total) == (4, 7)
-    bar.close()
-    clock.restore_signals()
+    clock = common.TrainClock(args, 0.0, 7, 3, "t")
+    clock.tick()
+    assert not clock.by_time and (clock.bar.n, clock.bar.total) == (4, 7)
+    clock.finish()
+    frozen = clock.seconds
+    time.sleep(0.05)
+    assert clock.seconds == frozen  # finished: the training time stands still for the summary
 
 
 # ----------------------------------------------------------------------------- resume checks
