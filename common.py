@@ -1,9 +1,7 @@
-"""Shared plumbing for the genstudy scripts, in the order a script uses it: errors and files,
-flags and presets, data, pretrained weights, device and AMP, EMA, checkpoints and resume, logs
-and images, the training clock, progress bar and summary. No model, loss or sampler lives here.
-Data: `digits` (scikit-learn's 1,797 real 8x8 digits), `lfw` (scikit-image's 100 real 25x25
-faces), an image folder (recursive; the label is the first sub-folder), or a comma-separated mix,
-cached once per resolution as a uint8 `.npy` that training reads and augments batch by batch.
+"""Shared plumbing for the genstudy scripts, in the order a script uses it: errors and files, flags and
+presets, data (digits, lfw, image folders or a mix, cached once as uint8 .npy), pretrained weights,
+device and AMP, EMA, checkpoints and resume, logs and images, the training clock and the summary.
+No model, loss or sampler lives here: each model script holds its own, and its own training loop.
 """
 
 import argparse
@@ -19,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from tqdm import tqdm
 
 CACHE_DIR = Path(os.environ.get("GENSTUDY_CACHE", Path.home() / ".cache" / "genstudy"))
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-HELDOUT_MAX = 5000  # real images kept out of training, the FID reference set
 
 
 # ----------------------------------------------------------------------------- errors and files
@@ -51,8 +49,7 @@ def exits_on_user_error(main):
 
 
 def atomic_write(path, write_fn):
-    """Write through a temp file in the same folder, then rename: a kill at any
-    moment leaves either the old file or the new one, never half of one."""
+    """Write through a temp file, then rename: a kill at any moment leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -110,19 +107,16 @@ def add_common_args(parser):
     return parser
 
 
-# The CPU first look every script shares: digits at 16 px (their source is 8x8), a few
-# minutes of training, grids every 10 epochs, FID(digits) once at the end from 1,000 samples.
+# The CPU first look every script shares: 16 px digits (the source is 8x8), 5 minutes, FID once at the end.
 CPU_PRESET = dict(res=16, aug="none", epochs=100_000, max_minutes=5.0, fid_every=0, fid_n=1000)
 CPU_PRESET.update(log_every=25, sample_every=10, ckpt_every=10)
 
 
 def parse_with_preset(parser, argv, cpu_preset):
-    """Parse the flags, then fill every flag the command line did not give from the preset:
-    `study` keeps the defaults (the study's settings), `cpu` takes CPU_PRESET and the
-    script's `cpu_preset` (small networks). `auto` is study on CUDA and cpu otherwise."""
+    """Parse, then fill each flag not given from the preset: `study` keeps the defaults, `cpu` takes
+    CPU_PRESET and the script's `cpu_preset` (small networks); `auto` is study on CUDA, else cpu."""
     args = parser.parse_args(argv)
-    # Parse again into a namespace that already holds a marker for every flag: argparse fills
-    # in no default over it, so what no longer holds the marker was given explicitly.
+    # Parse again over a marker in every flag: argparse fills no default over it, so what lost it was given.
     unset = object()
     marked = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
     given = {name for name, value in vars(marked).items() if value is not unset}
@@ -165,8 +159,7 @@ def _builtin(name):
 
 
 def _read_cache(npy, manifest, res, channels):
-    """The cached (images, labels, classes), or None, with a warning, when the .npy or its
-    manifest fails to load or the two disagree: the caller then rebuilds it."""
+    """The cached (images, labels, classes); None, with a warning, when it is damaged: rebuild it."""
     try:
         meta = json.loads(manifest.read_text())
         images = np.load(npy, mmap_mode="r")
@@ -225,9 +218,8 @@ def _load_source(src, res, channels, crop):
 
 
 class ImageData(torch.utils.data.Dataset):
-    """uint8 images (N, H, W, C) + labels. Items are (x (C, H, W) in [-1, 1], label).
-    Training uses `batch(idx)` to read whole uint8 batches; `aug` is applied to
-    batch tensors on the training device by `augment`."""
+    """uint8 images (N, H, W, C) + labels: item i is (x (C, H, W) in [-1, 1], label); an index array
+    reads a uint8 batch, as training does (then `augment` applies `aug` on the training device)."""
 
     def __init__(self, images, labels, classes, aug):
         self.images, self.labels, self.classes, self.aug = images, labels, classes, aug
@@ -249,14 +241,13 @@ class ImageData(torch.utils.data.Dataset):
     def split(self):
         """Deterministic (train, held-out) split; held-out is 1/6 of the data, at most 5,000."""
         perm = np.random.RandomState(0).permutation(len(self))
-        n_out = min(HELDOUT_MAX, len(self) // 6)
+        n_out = min(5000, len(self) // 6)  # the FID reference set, never trained on
         parts = np.sort(perm[n_out:]), np.sort(perm[:n_out])
         return tuple(ImageData(self.images[idx], self.labels[idx], self.classes, self.aug) for idx in parts)
 
 
 def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
-    """`spec` -> ImageData of (x, label), x float in [-1, 1] of shape (C, res, res).
-    channels=None keeps 1 for built-in gray data and 3 when any folder is in the spec."""
+    """`spec` -> ImageData of (x (C, res, res) in [-1, 1], label); channels None: 1 if built-in, else 3."""
     sources = [s.strip() for s in spec.split(",") if s.strip()]
     if not sources:
         raise UserError("--data is empty")
@@ -283,10 +274,9 @@ def train_and_heldout(args):
 
 
 def batches(data, batch_size, seed, start_step, device, workers=0):
-    """Endless (epoch, x uint8 (B, C, H, W), labels) on `device`. Epoch e's order is a permutation
-    drawn from (seed, e) alone, so a resumed run sees the same batches as an uninterrupted one.
-    `workers` > 0 reads batches in worker processes (worth it when the cache is larger than RAM
-    and the memmap reads hit the disk)."""
+    """Endless (epoch, x uint8 (B, C, H, W), labels) on `device`. Epoch e's order is drawn from (seed, e)
+    alone, so a resumed run sees the batches of an uninterrupted one. `workers` > 0 reads batches in
+    worker processes (worth it when the cache is larger than RAM and the memmap reads hit the disk)."""
     per_epoch = max(1, len(data) // batch_size)
     epoch, first = divmod(start_step, per_epoch)
     pin = torch.device(device).type == "cuda"
@@ -335,8 +325,6 @@ def augment(x, mode):
 
 # ----------------------------------------------------------------------------- pretrained weights
 def download_file(url, dst):
-    import urllib.request
-
     with urllib.request.urlopen(url, timeout=20) as r:
         size = int(r.headers.get("Content-Length", 0))
         with tqdm.wrapattr(r, "read", total=size, desc=dst.name) as source:
@@ -344,9 +332,8 @@ def download_file(url, dst):
 
 
 def find_pretrained(name, url, path=None, env=None, flag="", download=True):
-    """A pretrained weights file: `path` (a --flag), then $env, then the torch hub checkpoint cache
-    (downloaded there when missing and online), its sha256 prefix checked against the name (torch
-    hub's convention). Raises UserError saying what to put where."""
+    """A pretrained weights file: `path` (a --flag), $env, then the torch hub cache (downloaded there when
+    missing and online), its sha256 checked against the name's prefix. UserError says what goes where."""
     cache = Path(torch.hub.get_dir()) / "checkpoints" / name
     found = Path(path) if path else Path(os.environ[env]) if env and os.environ.get(env) else cache
     if not found.exists() and found == cache and download:
@@ -367,26 +354,23 @@ def find_pretrained(name, url, path=None, env=None, flag="", download=True):
 
 # ----------------------------------------------------------------------------- device, AMP, seeding
 def setup_device(args):
-    """-> (device, autocast, scaler). `with autocast():` runs under AMP when it is on ('auto': on
-    CUDA only, since bf16 autocast on CPUs without bf16 units is ~200x slower than fp32); the
-    GradScaler scales losses for fp16 only (bf16 has fp32's exponent range), else passes through."""
+    """-> (device, autocast, scaler): `with autocast():` runs under AMP ('auto': CUDA only; bf16 autocast is
+    ~200x slower on CPUs without bf16 units); the scaler works for fp16 only (bf16 has fp32's range)."""
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available")
     on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if on_cuda else "cpu")
     amp = args.amp == "on" or (args.amp == "auto" and on_cuda)
     dtype = torch.float16 if args.amp_dtype == "fp16" else torch.bfloat16
-    if on_cuda:
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = on_cuda  # the fastest kernels for the run's fixed shapes
     autocast = functools.partial(torch.autocast, device.type, dtype=dtype, enabled=amp)
     return device, autocast, torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
 
 
 # ----------------------------------------------------------------------------- EMA
 class EMA:
-    """Exponential moving average of a model's weights, for sampling.
-    Warm-up: the decay used at update n is min(decay, (1 + n) / (10 + n)), so early
-    averages are not dominated by the random initial weights."""
+    """Exponential moving average of a model's weights, for sampling. Warm-up: update n uses the decay
+    min(decay, (1 + n) / (10 + n)), so early averages are not dominated by the random initial weights."""
 
     def __init__(self, model, decay):
         self.decay, self.num_updates = decay, 0
@@ -420,32 +404,27 @@ def load_checkpoint(path, map_location="cpu"):
     except FileNotFoundError:
         raise UserError(f"checkpoint not found: {path}") from None
     except Exception as e:
-        pickled = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+        pickled = [line.strip()[:160] for line in str(e).splitlines() if "Unsupported global" in line]
         if pickled:  # a pickled object that is not tensors and plain data: loading it would run code
             raise UserError(
-                f"refusing to load {path}: not a plain tensor checkpoint ({pickled[0][:160]})"
+                f"refusing to load {path}: not a plain tensor checkpoint ({pickled[0]})"
             ) from None
-        raise UserError(
-            f"{path} is not a readable checkpoint (truncated or damaged: {type(e).__name__})"
-        ) from None
+        raise UserError(f"{path} is not a readable checkpoint (damaged? {type(e).__name__})") from None
 
 
 def save_training_state(out, objects, step, epoch, train_seconds, args):
-    """OUT/ckpt.pt with everything --resume needs: each object's state_dict (models, optimizers,
-    EMA, grad scalers), the RNG states, step and epoch, the training time so far and the flags."""
+    """OUT/ckpt.pt: each object's state_dict (models, optimizers, EMA, scaler), RNGs, step, time, flags."""
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    run = dict(rng=rng, step=step, epoch=epoch, train_seconds=train_seconds, args=vars(args))
-    save_checkpoint(
-        Path(out) / "ckpt.pt", {**{name: obj.state_dict() for name, obj in objects.items()}, **run}
-    )
+    state = {name: obj.state_dict() for name, obj in objects.items()}
+    state.update(rng=rng, step=step, epoch=epoch, train_seconds=train_seconds, args=vars(args))
+    save_checkpoint(Path(out) / "ckpt.pt", state)
 
 
 def prepare_run(args, script, model_flags):
-    """Make the run folder, write args.json, seed the RNGs -> (folder, device, autocast, scaler).
-    Resuming with a flag that shapes the model (`model_flags`) set otherwise than in the run's
-    args.json is refused, naming the flags, before anything is written."""
+    """Make the run folder, write args.json, seed -> (folder, device, autocast, scaler). A resume with a
+    flag of `model_flags` set otherwise than in the run's args.json is refused, naming each flag."""
     out = Path(args.out or f"runs/{script}")
     if (out / "ckpt.pt").exists() and not args.resume:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -463,8 +442,7 @@ def prepare_run(args, script, model_flags):
 
 
 def start_or_resume(out, objects, args, device):
-    """With --resume and OUT/ckpt.pt present, load it into `objects`; else start at step 0.
-    -> (step, train_seconds, MetricsLog)."""
+    """Load OUT/ckpt.pt into `objects` with --resume, else start at 0 -> (step, train_seconds, MetricsLog)."""
     path = Path(out) / "ckpt.pt"
     if not (args.resume and path.exists()):
         return 0, 0.0, MetricsLog(Path(out) / "metrics.jsonl")
@@ -484,8 +462,7 @@ def start_or_resume(out, objects, args, device):
 
 # ----------------------------------------------------------------------------- logs and images
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line. On resume, rows logged after the
-    checkpoint's step are dropped, so the log matches an uninterrupted run."""
+    """metrics.jsonl, a JSON object a line; on resume, rows after the checkpoint's step are dropped."""
 
     def __init__(self, path, resume_step=None):
         self.path = Path(path)
@@ -502,8 +479,7 @@ class MetricsLog:
 
 
 def log_eval(log, row, step, epoch):
-    """Log an evaluation row ({"kind": "fid"} when it has an FID, else "eval") and say the
-    FID on stdout. An empty row (no feature space) logs nothing."""
+    """Log an evaluation row (kind "fid" when it has an FID, else "eval"; {} logs nothing); say the FID."""
     if row:
         log.write(kind="fid" if "fid" in row else "eval", step=step, epoch=epoch, **row)
     if "fid" in row:
@@ -528,8 +504,7 @@ def check_finite(step, out, **losses):
 
 
 def save_grid(x, path, nrow=8):
-    """x in [-1, 1] (B, C, H, W) -> PNG grid, 8-bit rounded as torchvision does (atomic: a run
-    killed mid-write leaves no truncated PNG for progress.gif to choke on)."""
+    """x in [-1, 1] (B, C, H, W) -> PNG grid, rounded as torchvision does; atomic, for progress.gif's sake."""
     from torchvision.utils import save_image
 
     grid = (x.detach().float().cpu() + 1) / 2
@@ -549,8 +524,7 @@ def save_gif(frames_dir, path, ms=200, fallback=None):
 def generate(G, n, nz, device, seed, labels=None, batch_size=256):
     """n images from G(z, y) (`labels` (n,) or None), z ~ N(0, I) seeded with `seed` (the same
     noise at every evaluation; training's RNG untouched), in batches, gathered on the CPU."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
+    g, out = torch.Generator().manual_seed(seed), []
     for i in range(0, n, batch_size):
         z = torch.randn(min(batch_size, n - i), nz, generator=g).to(device)
         y = labels[i : i + len(z)].to(device) if labels is not None else None
@@ -560,22 +534,21 @@ def generate(G, n, nz, device, seed, labels=None, batch_size=256):
 
 # ----------------------------------------------------------------------------- training clock and summary
 class TrainClock:
-    """The run's training seconds, summed across resumes (sampling and evaluation run inside
-    `paused()` and do not count, so --max-minutes and images/s measure training); when to stop
-    (SIGINT/SIGTERM, or --max-minutes of training: the loop asks `stop()` between steps and ends
-    cleanly); and its tqdm `bar`, over steps, or over training minutes when --max-minutes bounds
-    the run and --max-steps does not (steps from --epochs would show 0/2,300,000 and an ETA of
-    days), redrawn at most every 30 s when stderr is a log file."""
+    """Training seconds summed across resumes (evaluation inside `paused()` does not count, so --max-minutes
+    and images/s measure training); `stop(step)`: after `total` steps (--max-steps, else `epoch_steps`), a
+    SIGINT/SIGTERM or --max-minutes; the tqdm `bar`, over steps, or over minutes when --max-minutes bounds the
+    run and --max-steps does not (steps from --epochs would show 0/2,300,000 and an ETA of days)."""
 
-    def __init__(self, args, seconds, total_steps, step, desc):
+    def __init__(self, args, seconds, epoch_steps, step, desc):
+        self.total = args.max_steps if args.max_steps is not None else epoch_steps
         self._base, self._start, self._end = seconds, time.time(), None
-        self.max_seconds = args.max_minutes * 60 if args.max_minutes else None
+        self.max_seconds = args.max_minutes * 60 if args.max_minutes else math.inf
         self.signalled, self.timed_out = None, False
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
         self.by_time = args.max_minutes is not None and args.max_steps is None
         fmt = "{l_bar}{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}{postfix}]" if self.by_time else None
-        total, initial = (args.max_minutes, seconds / 60) if self.by_time else (total_steps, step)
+        total, initial = (args.max_minutes, seconds / 60) if self.by_time else (self.total, step)
         refresh = 0.1 if sys.stderr.isatty() else 30
         self.bar = tqdm(total=total, initial=initial, desc=desc, bar_format=fmt, mininterval=refresh)
 
@@ -601,9 +574,9 @@ class TrainClock:
         """One training step done: the bar moves a step, or on to the training minutes so far."""
         self.bar.update(min(self.seconds / 60, self.bar.total) - self.bar.n if self.by_time else 1)
 
-    def stop(self):
-        self.timed_out = self.max_seconds is not None and self.seconds > self.max_seconds
-        return bool(self.signalled) or self.timed_out
+    def stop(self, step):
+        self.timed_out = step < self.total and self.seconds > self.max_seconds
+        return step >= self.total or bool(self.signalled) or self.timed_out
 
     def finish(self):
         """Training is over: the clock stops, the bar closes, the signals get their defaults back."""
@@ -614,9 +587,8 @@ class TrainClock:
 
 
 def write_summary(out, clock, models, images, final, **run):
-    """summary.json: `run` (model, steps, epochs...), the sizes of `models` ({name: module, or None}),
-    the training time and speed (`images` read in training), the `final` losses and metrics, and
-    how the run stopped (`complete` is false when a signal cut it short: run_all.sh resumes it)."""
+    """summary.json: `run` (model, steps...), the sizes of `models` ({name: module or None}), training time
+    and speed (`images` read), `final` metrics, how it stopped (a signal: not complete, run_all resumes)."""
     models = {name: m for name, m in models.items() if m is not None}
     sizes = {f"params_{name}": sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     summary = {**run, "params": sum(sizes.values()), **sizes, "train_seconds": clock.seconds}

@@ -3,24 +3,18 @@ Convolutional Generative Adversarial Networks" (2016).
 
   phase 1 (pipeline ablations)  python dcgan.py --data DIR --res 64|128 --aug flip|deluxe
   step 2.1 (the GAN baseline)   python dcgan.py --data DIR --res 64
-  presets   --preset study (the default on CUDA): the defaults below (ngf = ndf = 64, 100 epochs,
-            FID every 25); --preset cpu (elsewhere): digits at 16 px, ngf = ndf = 32, 5 minutes,
-            FID(digits) of 1,000 samples at the end. A flag given explicitly wins over either.
+  presets   --preset study (the default on CUDA): the defaults below (ngf = ndf = 64, 100 epochs, FID
+            every 25); --preset cpu (elsewhere): 16 px digits, ngf = ndf = 32, 5 minutes, FID(digits)
+            of 1,000 samples at the end. A flag given explicitly wins over either.
+  variants  --g-arch upconv (nearest upsample + 3x3 conv, Odena et al. 2016) | csp (CSP-up blocks),
+            --lr-g 1e-4 --lr-d 4e-4 (TTUR, Heusel et al. 2017), --lr-decay 0.9999 (both learning
+            rates times GAMMA every step), --diffaug color,translation,cutout (Zhao et al. 2020)
 
-Variants from the seed reports (each one flag, combinable):
-  --g-arch upconv    nearest upsample + 3x3 conv instead of transposed conv (Odena et al. 2016)
-  --g-arch csp       CSP-up blocks: half the channels upsampled straight through, half through
-                     transposed conv + BN + ReLU, concatenated (after CSPNet)
-  --lr-g 1e-4 --lr-d 4e-4   two time-scale update rule (Heusel et al. 2017)
-  --lr-decay 0.9999  both learning rates times GAMMA after every step
-  --diffaug color,translation,cutout   DiffAugment (Zhao et al. 2020) on real and fake images
-
-As the paper: transposed convolutions with BatchNorm and ReLU in the generator, strided ones
-with LeakyReLU(0.2) in the discriminator (no BatchNorm on its first layer), N(0, 0.02) init,
-Adam 2e-4 with beta1 = 0.5; up/down blocks follow --res (3 at 32, 4 at 64, 5 at 128).
-Departures: BCE on logits (stable under fp16 autocast); the non-saturating generator loss
--log D(G(z)) (Goodfellow et al. 2014, sec. 3), as the paper's code; samples from an EMA of G;
-`--cond` adds a one-hot label to z and a projection term to D (Miyato & Koyama 2018).
+As the paper: transposed convolutions with BatchNorm and ReLU in G, strided ones with LeakyReLU(0.2)
+in D (no BatchNorm on its first layer), N(0, 0.02) init, Adam 2e-4 with beta1 = 0.5; up/down blocks
+follow --res (3 at 32, 4 at 64, 5 at 128). Departures: BCE on logits (stable under fp16 autocast); the
+non-saturating G loss -log D(G(z)) (Goodfellow et al. 2014, sec. 3), as the paper's code; samples from
+an EMA of G; `--cond` adds a one-hot label to z and a projection term to D (Miyato & Koyama 2018).
 """
 
 import argparse
@@ -38,10 +32,8 @@ import fid
 
 # ----------------------------------------------------------------------------- model
 class CSPUp(nn.Module):
-    """Cross-stage-partial 2x upsampling (after CSPNet, Wang et al. 2020): half the channels are
-    upsampled straight through (nearest, no weights), half through transposed conv + BN + ReLU;
-    a 1x1 conv (CSPNet's transition) mixes the concatenation to c_out channels. Half the
-    transposed-conv cost of a DCGAN block, and a gradient highway through the plain half."""
+    """Cross-stage-partial 2x upsampling (after CSPNet, Wang et al. 2020): half the channels go
+    straight (nearest), half through transposed conv + BN + ReLU; a 1x1 conv (the transition) mixes."""
 
     def __init__(self, c_in, c_out):
         super().__init__()
@@ -72,8 +64,7 @@ def up_block(arch, c_in, c_out):
 
 
 class Generator(nn.Module):
-    """z (B, nz) [+ one-hot label] -> image (B, C, res, res) in [-1, 1].
-    arch: dcgan (transposed convs), upconv (nearest upsample + conv), csp (CSPUp blocks)."""
+    """z (B, nz) [+ one-hot label] -> image (B, C, res, res) in [-1, 1]; `arch` picks the up blocks."""
 
     def __init__(self, nz=100, ngf=64, channels=3, res=64, n_classes=0, arch="dcgan"):
         super().__init__()
@@ -110,8 +101,7 @@ class Discriminator(nn.Module):
             ch *= 2
         self.features = nn.Sequential(*layers)  # (B, ch, 4, 4)
         self.out = nn.Conv2d(ch, 1, 4, 1, 0, bias=False)
-        # Projection discriminator: logit += <embed(y), pooled features>.
-        self.embed = nn.Embedding(n_classes, ch) if n_classes else None
+        self.embed = nn.Embedding(n_classes, ch) if n_classes else None  # projection: += <embed(y), sum h>
 
     def forward(self, x, y=None):
         h = self.features(x)
@@ -155,10 +145,10 @@ def diffaug_policy(text):
 
 
 def diff_augment(x, policy):
-    """DiffAugment (Zhao et al. 2020): random, differentiable augmentation of real *and* fake
-    images in D's and G's steps, so D cannot memorise a small set and G's gradients pass through.
-    x in [-1, 1] (B, C, H, W), the torch RNG of x's device. As the paper's code: color (brightness
-    +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]), translation (<= 1/8, zero padded), cutout (1/2)."""
+    """DiffAugment (Zhao et al. 2020): random, differentiable augmentation of real *and* fake images
+    (B, C, H, W) in D's and G's steps, so D cannot memorise a small set and G's gradients pass through.
+    As the paper's code: color (brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]),
+    translation (<= 1/8, zero padded), cutout (half the size)."""
     if not policy:
         return x
     B, C, H, W = x.shape
@@ -192,8 +182,7 @@ def diff_augment(x, policy):
 
 # ----------------------------------------------------------------------------- sampling and evaluation
 def slerp(a, b, t):
-    """Spherical interpolation between latents a, b (D,) at fractions t (K,) -> (K, D):
-    Gaussian latents live near a sphere, and a straight line cuts through its inside."""
+    """Slerp between latents a, b (D,) at t (K,) -> (K, D): Gaussian latents lie near a sphere, not a line."""
     a_n, b_n = a / a.norm(), b / b.norm()
     omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
     t = t[:, None]
@@ -210,8 +199,7 @@ def latent_walk(nz, seed, rows=8, cols=8):
 
 
 def evaluate(G, evaluator, args, n_classes, out):
-    """FID and friends of --fid-n samples from seeded noise (labels cycling through the
-    classes when conditional); {} when no feature space is on, skipping the sampling."""
+    """FID and friends of --fid-n samples (labels cycling through the classes); {} when FID is off."""
     if evaluator.features == "none":
         return {}
     labels = torch.arange(args.fid_n) % n_classes if n_classes else None
@@ -221,9 +209,7 @@ def evaluate(G, evaluator, args, n_classes, out):
 
 @torch.no_grad()
 def save_outputs(G, fixed_z, fixed_y, out, seed):
-    """The final pictures from the EMA generator: samples.png from the fixed noise,
-    interp.png (a slerp walk per row, one class per row when conditional), progress.gif.
-    Returns the sampling seconds per image."""
+    """samples.png, interp.png (a slerp walk a row; one class a row), progress.gif -> s per sample."""
     t = time.time()
     final = G(fixed_z, fixed_y)
     sample_seconds = (time.time() - t) / fixed_z.shape[0]
@@ -278,14 +264,12 @@ def main(argv=None):
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = (torch.arange(64) % n_classes).to(device) if n_classes else None
     per_epoch = max(1, len(train) // args.batch_size)
-    total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
-    clock = common.TrainClock(args, train_seconds, total, step, "dcgan")
+    clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "dcgan")
     losses, metrics, fid_step = {}, {}, None
     for _, x, y in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
-        if step >= total or clock.stop():
+        if clock.stop(step):
             break
         real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
-        y = y if n_classes else None
         z = torch.randn(real.shape[0], args.nz, device=device)
         # D step: maximise log D(x) + log(1 - D(G(z))); with --diffaug D sees every image augmented.
         with autocast():
@@ -308,7 +292,7 @@ def main(argv=None):
         ema.update(G)
         step += 1
         clock.tick()
-        if step % args.log_every == 0 or step == total:
+        if step % args.log_every == 0 or step == clock.total:
             losses = {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
             common.log_losses(log, clock, out, step, step / per_epoch, losses)
         if step % per_epoch == 0:  # end of an epoch: grid and FID (not training time), checkpoint

@@ -414,11 +414,10 @@ def main(argv=None):
     # Fixed starting noise, so every epoch's grid follows the same 64 trajectories.
     fixed_x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
     per_epoch = max(1, len(train) // args.batch_size)
-    total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
-    clock = common.TrainClock(args, train_seconds, total, step, "ddpm")
+    clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "ddpm")
     losses, metrics, fid_step = {}, {}, None
     for _, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
-        if step >= total or clock.stop():
+        if clock.stop(step):
             break
         x0 = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         with autocast():
@@ -432,7 +431,7 @@ def main(argv=None):
         ema.update(model)
         step += 1
         clock.tick()
-        if step % args.log_every == 0 or step == total:
+        if step % args.log_every == 0 or step == clock.total:
             losses = {"loss": loss.item()}
             common.log_losses(log, clock, out, step, step / per_epoch, losses)
         if step % per_epoch == 0:  # end of an epoch: grid and FID (not training time), checkpoint

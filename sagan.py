@@ -175,10 +175,10 @@ def diffaug_policy(text):
 
 
 def diff_augment(x, policy):
-    """DiffAugment (Zhao et al. 2020): random, differentiable augmentation of real *and* fake
-    images in D's and G's steps, so D cannot memorise a small set and G's gradients pass through.
-    x in [-1, 1] (B, C, H, W), the torch RNG of x's device. As the paper's code: color (brightness
-    +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]), translation (<= 1/8, zero padded), cutout (1/2)."""
+    """DiffAugment (Zhao et al. 2020): random, differentiable augmentation of real *and* fake images
+    (B, C, H, W) in D's and G's steps, so D cannot memorise a small set and G's gradients pass through.
+    As the paper's code: color (brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]),
+    translation (<= 1/8, zero padded), cutout (half the size)."""
     if not policy:
         return x
     B, C, H, W = x.shape
@@ -212,8 +212,7 @@ def diff_augment(x, policy):
 
 # ----------------------------------------------------------------------------- sampling and evaluation
 def slerp(a, b, t):
-    """Spherical interpolation between latents a, b (D,) at fractions t (K,) -> (K, D):
-    Gaussian latents live near a sphere, and a straight line cuts through its inside."""
+    """Slerp between latents a, b (D,) at t (K,) -> (K, D): Gaussian latents lie near a sphere, not a line."""
     a_n, b_n = a / a.norm(), b / b.norm()
     omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
     t = t[:, None]
@@ -302,12 +301,12 @@ def main(argv=None):
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
     # Each generator step eats n_critic real batches; epochs count real batches.
     per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
-    total = args.max_steps if args.max_steps is not None else math.ceil(args.epochs * per_epoch / n_critic)
     real_batches = common.batches(train, args.batch_size, args.seed, step * n_critic, device, args.workers)
     epoch = step * n_critic // per_epoch
-    clock = common.TrainClock(args, train_seconds, total, step, "sagan")
+    epoch_steps = math.ceil(args.epochs * per_epoch / n_critic)
+    clock = common.TrainClock(args, train_seconds, epoch_steps, step, "sagan")
     losses, metrics, fid_step = {}, {}, None
-    while step < total and not clock.stop():
+    while not clock.stop(step):
         for _ in range(n_critic):
             _, x, _ = next(real_batches)
             real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
@@ -335,7 +334,7 @@ def main(argv=None):
         ema.update(G)
         step += 1
         clock.tick()
-        if step % args.log_every == 0 or step == total:
+        if step % args.log_every == 0 or step == clock.total:
             wasserstein = (real_scores.mean() - fake_scores.mean()).item()
             losses = dict(loss_c=loss_c.item(), loss_g=loss_g.item(), gp=gp.item(), wasserstein=wasserstein)
             common.log_losses(log, clock, out, step, step * n_critic / per_epoch, losses)

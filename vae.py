@@ -5,23 +5,21 @@ toward sharper samples: L = L_mse + lambda_vgg L_vgg + lambda_adv L_adv + beta L
   step 3.2 + VGG perceptual  python vae.py --data DIR --res 64 --beta 1e-4 --perceptual 0.1
   step 3.3 + PatchGAN        python vae.py --data DIR --res 64 --beta 1e-4 --perceptual 0.1 --adv 0.1 \
                                  --adv-start 2000
-  presets   --preset study (the default on CUDA): the defaults below; --preset cpu (elsewhere): digits
-            at 16 px, 5 minutes, FID(digits) of 1,000 prior samples at the end. Explicit flags win.
+  presets   --preset study (CUDA): the defaults below; --preset cpu (elsewhere): 16 px digits, 5 minutes,
+            FID(digits) of 1,000 prior samples at the end. Explicit flags win.
 
-3.1: a conv encoder gives q(z|x) = N(mu, diag(exp(logvar))) over a 256-d latent; z = mu +
-exp(logvar / 2) * eps (the reparameterisation trick, sec. 2.4: gradients flow through the
-sample); per-pixel MSE is the Gaussian likelihood, whose optimum under uncertainty is the *mean*
-of the plausible images: blurry. 3.2: match VGG-16 features at relu1_2, relu2_2 and relu3_3 too
-(Johnson et al. 2016): edges and textures count. 3.3: a PatchGAN (Isola et al. 2017, 70x70
-receptive field) judges each patch of the reconstruction, punishing blur directly (as VQGAN's
-training, Esser et al. 2021), from step --adv-start on.
+3.1: a conv encoder gives q(z|x) = N(mu, diag(exp(logvar))) over a 256-d latent; z = mu + exp(logvar / 2)
+* eps (the reparameterisation trick, sec. 2.4: gradients flow through the sample); per-pixel MSE is the
+Gaussian likelihood, whose optimum under uncertainty is the *mean* of the plausible images: blurry.
+3.2: match VGG-16 features at relu1_2, relu2_2, relu3_3 too (Johnson et al. 2016): edges and textures
+count. 3.3: a PatchGAN (Isola et al. 2017, 70x70 receptive field) judges each patch of the
+reconstruction, punishing blur directly (as VQGAN's training, Esser et al. 2021), from --adv-start on.
 
-Conventions and departures: L_mse is the mean over pixels and L_kl the sum over latent dims
-(averaged over the batch), so beta = 1 weighs the KL heavily (the 3.1 failure); 3.2/3.3 use
-beta = 1e-4. The decoder upsamples by nearest neighbour + 3x3 conv (no checkerboard). The
-adversarial loss is non-saturating BCE on logits. Samples come from an EMA of the weights.
-Below 32 px the PatchGAN has two layers (34x34 patches): three would not fit 16x16. VGG-16
-needs torchvision's vgg16-397923af.pth; without it --perceptual stops at start-up, saying where.
+Conventions and departures: L_mse is the mean over pixels and L_kl the sum over latent dims (averaged
+over the batch), so beta = 1 weighs the KL heavily (the 3.1 failure); 3.2/3.3 use beta = 1e-4. The
+decoder upsamples by nearest neighbour + 3x3 conv (no checkerboard). The adversarial loss is non-
+saturating BCE on logits; samples come from an EMA of the weights. Below 32 px the PatchGAN has two
+layers (34x34 patches). VGG-16 needs torchvision's vgg16-397923af.pth, else --perceptual says where.
 """
 
 import argparse
@@ -40,9 +38,8 @@ VGG_NAME, VGG_URL = fid.VGG_NAME, fid.VGG_URL  # torchvision's ImageNet VGG-16
 
 # ----------------------------------------------------------------------------- model
 def norm(ch):
-    # GroupNorm, not BatchNorm: a decoded image must not depend on the rest of the batch, and
-    # at evaluation the decoder sees posterior means, not training's noisy z, which BatchNorm's
-    # running statistics would not fit. 32 groups where the width allows, >= 4 channels a group.
+    # GroupNorm, not BatchNorm: at evaluation the decoder sees posterior means, not training's noisy z,
+    # which BatchNorm's running statistics would not fit. 32 groups where the width allows, >= 4 a group.
     groups = next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0 and (ch // g >= 4 or g == 1))
     return nn.GroupNorm(groups, ch)
 
@@ -54,9 +51,7 @@ def down(c_in, c_out):
 def up(c_in, c_out):
     # Nearest upsample + conv: every output pixel gets the same number of kernel taps.
     conv = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False)
-    return nn.Sequential(
-        nn.Upsample(scale_factor=2, mode="nearest"), conv, norm(c_out), nn.LeakyReLU(0.2, True)
-    )
+    return nn.Sequential(nn.Upsample(scale_factor=2), conv, norm(c_out), nn.LeakyReLU(0.2, True))
 
 
 class VAE(nn.Module):
@@ -77,8 +72,7 @@ class VAE(nn.Module):
         self.top = chs[-1]
 
     def encode(self, x):
-        mu, logvar = self.to_stats(self.encoder(x)).chunk(2, dim=1)  # (B, latent) each
-        return mu, logvar
+        return self.to_stats(self.encoder(x)).chunk(2, dim=1)  # mu, logvar: (B, latent) each
 
     def decode(self, z):
         h = F.leaky_relu(self.from_z(z), 0.2).view(-1, self.top, 4, 4)  # (B, top, 4, 4)
@@ -91,9 +85,8 @@ class VAE(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN (pix2pix's n-layer discriminator): image (B, C, H, W) -> a grid of
-    real/fake logits (B, 1, h, w). With n_layers = 3 each logit sees a 70x70 patch
-    (6x6 logits at 64x64); n_layers = 2 sees 34x34 and fits images down to 16x16."""
+    """PatchGAN (pix2pix's n-layer discriminator): image (B, C, H, W) -> real/fake logits (B, 1, h, w),
+    each seeing a 70x70 patch with n_layers = 3 (6x6 at 64 px), 34x34 with 2 (fits 16x16 images)."""
 
     def __init__(self, channels=3, ndf=64, n_layers=3):
         super().__init__()
@@ -110,9 +103,8 @@ class PatchDiscriminator(nn.Module):
 
 
 class VGGPerceptual(nn.Module):
-    """Feature-matching loss on VGG-16 (torchvision's layout): the mean squared feature difference
-    at relu1_2, relu2_2 and relu3_3, summed. Inputs in [-1, 1] (gray repeated to RGB), ImageNet-
-    normalised. `state_dict`: torchvision's vgg16 weights; None keeps random ones."""
+    """Feature matching on VGG-16 (torchvision's layout, `state_dict` None: random weights): mean squared
+    feature differences at relu1_2, relu2_2, relu3_3, summed; inputs in [-1, 1], ImageNet-normalised."""
 
     TAPS = {3: "relu1_2", 8: "relu2_2", 15: "relu3_3"}  # indices into vgg16().features
 
@@ -144,11 +136,8 @@ class VGGPerceptual(nn.Module):
 
 def load_vgg(path=None):
     """torchvision's VGG-16 ImageNet state dict: --vgg-weights PATH, $VGG_WEIGHTS, or the torch hub cache."""
-    return torch.load(
-        common.find_pretrained(VGG_NAME, VGG_URL, path, "VGG_WEIGHTS", "--vgg-weights"),
-        map_location="cpu",
-        weights_only=True,
-    )
+    found = common.find_pretrained(VGG_NAME, VGG_URL, path, "VGG_WEIGHTS", "--vgg-weights")
+    return torch.load(found, map_location="cpu", weights_only=True)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -159,9 +148,9 @@ def kl_divergence(mu, logvar):
 
 
 def d_loss(real_logits, fake_logits):
-    return F.binary_cross_entropy_with_logits(
-        real_logits, torch.ones_like(real_logits)
-    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    """The PatchGAN's loss: every patch of an input real, every patch of a reconstruction fake."""
+    bce = F.binary_cross_entropy_with_logits
+    return bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits))
 
 
 def g_adv_loss(fake_logits):
@@ -170,8 +159,7 @@ def g_adv_loss(fake_logits):
 
 # ----------------------------------------------------------------------------- sampling and evaluation
 def slerp(a, b, t):
-    """Spherical interpolation between latents a, b (D,) at fractions t (K,) -> (K, D):
-    Gaussian latents live near a sphere, and a straight line cuts through its inside."""
+    """Slerp between latents a, b (D,) at t (K,) -> (K, D): Gaussian latents lie near a sphere, not a line."""
     a_n, b_n = a / a.norm(), b / b.norm()
     omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
     t = t[:, None]
@@ -182,8 +170,7 @@ def slerp(a, b, t):
 
 @torch.no_grad()
 def prior_samples(vae, n, device, seed, batch_size=256):
-    """n images decoded from z ~ N(0, I) drawn with `seed` (the same noise at every evaluation), in
-    batches, gathered on the CPU."""
+    """n images decoded from z ~ N(0, I) drawn with `seed` (the same at every evaluation), on the CPU."""
     g = torch.Generator().manual_seed(seed)
     z = [torch.randn(min(batch_size, n - i), vae.latent, generator=g) for i in range(0, n, batch_size)]
     return torch.cat([vae.decode(b.to(device)).float().cpu() for b in z])
@@ -192,12 +179,11 @@ def prior_samples(vae, n, device, seed, batch_size=256):
 @torch.no_grad()
 def heldout_mse(vae, data, device, batch_size=256):
     """Mean squared error of reconstructions (from mu, no sampling) of held-out images, in [-1, 1] units."""
-    total, n = 0.0, 0
+    total = 0.0
     for i in range(0, len(data), batch_size):
         x = common.to_float(data.batch(range(i, min(i + batch_size, len(data))))[0].to(device))
         total += F.mse_loss(vae.decode(vae.encode(x)[0]), x, reduction="sum").item()
-        n += x.numel()
-    return total / n
+    return total / (len(data) * data.images[0].size)  # per pixel and channel
 
 
 def evaluate(vae, evaluator, heldout, args, out):
@@ -211,9 +197,8 @@ def evaluate(vae, evaluator, heldout, args, out):
 
 @torch.no_grad()
 def save_outputs(vae, fixed_z, heldout, out):
-    """The final pictures from the EMA weights: samples.png (prior samples), recon.png (rows
-    alternate 8 held-out images and their reconstructions from mu), interp.png (slerp between the
-    codes of two held-out images, 8 pairs), progress.gif. -> the sampling seconds per image."""
+    """samples.png (prior samples), recon.png (rows alternate 8 held-out images and their reconstructions
+    from mu), interp.png (slerps between codes of held-out images), progress.gif -> seconds per sample."""
     t = time.time()
     final = vae.decode(fixed_z)
     sample_seconds = (time.time() - t) / fixed_z.shape[0]
@@ -267,22 +252,20 @@ def main(argv=None):
     vae = VAE(channels, args.res, args.latent, args.width).to(device)
     ema = common.EMA(vae, args.ema)
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
-    objects, D = dict(vae=vae, ema=ema, opt=opt), None
+    objects, D = dict(vae=vae, ema=ema, opt=opt, scaler=scaler), None
     if args.adv:
         # pix2pix's 3 layers from 32 px up; fewer below, so its last 4x4 convolutions still fit.
         D = PatchDiscriminator(channels, args.ndf, n_layers=min(3, int(math.log2(args.res)) - 2)).to(device)
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.5, 0.999))
         objects.update(D=D, opt_d=opt_d)
-    objects["scaler"] = scaler
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(args.seed)).to(device)
     per_epoch = max(1, len(train) // args.batch_size)
-    total = args.max_steps if args.max_steps is not None else args.epochs * per_epoch
-    clock = common.TrainClock(args, train_seconds, total, step, "vae")
+    clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "vae")
     losses, metrics, eval_step = {}, {}, None
     for _, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
-        if step >= total or clock.stop():
+        if clock.stop(step):
             break
         x = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         adv_on = D is not None and step >= args.adv_start
@@ -309,7 +292,7 @@ def main(argv=None):
         ema.update(vae)
         step += 1
         clock.tick()
-        if step % args.log_every == 0 or step == total:
+        if step % args.log_every == 0 or step == clock.total:
             losses = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
             common.log_losses(log, clock, out, step, step / per_epoch, losses)
         if step % per_epoch == 0:  # end of an epoch: grid and evaluation (not training time), checkpoint

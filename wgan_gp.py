@@ -119,10 +119,10 @@ def diffaug_policy(text):
 
 
 def diff_augment(x, policy):
-    """DiffAugment (Zhao et al. 2020): random, differentiable augmentation of real *and* fake
-    images in D's and G's steps, so D cannot memorise a small set and G's gradients pass through.
-    x in [-1, 1] (B, C, H, W), the torch RNG of x's device. As the paper's code: color (brightness
-    +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]), translation (<= 1/8, zero padded), cutout (1/2)."""
+    """DiffAugment (Zhao et al. 2020): random, differentiable augmentation of real *and* fake images
+    (B, C, H, W) in D's and G's steps, so D cannot memorise a small set and G's gradients pass through.
+    As the paper's code: color (brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]),
+    translation (<= 1/8, zero padded), cutout (half the size)."""
     if not policy:
         return x
     B, C, H, W = x.shape
@@ -156,8 +156,7 @@ def diff_augment(x, policy):
 
 # ----------------------------------------------------------------------------- sampling and evaluation
 def slerp(a, b, t):
-    """Spherical interpolation between latents a, b (D,) at fractions t (K,) -> (K, D):
-    Gaussian latents live near a sphere, and a straight line cuts through its inside."""
+    """Slerp between latents a, b (D,) at t (K,) -> (K, D): Gaussian latents lie near a sphere, not a line."""
     a_n, b_n = a / a.norm(), b / b.norm()
     omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
     t = t[:, None]
@@ -241,12 +240,12 @@ def main(argv=None):
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
     # Each generator step eats n_critic real batches; epochs count real batches.
     per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
-    total = args.max_steps if args.max_steps is not None else math.ceil(args.epochs * per_epoch / n_critic)
     real_batches = common.batches(train, args.batch_size, args.seed, step * n_critic, device, args.workers)
     epoch = step * n_critic // per_epoch
-    clock = common.TrainClock(args, train_seconds, total, step, "wgan_gp")
+    epoch_steps = math.ceil(args.epochs * per_epoch / n_critic)
+    clock = common.TrainClock(args, train_seconds, epoch_steps, step, "wgan_gp")
     losses, metrics, fid_step = {}, {}, None
-    while step < total and not clock.stop():
+    while not clock.stop(step):
         for _ in range(n_critic):
             _, x, _ = next(real_batches)
             real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
@@ -276,7 +275,7 @@ def main(argv=None):
         ema.update(G)
         step += 1
         clock.tick()
-        if step % args.log_every == 0 or step == total:
+        if step % args.log_every == 0 or step == clock.total:
             # The Wasserstein estimate E[C(x)] - E[C(G(z))] is the number to watch: it
             # should shrink as G improves (the GAN losses of 2.1 say little).
             c = loss_c.item()

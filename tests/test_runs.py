@@ -103,7 +103,7 @@ def test_progress_counts_minutes_under_max_minutes():
     assert "min" in str(clock.bar) and "2300000" not in str(clock.bar).replace(",", "")
     clock._base = 600.0  # past the limit: the bar stops at its total, and the clock says stop
     clock.tick()
-    assert clock.bar.n == 2 and clock.stop() and clock.timed_out
+    assert clock.bar.n == 2 and clock.stop(11) and clock.timed_out
     clock.finish()
 
 
