@@ -48,19 +48,20 @@ class CSPUp(nn.Module):
         return self.mix(h)  # (B, c_out, 2H, 2W)
 
 
-def up_block(arch, c_in, c_out):
-    """One 2x upsampling stage of the generator, (B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
-    if arch == "dcgan":
+def up_block(arch, c_in, c_out, last=False):
+    """One 2x upsampling stage of the generator, (B, c_in, H, W) -> (B, c_out, 2H, 2W); the last
+    stage makes the image: no BatchNorm or ReLU after it (and CSP's is a plain transposed conv)."""
+    if arch == "dcgan" or (arch == "csp" and last):
         up = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)
     elif arch == "upconv":
         # Resize-convolution (Odena et al. 2016): each output pixel gets as many kernel taps as
         # the next, so no checkerboard from the stride-2 transposed conv's uneven overlap.
-        up = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False))
+        up = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=last))
     elif arch == "csp":
         up = CSPUp(c_in, c_out)
     else:
         raise ValueError(f"unknown generator architecture {arch!r}")
-    return nn.Sequential(up, nn.BatchNorm2d(c_out), nn.ReLU(True))
+    return up if last else nn.Sequential(up, nn.BatchNorm2d(c_out), nn.ReLU(True))
 
 
 class Generator(nn.Module):
@@ -76,11 +77,7 @@ class Generator(nn.Module):
         for _ in range(n_up - 1):
             layers.append(up_block(arch, ch, ch // 2))  # (B, ch / 2, 2H, 2W)
             ch //= 2
-        if arch == "upconv":
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, channels, 3, 1, 1)]
-        else:
-            layers.append(nn.ConvTranspose2d(ch, channels, 4, 2, 1, bias=False))
-        self.net = nn.Sequential(*layers, nn.Tanh())
+        self.net = nn.Sequential(*layers, up_block(arch, ch, channels, last=True), nn.Tanh())
 
     def forward(self, z, y=None):
         if self.n_classes:

@@ -57,32 +57,11 @@ def loop(args, data):
     import dcgan
 
     with tempfile.TemporaryDirectory() as tmp:
-        flags = [
-            "--data",
-            data,
-            "--res",
-            str(args.res),
-            "--batch-size",
-            str(args.batch_size),
-            "--ngf",
-            str(args.ngf),
-            "--ndf",
-            str(args.ngf),
-            "--aug",
-            "flip",
-            "--sample-every",
-            "1000000",
-            "--ckpt-every",
-            "1000000",
-            "--fid-features",
-            "none",
-            "--log-every",
-            "10",
-            "--out",
-            f"{tmp}/run",
-            "--device",
-            "cpu",
-        ]
+        size = ["--res", str(args.res), "--batch-size", str(args.batch_size)]
+        size += ["--ngf", str(args.ngf), "--ndf", str(args.ngf)]
+        flags = ["--preset", "study", "--data", data, *size, "--aug", "flip", "--sample-every", "1000000"]
+        flags += ["--ckpt-every", "1000000", "--fid-features", "none", "--log-every", "10", "--device", "cpu"]
+        flags += ["--out", f"{tmp}/run"]
         # Warm-up run pays for caching the data and first allocations; then the timed run.
         dcgan.main(flags + ["--max-steps", "2", "--out", f"{tmp}/warm"])
         s = dcgan.main(flags + ["--max-steps", str(args.steps + 2)])
