@@ -301,24 +301,18 @@ def ddpm_sample(model, shape, betas, pred, x_T=None, generator=None, trajectory=
     return x
 
 
-def sample(
-    model, shape, args, alpha_bar, betas, generator, device, x_T=None, trajectory=None, batch_size=256
-):
-    """shape[0] images in [-1, 1] with the sampler the flags choose (the one place that choice
-    is read), in batches, gathered on the CPU; from x_T, or from noise drawn batch by batch."""
+def sample(model, shape, args, alpha_bar, betas, generator, device, x_T=None, trajectory=None):
+    """shape[0] images in [-1, 1] with the sampler the flags choose (the one place that choice is
+    read), 256 at a time, gathered on the CPU; from x_T, or from noise the sampler draws."""
     out = []
-    for i in range(0, shape[0], batch_size):
-        b = min(batch_size, shape[0] - i)
-        x = (
-            x_T[i : i + b]
-            if x_T is not None
-            else torch.randn((b, *shape[1:]), generator=generator).to(device)
-        )
+    for i in range(0, shape[0], 256):
+        part = (min(256, shape[0] - i), *shape[1:])
+        x = None if x_T is None else x_T[i : i + part[0]]
         if args.sampler == "ddim":
-            steps, eta, spacing = args.sample_steps, args.eta, args.spacing
-            x = ddim_sample(model, None, alpha_bar, steps, args.pred, eta, spacing, x, generator, trajectory)
+            ddim = (args.sample_steps, args.pred, args.eta, args.spacing)
+            x = ddim_sample(model, part, alpha_bar, *ddim, x, generator, trajectory, device)
         else:
-            x = ddpm_sample(model, None, betas, args.pred, x, generator, trajectory)
+            x = ddpm_sample(model, part, betas, args.pred, x, generator, trajectory, device)
         out.append(x.cpu())
     return torch.cat(out)
 
@@ -353,7 +347,7 @@ def save_outputs(model, fixed_x_T, args, alpha_bar, betas, out):
     keep = np.linspace(0, len(path) - 1, 9).round().astype(int)
     strip = torch.stack([x_T.cpu()] + [path[i][1] for i in keep], dim=1)  # (8, 10, C, H, W)
     common.save_grid(strip.flatten(0, 1), out / "denoise.png", nrow=10)
-    common.save_gif(out / "samples", out / "progress.gif")
+    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
     return sample_seconds
 
 
