@@ -97,6 +97,22 @@ def _save_png(img, path):
     common.atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
+def _same_size_batches(files, batch_size):
+    """Group files whose images share a size (MTCNN batches only equal-sized images),
+    keeping the walk order within each group; unreadable files travel alone."""
+    groups = {}
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                key = im.size
+        except Exception:
+            key = ("unreadable", str(path))
+        groups.setdefault(key, []).append(path)
+    for group in groups.values():
+        for i in range(0, len(group), batch_size):
+            yield group[i : i + batch_size]
+
+
 @common.exits_on_user_error
 def main(argv=None):
     p = argparse.ArgumentParser(
@@ -174,22 +190,6 @@ def main(argv=None):
             bar.close()
     print(", ".join(f"{k}: {v}" for k, v in counts.items()) + f"; manifest: {manifest_path}")
     return counts
-
-
-def _same_size_batches(files, batch_size):
-    """Group files whose images share a size (MTCNN batches only equal-sized images),
-    keeping the walk order within each group; unreadable files travel alone."""
-    groups = {}
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                key = im.size
-        except Exception:
-            key = ("unreadable", str(path))
-        groups.setdefault(key, []).append(path)
-    for group in groups.values():
-        for i in range(0, len(group), batch_size):
-            yield group[i : i + batch_size]
 
 
 if __name__ == "__main__":

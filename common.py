@@ -1,6 +1,6 @@
 """Shared plumbing for the genstudy scripts, in the order a script uses it: errors and files, flags and
 presets, data (digits, lfw, image folders or a mix, cached once as uint8 .npy), pretrained weights,
-device and AMP, EMA, checkpoints and resume, logs and images, the training clock and the summary.
+device and AMP, EMA, the metrics log, checkpoints and resume, images, the training clock and summary.
 No model, loss or sampler lives here: each model script holds its own, and its own training loop.
 """
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.utils import save_image
 from tqdm import tqdm
 
 CACHE_DIR = Path(os.environ.get("GENSTUDY_CACHE", Path.home() / ".cache" / "genstudy"))
@@ -352,7 +353,7 @@ def find_pretrained(name, url, path=None, env=None, flag="", download=True):
     return found
 
 
-# ----------------------------------------------------------------------------- device, AMP, seeding
+# ----------------------------------------------------------------------------- device and AMP
 def setup_device(args):
     """-> (device, autocast, scaler): `with autocast():` runs under AMP ('auto': CUDA only; bf16 autocast is
     ~200x slower on CPUs without bf16 units); the scaler works for fp16 only (bf16 has fp32's range)."""
@@ -391,6 +392,49 @@ class EMA:
     def load_state_dict(self, state):
         self.module.load_state_dict(state["module"])
         self.num_updates = state["num_updates"]
+
+
+# ----------------------------------------------------------------------------- metrics log
+class MetricsLog:
+    """metrics.jsonl, a JSON object a line; on resume, rows after the checkpoint's step are dropped."""
+
+    def __init__(self, path, resume_step=None):
+        self.path = Path(path)
+        if resume_step is not None and self.path.exists():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            keep = "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= resume_step)
+            atomic_write(self.path, lambda f: f.write(keep.encode()))
+        elif resume_step is None:
+            self.path.write_text("")
+
+    def write(self, **row):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def log_eval(log, row, step, epoch):
+    """Log an evaluation row (kind "fid" when it has an FID, else "eval"; {} logs nothing); say the FID."""
+    if row:
+        log.write(kind="fid" if "fid" in row else "eval", step=step, epoch=epoch, **row)
+    if "fid" in row:
+        space = "(digits)" if row["features"] == "digits" else ""
+        fid, kid, n_fake, n_real = row["fid"], row["kid"], row["n_fake"], row["n_real"]
+        print(f"step {step}: FID{space} {fid:.3f}, KID {kid:.5f} ({n_fake} fake vs {n_real} real)")
+    return row
+
+
+def check_finite(step, out, **losses):
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            last = f"last good checkpoint: {Path(out) / 'ckpt.pt'}"
+            raise UserError(f"{name} is {value} at step {step}: training diverged; {last}")
+
+
+def log_losses(log, clock, out, step, epoch, losses):
+    """A training row: stop on a non-finite loss, else log it and show it on the clock's bar."""
+    check_finite(step, out, **losses)
+    log.write(kind="train", step=step, epoch=epoch, **losses)
+    clock.bar.set_postfix(losses, refresh=False)  # drawn at the bar's own pace, not at every row
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume
@@ -460,53 +504,9 @@ def start_or_resume(out, objects, args, device):
     return ckpt["step"], ckpt["train_seconds"], MetricsLog(Path(out) / "metrics.jsonl", ckpt["step"])
 
 
-# ----------------------------------------------------------------------------- logs and images
-class MetricsLog:
-    """metrics.jsonl, a JSON object a line; on resume, rows after the checkpoint's step are dropped."""
-
-    def __init__(self, path, resume_step=None):
-        self.path = Path(path)
-        if resume_step is not None and self.path.exists():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            keep = "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= resume_step)
-            atomic_write(self.path, lambda f: f.write(keep.encode()))
-        elif resume_step is None:
-            self.path.write_text("")
-
-    def write(self, **row):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def log_eval(log, row, step, epoch):
-    """Log an evaluation row (kind "fid" when it has an FID, else "eval"; {} logs nothing); say the FID."""
-    if row:
-        log.write(kind="fid" if "fid" in row else "eval", step=step, epoch=epoch, **row)
-    if "fid" in row:
-        space = "(digits)" if row["features"] == "digits" else ""
-        fid, kid, n_fake, n_real = row["fid"], row["kid"], row["n_fake"], row["n_real"]
-        print(f"step {step}: FID{space} {fid:.3f}, KID {kid:.5f} ({n_fake} fake vs {n_real} real)")
-    return row
-
-
-def log_losses(log, clock, out, step, epoch, losses):
-    """A training row: stop on a non-finite loss, else log it and show it on the clock's bar."""
-    check_finite(step, out, **losses)
-    log.write(kind="train", step=step, epoch=epoch, **losses)
-    clock.bar.set_postfix(losses, refresh=False)  # drawn at the bar's own pace, not at every row
-
-
-def check_finite(step, out, **losses):
-    for name, value in losses.items():
-        if not math.isfinite(value):
-            last = f"last good checkpoint: {Path(out) / 'ckpt.pt'}"
-            raise UserError(f"{name} is {value} at step {step}: training diverged; {last}")
-
-
+# ----------------------------------------------------------------------------- images
 def save_grid(x, path, nrow=8):
     """x in [-1, 1] (B, C, H, W) -> PNG grid, rounded as torchvision does; atomic, for progress.gif's sake."""
-    from torchvision.utils import save_image
-
     grid = (x.detach().float().cpu() + 1) / 2
     atomic_write(path, lambda f: save_image(grid, f, format="PNG", nrow=nrow, padding=2, pad_value=1.0))
 
