@@ -3,7 +3,12 @@ and cached, used to evaluate generated images where Inception does not fit.
 
 `digits`: trained on the training split of scikit-learn's digits. Its 64-d penultimate layer
 is the feature space of FID(digits) (never to be compared with Inception FID), and its
-predictions give class coverage (how many of the 10 digits the samples hit).
+predictions give class coverage (how many of the 10 digits the samples hit) and the accuracy
+of digits generated for an asked class.
+
+`shapes`: trained on the training split of the built-in shapes (24 labels, multi-hot, BCE on
+logits). Its 128-d penultimate layer is the feature space of FID(shapes); its top-k labels give
+the conditional accuracy of generated multi-object images (the iCLEVR evaluator's rule).
 
 A cached classifier that fails to load (truncated, damaged, another network's weights) is
 retrained with a warning, never fatal and never silently reused.
@@ -44,18 +49,60 @@ class DigitsNet(nn.Module):
         return feats, self.head(feats)
 
 
-def train_digits_net(epochs=10, seed=0):
-    """Train DigitsNet on the training split of the built-in digits (random shifts of +-1 px,
-    so it also reads slightly off-centre generated digits). Deterministic: seeded, CPU,
-    and the caller's RNG state is left untouched. -> (model, held-out accuracy)."""
-    train, heldout = common.load_dataset("digits", 16, aug="none").split()
-    x_train = torch.from_numpy(np.array(train.images)).permute(0, 3, 1, 2).float() / 255  # (N, 1, 16, 16)
-    y_train = torch.from_numpy(np.array(train.labels))
-    x_test = torch.from_numpy(np.array(heldout.images)).permute(0, 3, 1, 2).float() / 255
-    y_test = torch.from_numpy(np.array(heldout.labels))
+class ShapesNet(nn.Module):
+    """A small multi-label classifier of the shapes images. x (N, 3, H, W) in [0, 1] ->
+    (features (N, 128), logits (N, 24)); resized to 32x32 first, so any --res works."""
+
+    def __init__(self, n_labels=24):
+        super().__init__()
+
+        def block(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+
+        layers = block(3, 32) + block(32, 64) + block(64, 128)  # (N, 128, 4, 4)
+        layers += [nn.Flatten(), nn.Linear(128 * 16, 128)]  # position matters little; keep it anyway
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(128, n_labels))
+
+    def forward(self, x):
+        if x.shape[-1] != 32:
+            x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+        feats = self.body(2 * x - 1)
+        return feats, self.head(feats)
+
+
+def accuracy(logits, labels):
+    """iCLEVR's accuracy. Multi-hot labels (N, K): for each image, k = its number of labels;
+    hits = how many of the classifier's top-k labels are among them; total hits / total k.
+    Class indices (N,): the fraction classified as the asked class."""
+    logits, labels = torch.as_tensor(logits), torch.as_tensor(labels)
+    if labels.dim() == 1:
+        return (logits.argmax(1) == labels).float().mean().item()
+    k = labels.sum(1)  # (N,)
+    rank = logits.argsort(1, descending=True).argsort(1)  # (N, K): 0 for each image's top label
+    hits = ((rank < k[:, None]) & (labels > 0)).sum()
+    return (hits / k.sum()).item()
+
+
+def _images(data):
+    return torch.from_numpy(np.array(data.images)).permute(0, 3, 1, 2).float() / 255  # (N, C, H, W) in [0, 1]
+
+
+def train_classifier(name, epochs, seed=0):
+    """Train the `name` network ('digits' or 'shapes') on its data's training split, Adam with a
+    one-cycle schedule, on logits (cross-entropy for one label, BCE for multi-hot: no softmax or
+    sigmoid first). Digits get random +-1 px shifts, so slightly off-centre samples still read.
+    Deterministic: seeded, CPU, the caller's RNG state left untouched. -> (model, held-out accuracy)."""
+    res = 16 if name == "digits" else 32
+    train, heldout = common.load_dataset(name, res, aug="none").split()
+    x_train, y_train = _images(train), torch.from_numpy(np.array(train.labels))
+    if name == "digits":
+        loss_fn = F.cross_entropy
+    else:
+        loss_fn, y_train = F.binary_cross_entropy_with_logits, y_train.float()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DigitsNet()
+        model = DigitsNet() if name == "digits" else ShapesNet()
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)
         steps = epochs * (len(x_train) // 64 + 1)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
@@ -63,32 +110,33 @@ def train_digits_net(epochs=10, seed=0):
             model.train()
             for idx in torch.randperm(len(x_train)).split(64):
                 x = x_train[idx]
-                dx, dy = torch.randint(-1, 2, (2,))
-                x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
-                loss = F.cross_entropy(model(x)[1], y_train[idx])  # logits in, no softmax first
+                if name == "digits":
+                    dx, dy = torch.randint(-1, 2, (2,))
+                    x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
+                loss = loss_fn(model(x)[1], y_train[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sched.step()
     model.eval()
     with torch.no_grad():
-        accuracy = (model(x_test)[1].argmax(1) == y_test).float().mean().item()
-    return model, accuracy
+        logits = torch.cat([model(x)[1] for x in _images(heldout).split(500)])
+    return model, accuracy(logits, torch.from_numpy(np.array(heldout.labels)))
 
 
-def load_digits_net(device="cpu"):
-    """The cached DigitsNet, trained and cached on first use, and again (with a warning) when
-    the cached file fails to load."""
-    path = common.CACHE_DIR / "digits_net_v1.pt"
-    model = DigitsNet()
+def load_classifier(name, device="cpu"):
+    """The cached `name` network, trained and cached on first use, and again (with a warning)
+    when the cached file fails to load."""
+    path = common.CACHE_DIR / f"{name}_net_v1.pt"
+    model = DigitsNet() if name == "digits" else ShapesNet()
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
     except Exception as e:  # missing, truncated, not a checkpoint, or not this network's weights
         if path.exists():
-            warnings.warn(f"digits net cache {path} does not load ({type(e).__name__}); retraining it")
-        model, accuracy = train_digits_net()
-        print(f"digits feature net trained: held-out accuracy {accuracy:.2%} (cached at {path})")
-        common.save_checkpoint(path, {"model": model.state_dict(), "accuracy": accuracy})
+            warnings.warn(f"{name} net cache {path} does not load ({type(e).__name__}); retraining it")
+        model, acc = train_classifier(name, epochs=10 if name == "digits" else 4)
+        print(f"{name} classifier trained: held-out accuracy {acc:.2%} (cached at {path})")
+        common.save_checkpoint(path, {"model": model.state_dict(), "accuracy": acc})
     return model.eval().requires_grad_(False).to(device)
 
 

@@ -1,6 +1,7 @@
 """Shared plumbing for the genstudy scripts, in the order a script uses it: errors and files, flags and
-presets, data (digits, lfw, image folders or a mix, cached once as uint8 .npy), pretrained weights,
-device and AMP, EMA, the metrics log, checkpoints and resume, images, the training clock and summary.
+presets, data (digits, lfw, shapes, image folders or a mix, cached once as uint8 .npy; labels and the
+fixed condition lists), pretrained weights, device and AMP, EMA, the metrics log, checkpoints and resume,
+images (grids, GIFs, --generate's PNG folders), the training clock and summary.
 No model, loss or sampler lives here: each model script holds its own, and its own training loop.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 from torchvision.utils import save_image
 from tqdm import tqdm
 
@@ -79,7 +80,7 @@ def add_common_args(parser):
     """The flags every training script shares."""
     a = parser.add_argument
     a("--preset", default="auto", choices=["auto", "cpu", "study"], help="auto: study on CUDA, cpu otherwise")
-    a("--data", default="digits", help="digits | lfw | image folder | comma-separated mix")
+    a("--data", default="digits", help="digits | lfw | shapes | image folder | comma-separated mix")
     a("--res", type=int, default=32, choices=[16, 32, 64, 128], help="16 suits the 8x8 digits on a CPU")
     a("--crop", type=int, default=None, help="center-crop N px before resizing (CelebA: 178)")
     a("--aug", default="flip", choices=["none", "flip", "deluxe"])
@@ -99,16 +100,23 @@ def add_common_args(parser):
     a("--fid-every", type=int, default=25, help="epochs between FID evaluations (0 = only at the end)")
     a("--fid-n", type=int, default=5000, help="generated images per FID")
     a("--fid-n-real", type=int, default=5000, help="held-out real images per FID")
-    a("--fid-features", default="auto", choices=["auto", "inception", "digits", "none"], help="see fid.py")
+    a("--fid-features", default="auto", choices=["auto", "inception", "digits", "shapes", "none"])
     a("--inception-weights", default=None, help="path to pt_inception-2015-12-05-6726825d.pth")
     a("--log-every", type=int, default=50, help="steps between metrics.jsonl rows")
     a("--sample-every", type=int, default=1, help="epochs between samples/epoch_NNNN.png")
     a("--ckpt-every", type=int, default=1, help="epochs between checkpoints")
     a("--cond", action="store_true", help="class-conditional model (labels from the data)")
+    a("--generate", type=int, default=None, metavar="N", help="no training: N images from OUT's checkpoint")
+    a("--generate-dir", default=None, help="where --generate writes (default OUT/generated)")
+    a(
+        "--labels",
+        default=None,
+        help="--generate's labels: 3 | 3,5 | 'red circle,blue square' | test | FILE.json",
+    )
     return parser
 
 
-# The CPU first look every script shares: 16 px digits (the source is 8x8), 5 minutes, FID once at the end.
+# The CPU first look every script shares: 16 px (32 for shapes and folders), 5 minutes, FID once at the end.
 CPU_PRESET = dict(res=16, aug="none", epochs=100_000, max_minutes=5.0, fid_every=0, fid_n=1000)
 CPU_PRESET.update(log_every=25, sample_every=10, ckpt_every=10)
 
@@ -123,13 +131,15 @@ def parse_with_preset(parser, argv, cpu_preset):
     given = {name for name, value in vars(marked).items() if value is not unset}
     on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     preset = args.preset if args.preset != "auto" else "study" if on_cuda else "cpu"
-    if preset == "cpu":
+    if preset == "cpu" and args.generate is None:  # --generate takes the run's own flags
         for name, value in {**CPU_PRESET, **cpu_preset}.items():
             if name not in given:
                 setattr(args, name, value)
+        if "res" not in given and any(s not in ("digits", "lfw") for s in args.data.split(",")):
+            args.res = 32  # the built-in digits are 8x8 and the faces 25x25; shapes need more pixels
         say = f"{args.max_minutes:g} minutes of training at res {args.res}, FID from {args.fid_n} samples"
         print(f"preset cpu: small networks, {say} (--preset study for the study's settings)")
-    elif args.preset == "auto":
+    elif args.preset == "auto" and args.generate is None:
         print("preset study: the study's settings (--preset cpu for a few-minute first look)")
     return args
 
@@ -146,8 +156,61 @@ def _to_uint8(img, res, channels, crop):
     return arr[..., None] if channels == 1 else arr
 
 
+# `shapes`: the iCLEVR task (Sun et al.'s multi-object conditions) in 2-D. Label = colour * 3 + shape.
+SHAPE_COLOURS = dict(red=(220, 40, 40), green=(40, 170, 60), blue=(40, 80, 230), yellow=(240, 220, 40))
+SHAPE_COLOURS.update(cyan=(40, 210, 220), purple=(150, 50, 210), orange=(245, 140, 30), white=(250, 250, 250))
+SHAPE_KINDS = ("circle", "square", "triangle")
+SHAPE_NAMES = [f"{colour} {kind}" for colour in SHAPE_COLOURS for kind in SHAPE_KINDS]  # 24 labels
+
+
+def _draw_shapes(labels, rng):
+    """One 64x64 RGB image: each label's object in its own cell of a 3x3 grid, on plain gray."""
+    img = Image.new("RGB", (64, 64), (120, 120, 120))
+    draw = ImageDraw.Draw(img)
+    for label, cell in zip(labels, rng.choice(9, len(labels), replace=False)):
+        colour, kind = list(SHAPE_COLOURS.values())[label // 3], SHAPE_KINDS[label % 3]
+        size = rng.randint(14, 20)
+        x0, y0 = (cell % 3) * 21 + rng.randint(0, 22 - size), (cell // 3) * 21 + rng.randint(0, 22 - size)
+        if kind == "circle":
+            draw.ellipse((x0, y0, x0 + size, y0 + size), fill=colour)
+        elif kind == "square":
+            draw.rectangle((x0, y0, x0 + size, y0 + size), fill=colour)
+        else:
+            draw.polygon([(x0 + size / 2, y0), (x0, y0 + size), (x0 + size, y0 + size)], fill=colour)
+    return img
+
+
+def shape_conditions():
+    """The two fixed lists of 32 conditions (label lists): `test` is drawn as the training images are,
+    `new_test` holds pairs and triples that no training image contains together."""
+    rng = np.random.RandomState(1)
+    new_test = [sorted(rng.choice(24, 2 + i % 2, replace=False).tolist()) for i in range(32)]
+    test = []
+    while len(test) < 32:
+        labels = rng.choice(24, rng.randint(1, 4), replace=False).tolist()
+        if not any(set(c) <= set(labels) for c in new_test):
+            test.append(sorted(labels))
+    return {"test": test, "new_test": new_test}
+
+
+def _shapes(n=21_600):
+    """n images (18,000 after the held-out sixth: iCLEVR's size) of 1-3 objects, no label twice, none
+    holding a `new_test` combination; labels multi-hot (n, 24)."""
+    rng, unseen = np.random.RandomState(0), [set(c) for c in shape_conditions()["new_test"]]
+    images, labels = [], np.zeros((n, 24), dtype=np.int64)
+    for i in range(n):
+        objects = rng.choice(24, rng.randint(1, 4), replace=False)
+        while any(c <= set(objects) for c in unseen):
+            objects = rng.choice(24, len(objects), replace=False)
+        images.append(_draw_shapes(objects, rng))
+        labels[i, objects] = 1
+    return images, labels
+
+
 def _builtin(name):
-    """Built-in arrays as (uint8 images (N, H, W), labels, class names)."""
+    """Built-in data as (images: uint8 arrays (N, H, W) or PIL images, labels, class names)."""
+    if name == "shapes":
+        return (*_shapes(), SHAPE_NAMES)
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -171,16 +234,19 @@ def _read_cache(npy, manifest, res, channels):
         warnings.warn(f"data cache {npy.name} is damaged ({e}); rebuilding it", stacklevel=3)
 
 
+BUILTIN = ("digits", "lfw", "shapes")
+
+
 def _load_source(src, res, channels, crop):
     """One source of a spec -> cached (images uint8 (N, res, res, C), labels, class names)."""
-    if src in ("digits", "lfw"):
+    if src in BUILTIN:
         key_files = [src]
     else:
         root = Path(src).expanduser()
         if not root.exists():
             raise UserError(f"data path not found: {src}")
         if not root.is_dir():
-            raise UserError(f"--data must be digits, lfw or a folder of images, got file {src}")
+            raise UserError(f"--data must be {', '.join(BUILTIN)} or a folder of images, got file {src}")
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
         parts = [p.relative_to(root).parts for p in files]
         folder_labels = [part[0] if len(part) > 1 else "." for part in parts]
@@ -193,9 +259,10 @@ def _load_source(src, res, channels, crop):
         return cached
 
     skipped = []
-    if src in ("digits", "lfw"):
+    if src in BUILTIN:
         raw, labels, classes = _builtin(src)
-        images = np.stack([_to_uint8(Image.fromarray(im), res, channels, crop) for im in raw])
+        raw = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in raw]
+        images = np.stack([_to_uint8(im, res, channels, crop) for im in raw])
     else:
         classes = sorted(set(folder_labels))
         images, labels = [], []
@@ -232,7 +299,8 @@ class ImageData(torch.utils.data.Dataset):
         if np.ndim(i):  # an index array, as the training loader asks: a whole uint8 batch
             return self.batch(i)
         x = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)  # (C, H, W) uint8
-        return x.float() / 127.5 - 1, int(self.labels[i])
+        y = self.labels[i]  # a class index, or a multi-hot vector (K,)
+        return x.float() / 127.5 - 1, int(y) if np.ndim(y) == 0 else torch.from_numpy(y)
 
     def batch(self, idx):
         idx = np.sort(np.asarray(idx))  # sorted reads are kinder to a memmap
@@ -256,6 +324,8 @@ def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
         raise UserError(f"unknown augmentation {aug!r}")
     if channels is None:
         channels = 1 if all(s in ("digits", "lfw") for s in sources) else 3
+    if "shapes" in sources and len(sources) > 1:
+        raise UserError("shapes has multi-hot labels and cannot be mixed with other data")
     parts, classes = [], []
     for src in sources:
         images, labels, names = _load_source(src, res, channels, crop)
@@ -272,6 +342,79 @@ def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
 def train_and_heldout(args):
     """The run's data from its flags, split into (train, held-out)."""
     return load_dataset(args.data, args.res, crop=args.crop, aug=args.aug, cond=args.cond).split()
+
+
+# ----------------------------------------------------------------------------- labels and conditions
+def label_vector(y, n_classes):
+    """Class indices (B,) -> one-hot, multi-hot (B, K) as it is: a float (B, K) for one linear layer."""
+    return F.one_hot(y, n_classes).float() if y.dim() == 1 else y.float()
+
+
+def labels_like(data, n):
+    """n labels for conditional samples: the classes in turn, or (multi-hot) the data's own conditions."""
+    if np.ndim(data.labels) == 1:
+        return torch.arange(n) % len(data.classes)
+    return torch.from_numpy(np.asarray(data.labels)[np.arange(n) % len(data)])
+
+
+def condition_lists(data, repeats=1):
+    """The fixed condition lists of a conditional run, each repeated: shapes' `test` and `new_test`
+    (multi-hot (32 * repeats, 24)); one-label data: `test`, the classes in turn (32 * repeats,)."""
+    if np.ndim(data.labels) == 1:
+        return {"test": torch.arange(32 * repeats) % len(data.classes)}
+    lists = {}
+    for name, conditions in shape_conditions().items():
+        hot = torch.zeros(len(conditions), len(data.classes), dtype=torch.long)
+        for row, labels in zip(hot, conditions):
+            row[labels] = 1
+        lists[name] = hot.repeat(repeats, 1)
+    return lists
+
+
+def parse_labels(text, data):
+    """--labels -> the conditions to cycle through: class indices (M,) or multi-hot (M, K). TEXT is a
+    comma list of labels (indices or names: classes in turn, or for multi-hot data one condition),
+    a name of `condition_lists`, or a JSON file holding a list of conditions (a label or a list)."""
+    classes, multi = data.classes, np.ndim(data.labels) == 2
+    if text in condition_lists(data):
+        return condition_lists(data)[text]
+    if text.endswith(".json"):
+        try:
+            conditions = json.loads(Path(text).read_text())
+            assert isinstance(conditions, list) and conditions
+        except (OSError, ValueError, AssertionError) as e:
+            raise UserError(f"--labels {text}: not a JSON list of conditions ({type(e).__name__})") from None
+    else:
+        items = [v.strip() for v in text.split(",") if v.strip()]
+        conditions = [items] if multi else items
+    rows = []
+    for condition in conditions:
+        labels = [condition] if not isinstance(condition, list) else condition
+        if not labels or (len(labels) > 1 and not multi):
+            raise UserError(
+                f"--labels: {condition!r} is not a condition of this data ({len(classes)} classes)"
+            )
+        for label in labels:
+            known = label in classes or (str(label).isdigit() and int(label) < len(classes))
+            if not known:
+                raise UserError(
+                    f"--labels: {label!r} is not one of the {len(classes)} classes ({classes[0]}...)"
+                )
+        labels = [classes.index(v) if v in classes else int(v) for v in labels]
+        rows.append(torch.zeros(len(classes), dtype=torch.long).index_fill_(0, torch.tensor(labels), 1))
+    return torch.stack(rows) if multi else torch.stack(rows).argmax(1)
+
+
+def generation_labels(args, data):
+    """--generate's labels: None for an unconditional run; else --labels cycled, or `labels_like`."""
+    if not args.cond:
+        if args.labels:
+            raise UserError("--labels needs a conditional run (trained with --cond)")
+        return None
+    if not args.labels:
+        return labels_like(data, args.generate)
+    conditions = parse_labels(args.labels, data)
+    return conditions[torch.arange(args.generate) % len(conditions)]
 
 
 def batches(data, batch_size, seed, start_step, device, workers=0):
@@ -417,7 +560,7 @@ def log_eval(log, row, step, epoch):
     if row:
         log.write(kind="fid" if "fid" in row else "eval", step=step, epoch=epoch, **row)
     if "fid" in row:
-        space = "(digits)" if row["features"] == "digits" else ""
+        space = f"({row['features']})" if row["features"] != "inception" else ""
         fid, kid, n_fake, n_real = row["fid"], row["kid"], row["n_fake"], row["n_real"]
         print(f"step {step}: FID{space} {fid:.3f}, KID {kid:.5f} ({n_fake} fake vs {n_real} real)")
     return row
@@ -468,8 +611,18 @@ def save_training_state(out, objects, step, epoch, train_seconds, args):
 
 def prepare_run(args, script, model_flags):
     """Make the run folder, write args.json, seed -> (folder, device, autocast, scaler). A resume with a
-    flag of `model_flags` set otherwise than in the run's args.json is refused, naming each flag."""
+    flag of `model_flags` set otherwise than in the run's args.json is refused, naming each flag.
+    --generate: the run must hold a checkpoint, whose model and data flags replace the given ones."""
     out = Path(args.out or f"runs/{script}")
+    if args.generate is not None:
+        if not (out / "ckpt.pt").exists() or not (out / "args.json").exists():
+            raise UserError(f"--generate samples a trained run, and {out} holds no checkpoint (--out RUN)")
+        if args.generate < 1:
+            raise UserError(f"--generate N needs N >= 1, got {args.generate}")
+        saved = json.loads((out / "args.json").read_text())
+        vars(args).update({f: saved[f] for f in (*model_flags, "data", "crop") if f in saved})
+        torch.manual_seed(args.seed)
+        return (out, *setup_device(args))
     if (out / "ckpt.pt").exists() and not args.resume:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if args.resume and (out / "ckpt.pt").exists() and (out / "args.json").exists():
@@ -518,6 +671,42 @@ def save_gif(frames_dir, path, ms=200, fallback=None):
     if frames:
         save = functools.partial(frames[0].save, format="GIF", save_all=True, duration=ms, loop=0)
         atomic_write(path, lambda f: save(f, append_images=frames[1:]))
+
+
+def label_names(y, classes):
+    """A label (index or multi-hot row) in words: '3', 'red circle + blue square'."""
+    return classes[int(y)] if y.dim() == 0 else " + ".join(classes[i] for i in y.nonzero().flatten())
+
+
+def save_condition_grid(x, labels, classes, path):
+    """The 32 conditions' samples as the report's 8x4 grid, and beside it PATH.txt: each cell's labels."""
+    save_grid(x, path, nrow=8)
+    legend = "".join(
+        f"row {i // 8 + 1}, col {i % 8 + 1}: {label_names(y, classes)}\n" for i, y in enumerate(labels)
+    )
+    atomic_write(Path(path).with_suffix(".txt"), lambda f: f.write(legend.encode()))
+
+
+def save_generated(x, labels, classes, folder):
+    """--generate's output: x in [-1, 1] (N, C, H, W) as 000000.png ... through save_image's 8-bit
+    rounding (so FID tools score what a grid shows), and labels.csv (file, label ids, names) if labelled."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in [*folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"), folder / "labels.csv"]:
+        old.unlink(missing_ok=True)  # an earlier, larger --generate must not leave images behind
+    pixels = (
+        x.float().add(1).div(2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    )
+    rows = ["file,labels,names\n"]
+    for i, img in enumerate(pixels):
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{i:06d}.png")
+        if labels is not None:
+            ids = [labels[i].item()] if labels.dim() == 1 else labels[i].nonzero().flatten().tolist()
+            rows.append(f'{i:06d}.png,{" ".join(map(str, ids))},"{label_names(labels[i], classes)}"\n')
+    if labels is not None:
+        atomic_write(folder / "labels.csv", lambda f: f.write("".join(rows).encode()))
+    print(f"wrote {len(pixels)} images to {folder}")
+    return folder
 
 
 @torch.no_grad()

@@ -14,7 +14,9 @@ As the paper: transposed convolutions with BatchNorm and ReLU in G, strided ones
 in D (no BatchNorm on its first layer), N(0, 0.02) init, Adam 2e-4 with beta1 = 0.5; up/down blocks
 follow --res (3 at 32, 4 at 64, 5 at 128). Departures: BCE on logits (stable under fp16 autocast); the
 non-saturating G loss -log D(G(z)) (Goodfellow et al. 2014, sec. 3), as the paper's code; samples from
-an EMA of G; `--cond` adds a one-hot label to z and a projection term to D (Miyato & Koyama 2018).
+an EMA of G. `--cond` (phase 6): the label vector (one-hot for a class, multi-hot for shapes'
+1-3 objects) joins z, and D gets a projection term <embed(y), features> (Miyato & Koyama 2018).
+`--generate N` draws N images from a finished run (`--labels` picks the conditions).
 """
 
 import argparse
@@ -65,7 +67,7 @@ def up_block(arch, c_in, c_out, last=False):
 
 
 class Generator(nn.Module):
-    """z (B, nz) [+ one-hot label] -> image (B, C, res, res) in [-1, 1]; `arch` picks the up blocks."""
+    """z (B, nz) [+ label vector (B, K)] -> image (B, C, res, res) in [-1, 1]; `arch` picks the up blocks."""
 
     def __init__(self, nz=100, ngf=64, channels=3, res=64, n_classes=0, arch="dcgan"):
         super().__init__()
@@ -80,13 +82,13 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers, up_block(arch, ch, channels, last=True), nn.Tanh())
 
     def forward(self, z, y=None):
-        if self.n_classes:
-            z = torch.cat([z, F.one_hot(y, self.n_classes).to(z.dtype)], 1)
+        if self.n_classes:  # the label enters as K more latent dimensions (a linear layer's input)
+            z = torch.cat([z, common.label_vector(y, self.n_classes).to(z.dtype)], 1)
         return self.net(z[:, :, None, None])  # (B, C, res, res)
 
 
 class Discriminator(nn.Module):
-    """image (B, C, res, res) -> real/fake logit (B,)."""
+    """image (B, C, res, res) [+ label] -> real/fake logit (B,)."""
 
     def __init__(self, ndf=64, channels=3, res=64, n_classes=0):
         super().__init__()
@@ -98,13 +100,14 @@ class Discriminator(nn.Module):
             ch *= 2
         self.features = nn.Sequential(*layers)  # (B, ch, 4, 4)
         self.out = nn.Conv2d(ch, 1, 4, 1, 0, bias=False)
-        self.embed = nn.Embedding(n_classes, ch) if n_classes else None  # projection: += <embed(y), sum h>
+        self.embed = nn.Linear(n_classes, ch, bias=False) if n_classes else None  # projection
+        self.n_classes = n_classes
 
     def forward(self, x, y=None):
         h = self.features(x)
         logit = self.out(h).flatten()  # (B,)
-        if self.embed is not None:
-            logit = logit + (self.embed(y) * h.sum(dim=(2, 3))).sum(1)
+        if self.embed is not None:  # + <embed(y), sum of h over positions>: does x match its label?
+            logit = logit + (self.embed(common.label_vector(y, self.n_classes)) * h.sum(dim=(2, 3))).sum(1)
         return logit
 
 
@@ -195,23 +198,33 @@ def latent_walk(nz, seed, rows=8, cols=8):
     return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
 
 
-def evaluate(G, evaluator, args, n_classes, out):
-    """FID and friends of --fid-n samples (labels cycling through the classes); {} when FID is off."""
+def evaluate(G, evaluator, args, heldout, conditions, out):
+    """FID and friends of --fid-n samples (conditional: labels like the held-out data's), and the
+    accuracy on each condition list (`acc_test`...); {} when FID is off."""
     if evaluator.features == "none":
         return {}
-    labels = torch.arange(args.fid_n) % n_classes if n_classes else None
+    labels = common.labels_like(heldout, args.fid_n) if conditions else None
     fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, labels)
-    return evaluator(fake, out / "worst.png")
+    row = evaluator(fake, out / "worst.png")
+    for name, y in conditions.items():
+        fake = common.generate(G, len(y), args.nz, evaluator.device, args.seed + 5, y)
+        row[f"acc_{name}"] = evaluator.accuracy(fake, y)
+    return row
 
 
 @torch.no_grad()
-def save_outputs(G, fixed_z, fixed_y, out, seed):
-    """samples.png, interp.png (a slerp walk a row; one class a row), progress.gif -> s per sample."""
+def save_outputs(G, fixed_z, fixed_y, conditions, classes, out, seed):
+    """samples.png, interp.png (a slerp walk a row; one label a row), cond_*.png (one cell a condition),
+    progress.gif -> seconds per sample."""
     t = time.time()
     final = G(fixed_z, fixed_y)
     sample_seconds = (time.time() - t) / fixed_z.shape[0]
     common.save_grid(final, out / "samples.png")
-    walk_y = fixed_y[:8].repeat_interleave(8) if fixed_y is not None else None
+    for name, y in conditions.items():
+        common.save_condition_grid(
+            G(fixed_z[:32], y[:32].to(fixed_z.device)), y[:32], classes, out / f"cond_{name}.png"
+        )
+    walk_y = fixed_y[:8].repeat_interleave(8, 0) if fixed_y is not None else None
     common.save_grid(G(latent_walk(fixed_z.shape[1], seed).to(fixed_z.device), walk_y), out / "interp.png")
     common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
     return sample_seconds
@@ -252,6 +265,11 @@ def main(argv=None):
     G.apply(init_weights)
     D.apply(init_weights)
     ema = common.EMA(G, args.ema)
+    if args.generate:  # no training: N images from the finished run's EMA generator
+        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt", device)["ema"])
+        labels = common.generation_labels(args, heldout)
+        fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
+        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(args.beta1, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d or args.lr, betas=(args.beta1, 0.999))
     objects = dict(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, scaler=scaler)
@@ -259,7 +277,8 @@ def main(argv=None):
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     # Fixed noise (and labels), so every epoch's grid shows the same 64 latents.
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    fixed_y = (torch.arange(64) % n_classes).to(device) if n_classes else None
+    fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
+    conditions = common.condition_lists(heldout, repeats=8) if n_classes else {}  # 8 samples a condition
     per_epoch = max(1, len(train) // args.batch_size)
     clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "dcgan")
     losses, metrics, fid_step = {}, {}, None
@@ -298,17 +317,18 @@ def main(argv=None):
                 if epoch % args.sample_every == 0:
                     common.save_grid(ema.module(fixed_z, fixed_y), out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(ema.module, evaluator, args, n_classes, out)
+                    row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
                     metrics, fid_step = common.log_eval(log, row, step, epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
-        row = evaluate(ema.module, evaluator, args, n_classes, out)
+        row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
         metrics = common.log_eval(log, row, step, step / per_epoch)
     run = dict(model="dcgan", steps=step, epochs=step / per_epoch)
-    run["sample_seconds_per_image"] = save_outputs(ema.module, fixed_z, fixed_y, out, args.seed + 1)
+    outputs = (ema.module, fixed_z, fixed_y, conditions, heldout.classes, out, args.seed + 1)
+    run["sample_seconds_per_image"] = save_outputs(*outputs)
     final, images = {**losses, **metrics}, step * args.batch_size
     return common.write_summary(out, clock, dict(G=G, D=D), images, final, **run)
 

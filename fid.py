@@ -4,6 +4,7 @@
   python fid.py real_dir fake_dir --kid               # also KID (x 1e3 is customary)
   python fid.py --save-stats real_dir real_stats.npz  # then: python fid.py real_stats.npz fake_dir
   python fid.py real_dir fake_dir --features digits   # FID(digits): built-in digits feature space
+  python fid.py real_dir RUN/generated --features shapes  # FID(shapes), e.g. of a --generate folder
 
 FID (Heusel et al. 2017, eq. 6): ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2)) between
 Gaussians fitted to Inception pool3 features, from the TF-slim 2015 Inception-v3 of the TTUR code
@@ -14,7 +15,8 @@ kernel (x.y / d + 1)^3 over random subsets, better than FID at small sample coun
 et al. 2016): exp(E_x KL(p(y|x) || p(y))). Departure, for speed only: BatchNorm folded into the
 convolutions, channels-last. After the library, the study's harness: diversity, LPIPS diversity
 (lpips=False on torchvision's VGG-16, when on disk), worst samples, and `Evaluator`, which scores
-a run's samples with Inception or with the digits classifier of classifiers.py: FID(digits).
+a run's samples with Inception or with a built-in data's classifier (classifiers.py): FID(digits),
+FID(shapes), and scores conditional samples by that classifier's accuracy.
 """
 
 import argparse
@@ -377,7 +379,8 @@ def to_unit_uint8(x):
 
 class Evaluator:
     """FID, KID, diversity (and LPIPS diversity with VGG-16 on disk) of generated images against
-    the cached held-out features, in one feature space for the run: 'inception' or 'digits'."""
+    the cached held-out features, in one feature space for the run: 'inception', or the built-in
+    data's own classifier ('digits', 'shapes'); and conditional accuracy where such a classifier exists."""
 
     def __init__(self, features, heldout, spec, res, n_real, device, weights=None):
         self.model, self.device = None, device
@@ -387,12 +390,16 @@ class Evaluator:
             except common.UserError as e:
                 if features == "inception":
                     raise
-                features = "digits" if spec == "digits" else "none"
-                warnings.warn(f"{e}; FID {'in the digits feature space' if spec == 'digits' else 'skipped'}")
+                features = spec if spec in ("digits", "shapes") else "none"
+                warnings.warn(
+                    f"{e}; FID {f'in the {spec} feature space' if features != 'none' else 'skipped'}"
+                )
         self.features = features
         if features == "none":
             return
-        self.model = self.model or classifiers.load_digits_net(device)
+        # The data's classifier scores conditional samples, whatever space FID is measured in.
+        own = classifiers.load_classifier(spec, device) if spec in ("digits", "shapes") else None
+        self.model, self.classifier = self.model or classifiers.load_classifier(features, device), own
         self.n_real = min(n_real, len(heldout))
         key = f"{features}_{spec}_{res}_{self.n_real}".replace("/", "_").replace(",", "+")[-150:]
         self.real_acts = self._real_activations(heldout, common.CACHE_DIR / "fid_stats" / f"{key}.npz")
@@ -444,9 +451,19 @@ class Evaluator:
             common.save_grid(fake[torch.from_numpy(farthest_from(acts, self.real_acts))], worst_path, nrow=4)
         if self.features == "inception":
             row["is"], row["is_std"] = inception_score(logits)
-        else:
+        elif self.features == "digits":
             row["classes_covered"], row["class_kl"] = classifiers.class_coverage(logits)
         return row
+
+    @torch.no_grad()
+    def accuracy(self, fake, labels):
+        """Conditional accuracy (iCLEVR's rule, classifiers.accuracy) of images in [-1, 1] generated for
+        `labels`; None where the data has no classifier (a folder, or FID off)."""
+        if self.features == "none" or self.classifier is None:
+            return None
+        batches = to_unit_uint8(fake).split(500)
+        logits = torch.cat([self.classifier(x.to(self.device))[1].float().cpu() for x in batches])
+        return classifiers.accuracy(logits, labels)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -470,7 +487,7 @@ def main(argv=None):
     a("--save-stats", action="store_true", help="write the first folder's mu, sigma to the second path")
     a("--batch-size", type=int, default=50)
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a("--features", default="inception", choices=["inception", "digits"])
+    a("--features", default="inception", choices=["inception", "digits", "shapes"])
     a("--inception-weights", default=None, help=f"path to {WEIGHTS_NAME}")
     a("--kid", action="store_true", help="also print KID (folders only)")
     args = p.parse_args(argv)
@@ -482,14 +499,14 @@ def main(argv=None):
         if args.features == "inception":
             model = load_inception(args.inception_weights, args.device)
         else:
-            model = classifiers.load_digits_net(args.device)
+            model = classifiers.load_classifier(args.features, args.device)
     if args.save_stats:
         save_stats(args.paths[1], *stats(activations(args.paths[0], model, args.batch_size, args.device)))
         print(f"saved {args.paths[1]}")
         return
     (acts1, stats1), (acts2, stats2) = (_acts_or_stats(path, args, model) for path in args.paths)
     value = frechet_distance(*stats1, *stats2)
-    print(f"FID{'(digits)' if args.features == 'digits' else ''}: {value}")
+    print(f"FID{f'({args.features})' if args.features != 'inception' else ''}: {value}")
     if args.kid:
         mean, std = kid(acts1, acts2)
         print(f"KID: {mean} +- {std}")

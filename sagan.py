@@ -32,6 +32,11 @@ is `--loss hinge`. Spectral norm and a gradient penalty are known to fight (SN
 already bounds each layer, and the penalty pulls the gradient norm up to exactly 1),
 which is why both are here for the report to compare. The generator has no
 spectral norm (the paper puts it in both). Samples come from an EMA of G.
+
+`--cond` (phase 6), as SAGAN and BigGAN do it: class-conditional GroupNorm in the generator (each
+norm's gain and bias come from the label vector through a linear layer, one-hot or multi-hot for
+shapes' 1-3 objects) and a projection critic (Miyato & Koyama 2018, eq. 3): score(x, y) = psi(h)
++ <embed(y), h> with h the critic's pooled features. `--generate N` samples a finished run.
 """
 
 import argparse
@@ -77,18 +82,37 @@ def norm(ch):
     return nn.GroupNorm(groups, ch)
 
 
-class Generator(nn.Module):
-    """z (B, nz) -> image (B, C, res, res) in [-1, 1]: DCGAN's transposed convs with
-    GroupNorm, and SelfAttention after the blocks whose output size is in attn_res."""
+class ConditionalNorm(nn.Module):
+    """Class-conditional GroupNorm: GN(x) * (1 + gain(y)) + bias(y), per channel, from the label vector
+    (B, K) by one linear layer started at zero (so it starts as plain GroupNorm)."""
 
-    def __init__(self, nz=128, ngf=64, channels=3, res=64, attn_res=(16,)):
+    def __init__(self, ch, n_classes):
+        super().__init__()
+        self.norm, self.n_classes = norm(ch), n_classes
+        self.embed = nn.Linear(n_classes, 2 * ch, bias=False)
+        nn.init.zeros_(self.embed.weight)
+
+    def forward(self, x, y):
+        gain, bias = self.embed(common.label_vector(y, self.n_classes).to(x.dtype)).chunk(2, dim=1)  # (B, C)
+        return self.norm(x) * (1 + gain[:, :, None, None]) + bias[:, :, None, None]
+
+
+class Generator(nn.Module):
+    """z (B, nz) [+ label] -> image (B, C, res, res) in [-1, 1]: DCGAN's transposed convs with GroupNorm
+    (class-conditional with n_classes), SelfAttention after the blocks whose output size is in attn_res."""
+
+    def __init__(self, nz=128, ngf=64, channels=3, res=64, attn_res=(16,), n_classes=0):
         super().__init__()
         self.nz = nz
         n_up = int(math.log2(res)) - 2
         ch, size = ngf * 2 ** (n_up - 1), 4
-        layers = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False), norm(ch), nn.ReLU(True)]
+
+        def gn(ch):
+            return ConditionalNorm(ch, n_classes) if n_classes else norm(ch)
+
+        layers = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False), gn(ch), nn.ReLU(True)]
         for _ in range(n_up - 1):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), norm(ch // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), gn(ch // 2), nn.ReLU(True)]
             ch, size = ch // 2, size * 2
             if size in attn_res:
                 layers.append(SelfAttention(ch))
@@ -96,7 +120,10 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z, y=None):
-        return self.net(z[:, :, None, None])  # (B, C, res, res)
+        h = z[:, :, None, None]  # (B, nz, 1, 1)
+        for layer in self.net:  # the label goes to each conditional norm
+            h = layer(h, y) if isinstance(layer, ConditionalNorm) else layer(h)
+        return h  # (B, C, res, res)
 
 
 class Critic(nn.Module):
@@ -104,7 +131,7 @@ class Critic(nn.Module):
     normalisation layers (spectral norm is applied to the weights by `spectrally_normed`),
     SelfAttention after the blocks whose output size is in attn_res."""
 
-    def __init__(self, ndf=64, channels=3, res=64, attn_res=(16,)):
+    def __init__(self, ndf=64, channels=3, res=64, attn_res=(16,), n_classes=0):
         super().__init__()
         n_down = int(math.log2(res)) - 2
         layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
@@ -118,17 +145,25 @@ class Critic(nn.Module):
                 layers.append(SelfAttention(ch))
         layers.append(nn.Conv2d(ch, 1, 4, 1, 0))
         self.net = nn.Sequential(*layers)
+        self.embed = nn.Linear(n_classes, ch, bias=False) if n_classes else None  # projection
+        self.n_classes = n_classes
 
     def forward(self, x, y=None):
-        return self.net(x).flatten()  # (B,)
+        h = self.net[:-1](x)  # (B, ch, 4, 4)
+        score = self.net[-1](h).flatten()  # (B,)
+        if self.embed is not None:  # + <embed(y), sum of h over positions>: does x match its label?
+            score = score + (
+                self.embed(common.label_vector(y, self.n_classes).to(h.dtype)) * h.sum((2, 3))
+            ).sum(1)
+        return score
 
 
 def spectrally_normed(model):
-    """Spectral norm on every conv of `model` (attention projections included). Each
+    """Spectral norm on every conv of `model` (attention projections and the label embedding too). Each
     forward pass in training mode runs one power iteration to track the top singular
     value sigma of the (out, in*k*k) weight matrix, and uses W / sigma."""
     for m in list(model.modules()):
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
             spectral_norm(m)
     return model
 
@@ -228,31 +263,41 @@ def latent_walk(nz, seed, rows=8, cols=8):
     return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
 
 
-def evaluate(G, evaluator, args, out):
-    """FID and friends of --fid-n samples from seeded noise; {} when no feature space is
-    on, skipping the sampling."""
+def evaluate(G, evaluator, args, heldout, conditions, out):
+    """FID and friends of --fid-n samples (conditional: labels like the held-out data's), and the
+    accuracy on each condition list (`acc_test`...); {} when FID is off."""
     if evaluator.features == "none":
         return {}
-    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2)
-    return evaluator(fake, out / "worst.png")
+    labels = common.labels_like(heldout, args.fid_n) if conditions else None
+    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, labels)
+    row = evaluator(fake, out / "worst.png")
+    for name, y in conditions.items():
+        fake = common.generate(G, len(y), args.nz, evaluator.device, args.seed + 5, y)
+        row[f"acc_{name}"] = evaluator.accuracy(fake, y)
+    return row
 
 
 @torch.no_grad()
-def save_outputs(G, fixed_z, out, seed):
-    """The final pictures from the EMA generator: samples.png from the fixed noise,
-    interp.png (a slerp walk per row), progress.gif. Returns the sampling seconds per image."""
+def save_outputs(G, fixed_z, fixed_y, conditions, classes, out, seed):
+    """samples.png, interp.png (a slerp walk a row; one label a row), cond_*.png (one cell a condition),
+    progress.gif -> seconds per sample."""
     t = time.time()
-    final = G(fixed_z)
+    final = G(fixed_z, fixed_y)
     sample_seconds = (time.time() - t) / fixed_z.shape[0]
     common.save_grid(final, out / "samples.png")
-    common.save_grid(G(latent_walk(fixed_z.shape[1], seed).to(fixed_z.device)), out / "interp.png")
+    for name, y in conditions.items():
+        common.save_condition_grid(
+            G(fixed_z[:32], y[:32].to(fixed_z.device)), y[:32], classes, out / f"cond_{name}.png"
+        )
+    walk_y = fixed_y[:8].repeat_interleave(8, 0) if fixed_y is not None else None
+    common.save_grid(G(latent_walk(fixed_z.shape[1], seed).to(fixed_z.device), walk_y), out / "interp.png")
     common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
     return sample_seconds
 
 
 # ----------------------------------------------------------------------------- main
 CPU_PRESET = dict(ngf=32, ndf=32, attn_res=[8])  # with common.CPU_PRESET: 16 px digits, 5 minutes
-MODEL_FLAGS = ("res", "nz", "ngf", "ndf", "attn_res")  # a resumed run must keep these
+MODEL_FLAGS = ("res", "nz", "ngf", "ndf", "attn_res", "cond")  # a resumed run must keep these
 
 
 def parse_args(argv=None):
@@ -279,8 +324,6 @@ def parse_args(argv=None):
         p.error(f"--n-critic must be at least 1, got {args.n_critic}")
     if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
         p.error(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
-    if args.cond:
-        p.error("sagan.py is unconditional; --cond is implemented in dcgan.py")
     return args
 
 
@@ -289,16 +332,24 @@ def main(argv=None):
     args = parse_args(argv)
     out, device, autocast, scaler = common.prepare_run(args, "sagan", MODEL_FLAGS)
     train, heldout = common.train_and_heldout(args)
-    G = Generator(args.nz, args.ngf, train.images.shape[-1], args.res, args.attn_res).to(device)
+    channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
+    G = Generator(args.nz, args.ngf, channels, args.res, args.attn_res, n_classes).to(device)
     G.apply(init_generator)
-    C = spectrally_normed(Critic(args.ndf, train.images.shape[-1], args.res, args.attn_res)).to(device)
+    C = spectrally_normed(Critic(args.ndf, channels, args.res, args.attn_res, n_classes)).to(device)
     ema = common.EMA(G, args.ema)
+    if args.generate:  # no training: N images from the finished run's EMA generator
+        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt", device)["ema"])
+        labels = common.generation_labels(args, heldout)
+        fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
+        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(0.0, 0.9))
     opt_c = torch.optim.Adam(C.parameters(), lr=args.lr_d or args.lr, betas=(0.0, 0.9))
     objects = dict(G=G, C=C, ema=ema, opt_g=opt_g, opt_c=opt_c, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
+    conditions = common.condition_lists(heldout, repeats=8) if n_classes else {}  # 8 samples a condition
     # Each generator step eats n_critic real batches; epochs count real batches.
     per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
     real_batches = common.batches(train, args.batch_size, args.seed, step * n_critic, device, args.workers)
@@ -308,22 +359,23 @@ def main(argv=None):
     losses, metrics, fid_step = {}, {}, None
     while not clock.stop(step):
         for _ in range(n_critic):
-            _, x, _ = next(real_batches)
+            _, x, y = next(real_batches)
             real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
             z = torch.randn(real.shape[0], args.nz, device=device)
             with autocast():
                 with torch.no_grad():
-                    fake = G(z)
+                    fake = G(z, y)
                 real, fake = diff_augment(real, args.diffaug), diff_augment(fake, args.diffaug)
-                real_scores, fake_scores = C(real).float(), C(fake).float()
-            loss_c, gp = critic_loss(C, real, fake, real_scores, fake_scores, args.loss)
+                real_scores, fake_scores = C(real, y).float(), C(fake, y).float()
+            critic = functools.partial(C, y=y)  # the penalty's critic scores under the batch's labels
+            loss_c, gp = critic_loss(critic, real, fake, real_scores, fake_scores, args.loss)
             opt_c.zero_grad(set_to_none=True)
             scaler.scale(loss_c + args.gp_lambda * gp).backward()
             scaler.step(opt_c)
             scaler.update()
-        with autocast():
-            fake = G(torch.randn(args.batch_size, args.nz, device=device))
-            loss_g = generator_loss(C(diff_augment(fake, args.diffaug)).float())
+        with autocast():  # G step, on the last critic batch's labels (fresh z)
+            fake = G(torch.randn(len(y), args.nz, device=device), y)
+            loss_g = generator_loss(C(diff_augment(fake, args.diffaug), y).float())
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()
         scaler.step(opt_g)
@@ -342,19 +394,20 @@ def main(argv=None):
             epoch = step * n_critic // per_epoch
             with clock.paused():
                 if epoch % args.sample_every == 0:
-                    common.save_grid(ema.module(fixed_z), out / "samples" / f"epoch_{epoch:04d}.png")
+                    common.save_grid(ema.module(fixed_z, fixed_y), out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(ema.module, evaluator, args, out)
+                    row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
                     metrics, fid_step = common.log_eval(log, row, step, step * n_critic / per_epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
-        row = evaluate(ema.module, evaluator, args, out)
+        row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
         metrics = common.log_eval(log, row, step, step * n_critic / per_epoch)
     run = dict(model="sagan", steps=step, epochs=step * n_critic / per_epoch)
-    run["sample_seconds_per_image"] = save_outputs(ema.module, fixed_z, out, args.seed + 1)
+    outputs = (ema.module, fixed_z, fixed_y, conditions, heldout.classes, out, args.seed + 1)
+    run["sample_seconds_per_image"] = save_outputs(*outputs)
     # images/s counts the real images the critic read: n_critic batches a generator step.
     final, images = {**losses, **metrics}, step * n_critic * args.batch_size
     return common.write_summary(out, clock, dict(G=G, D=C), images, final, **run)

@@ -20,6 +20,11 @@ over the batch), so beta = 1 weighs the KL heavily (the 3.1 failure); 3.2/3.3 us
 decoder upsamples by nearest neighbour + 3x3 conv (no checkerboard). The adversarial loss is non-
 saturating BCE on logits; samples come from an EMA of the weights. Below 32 px the PatchGAN has two
 layers (34x34 patches). VGG-16 needs torchvision's vgg16-397923af.pth, else --perceptual says where.
+
+`--cond` (phase 6): the CVAE (Sohn et al. 2015): the label vector (one-hot, or multi-hot for shapes'
+1-3 objects) enters the encoder, q(z|x, y), and the decoder, p(x|z, y), each through the linear layer
+at the latent; the prior stays N(0, I), so sampling is z ~ N(0, I) decoded with the asked label.
+`--generate N` draws N images from a finished run.
 """
 
 import argparse
@@ -55,33 +60,39 @@ def up(c_in, c_out):
 
 
 class VAE(nn.Module):
-    """Encoder: image (B, C, res, res) -> mu, logvar (B, latent). Decoder: z -> image in [-1, 1]."""
+    """Encoder: image (B, C, res, res) [+ label] -> mu, logvar (B, latent). Decoder: z [+ label] ->
+    image in [-1, 1]. With n_classes, the label vector joins the input of the linear layers at the latent."""
 
-    def __init__(self, channels=3, res=64, latent=256, width=32):
+    def __init__(self, channels=3, res=64, latent=256, width=32, n_classes=0):
         super().__init__()
-        self.latent = latent
+        self.latent, self.n_classes = latent, n_classes
         n = int(math.log2(res)) - 2  # halvings down to 4x4
         chs = [width * 2**i for i in range(n + 1)]  # e.g. 32, 64, 128, 256 at res 32
         stem = nn.Conv2d(channels, width, 3, 1, 1)
         downs = [down(chs[i], chs[i + 1]) for i in range(n)]
         self.encoder = nn.Sequential(stem, nn.LeakyReLU(0.2, True), *downs, nn.Flatten())
-        self.to_stats = nn.Linear(chs[-1] * 16, 2 * latent)
-        self.from_z = nn.Linear(latent, chs[-1] * 16)
+        self.to_stats = nn.Linear(chs[-1] * 16 + n_classes, 2 * latent)
+        self.from_z = nn.Linear(latent + n_classes, chs[-1] * 16)
         ups = [up(chs[i + 1], chs[i]) for i in reversed(range(n))]
         self.decoder = nn.Sequential(*ups, nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh())
         self.top = chs[-1]
 
-    def encode(self, x):
-        return self.to_stats(self.encoder(x)).chunk(2, dim=1)  # mu, logvar: (B, latent) each
+    def with_label(self, h, y):
+        if not self.n_classes:
+            return h
+        return torch.cat([h, common.label_vector(y, self.n_classes).to(h.dtype)], 1)  # (B, D + K)
 
-    def decode(self, z):
-        h = F.leaky_relu(self.from_z(z), 0.2).view(-1, self.top, 4, 4)  # (B, top, 4, 4)
+    def encode(self, x, y=None):
+        return self.to_stats(self.with_label(self.encoder(x), y)).chunk(2, dim=1)  # mu, logvar: (B, latent)
+
+    def decode(self, z, y=None):
+        h = F.leaky_relu(self.from_z(self.with_label(z, y)), 0.2).view(-1, self.top, 4, 4)  # (B, top, 4, 4)
         return self.decoder(h)  # (B, C, res, res)
 
-    def forward(self, x):
-        mu, logvar = self.encode(x)
+    def forward(self, x, y=None):
+        mu, logvar = self.encode(x, y)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterisation
-        return self.decode(z), mu, logvar
+        return self.decode(z, y), mu, logvar
 
 
 class PatchDiscriminator(nn.Module):
@@ -169,54 +180,59 @@ def slerp(a, b, t):
 
 
 @torch.no_grad()
-def prior_samples(vae, n, device, seed, batch_size=256):
-    """n images decoded from z ~ N(0, I) drawn with `seed` (the same at every evaluation), on the CPU."""
-    g = torch.Generator().manual_seed(seed)
-    z = [torch.randn(min(batch_size, n - i), vae.latent, generator=g) for i in range(0, n, batch_size)]
-    return torch.cat([vae.decode(b.to(device)).float().cpu() for b in z])
-
-
-@torch.no_grad()
 def heldout_mse(vae, data, device, batch_size=256):
     """Mean squared error of reconstructions (from mu, no sampling) of held-out images, in [-1, 1] units."""
     total = 0.0
     for i in range(0, len(data), batch_size):
-        x = common.to_float(data.batch(range(i, min(i + batch_size, len(data))))[0].to(device))
-        total += F.mse_loss(vae.decode(vae.encode(x)[0]), x, reduction="sum").item()
+        x, y = data.batch(range(i, min(i + batch_size, len(data))))
+        x, y = common.to_float(x.to(device)), y.to(device)
+        total += F.mse_loss(vae.decode(vae.encode(x, y)[0], y), x, reduction="sum").item()
     return total / (len(data) * data.images[0].size)  # per pixel and channel
 
 
-def evaluate(vae, evaluator, heldout, args, out):
-    """Held-out reconstruction error always; FID and friends of prior samples when a feature space is on."""
+def evaluate(vae, evaluator, heldout, conditions, args, out):
+    """Held-out reconstruction error always; FID and friends of prior samples z ~ N(0, I) (decoded with
+    labels like the held-out data's when conditional) and the accuracy on each condition list."""
     row = {"heldout_mse": heldout_mse(vae, heldout, evaluator.device)}
     if evaluator.features != "none":
-        prior = prior_samples(vae, args.fid_n, evaluator.device, args.seed + 2)
+        labels = common.labels_like(heldout, args.fid_n) if conditions else None
+        prior = common.generate(vae.decode, args.fid_n, vae.latent, evaluator.device, args.seed + 2, labels)
         row.update(evaluator(prior, out / "worst.png"))
+        for name, y in conditions.items():
+            fake = common.generate(vae.decode, len(y), vae.latent, evaluator.device, args.seed + 5, y)
+            row[f"acc_{name}"] = evaluator.accuracy(fake, y)
     return row
 
 
 @torch.no_grad()
-def save_outputs(vae, fixed_z, heldout, out):
+def save_outputs(vae, fixed_z, fixed_y, conditions, heldout, out):
     """samples.png (prior samples), recon.png (rows alternate 8 held-out images and their reconstructions
-    from mu), interp.png (slerps between codes of held-out images), progress.gif -> seconds per sample."""
+    from mu), interp.png (slerps between codes of held-out images, decoded with the first one's label),
+    cond_*.png (one cell a condition), progress.gif -> seconds per sample."""
     t = time.time()
-    final = vae.decode(fixed_z)
+    final = vae.decode(fixed_z, fixed_y)
     sample_seconds = (time.time() - t) / fixed_z.shape[0]
     common.save_grid(final, out / "samples.png")
-    images = common.to_float(heldout.batch(torch.arange(32) % len(heldout))[0].to(fixed_z.device))
-    recons = vae.decode(vae.encode(images)[0])
+    for name, y in conditions.items():
+        cells = vae.decode(fixed_z[:32], y[:32].to(fixed_z.device))
+        common.save_condition_grid(cells, y[:32], heldout.classes, out / f"cond_{name}.png")
+    images, labels = heldout.batch(torch.arange(32) % len(heldout))
+    images, labels = common.to_float(images.to(fixed_z.device)), labels.to(fixed_z.device)
+    recons = vae.decode(vae.encode(images, labels)[0], labels)
     pairs = torch.stack([images.view(4, 8, *images.shape[1:]), recons.view(4, 8, *images.shape[1:])], 1)
     common.save_grid(pairs.flatten(0, 2), out / "recon.png")
-    mus = vae.encode(images[:16])[0].cpu()
+    mus = vae.encode(images[:16], labels[:16])[0].cpu()
     walk = torch.cat([slerp(mus[i], mus[i + 8], torch.linspace(0, 1, 8)) for i in range(8)])
-    common.save_grid(vae.decode(walk.to(fixed_z.device)), out / "interp.png")
+    common.save_grid(
+        vae.decode(walk.to(fixed_z.device), labels[:8].repeat_interleave(8, 0)), out / "interp.png"
+    )
     common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
     return sample_seconds
 
 
 # ----------------------------------------------------------------------------- main
 CPU_PRESET = {}  # common.CPU_PRESET alone: 16 px digits, 5 minutes; the default width suits a CPU
-MODEL_FLAGS = ("res", "latent", "width", "ndf")  # a resumed run must keep these
+MODEL_FLAGS = ("res", "latent", "width", "ndf", "cond")  # a resumed run must keep these
 
 
 def parse_args(argv=None):
@@ -236,8 +252,6 @@ def parse_args(argv=None):
     args = common.parse_with_preset(p, argv, CPU_PRESET)
     if min(args.beta, args.perceptual, args.adv) < 0:
         p.error("--beta, --perceptual and --adv must be >= 0")
-    if args.cond:
-        p.error("vae.py is unconditional; --cond is implemented in dcgan.py")
     return args
 
 
@@ -248,9 +262,14 @@ def main(argv=None):
     # Weights first: a missing VGG file is a one-line error before any work is done.
     vgg = VGGPerceptual(load_vgg(args.vgg_weights)).to(device) if args.perceptual else None
     train, heldout = common.train_and_heldout(args)
-    channels = train.images.shape[-1]
-    vae = VAE(channels, args.res, args.latent, args.width).to(device)
+    channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
+    vae = VAE(channels, args.res, args.latent, args.width, n_classes).to(device)
     ema = common.EMA(vae, args.ema)
+    if args.generate:  # no training: N prior samples from the finished run's EMA decoder
+        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt", device)["ema"])
+        labels = common.generation_labels(args, heldout)
+        fake = common.generate(ema.module.decode, args.generate, args.latent, device, args.seed + 4, labels)
+        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
     objects, D = dict(vae=vae, ema=ema, opt=opt, scaler=scaler), None
     if args.adv:
@@ -261,16 +280,18 @@ def main(argv=None):
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
+    conditions = common.condition_lists(heldout, repeats=8) if n_classes else {}  # 8 samples a condition
     per_epoch = max(1, len(train) // args.batch_size)
     clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "vae")
     losses, metrics, eval_step = {}, {}, None
-    for _, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
+    for _, x, y in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
         if clock.stop(step):
             break
         x = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         adv_on = D is not None and step >= args.adv_start
         with autocast():
-            recon, mu, logvar = vae(x)
+            recon, mu, logvar = vae(x, y)
             terms = dict(mse=F.mse_loss(recon.float(), x), kl=kl_divergence(mu.float(), logvar.float()))
             loss = terms["mse"] + args.beta * terms["kl"]
             if vgg is not None:
@@ -299,19 +320,20 @@ def main(argv=None):
             epoch = step // per_epoch
             with clock.paused():
                 if epoch % args.sample_every == 0:
-                    common.save_grid(ema.module.decode(fixed_z), out / "samples" / f"epoch_{epoch:04d}.png")
+                    grid = ema.module.decode(fixed_z, fixed_y)
+                    common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(ema.module, evaluator, heldout, args, out)
+                    row = evaluate(ema.module, evaluator, heldout, conditions, args, out)
                     metrics, eval_step = common.log_eval(log, row, step, epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
     if eval_step != step:  # the final weights are evaluated unless the last epoch's evaluation saw them
-        row = evaluate(ema.module, evaluator, heldout, args, out)
+        row = evaluate(ema.module, evaluator, heldout, conditions, args, out)
         metrics = common.log_eval(log, row, step, step / per_epoch)
     run = dict(model="vae", steps=step, epochs=step / per_epoch)
-    run["sample_seconds_per_image"] = save_outputs(ema.module, fixed_z, heldout, out)
+    run["sample_seconds_per_image"] = save_outputs(ema.module, fixed_z, fixed_y, conditions, heldout, out)
     final, images = {**losses, **metrics}, step * args.batch_size
     return common.write_summary(out, clock, dict(vae=vae, D=D), images, final, **run)
 

@@ -21,6 +21,13 @@ dcgan.py so this file reads alone), with a 128-d latent; so are DiffAugment and 
 lr-decay flags. Departures: n_critic = 2 critic steps per generator step, not 5 (the study's
 setting: on a fixed time budget, more generator steps won); samples from an EMA of G; the
 penalty is computed in fp32 outside autocast (its double backward underflows in fp16).
+
+`--cond` (phase 6): AC-GAN (Odena et al. 2017) on the WGAN-GP critic. The label vector (one-hot,
+or multi-hot for shapes' 1-3 objects) joins z; a class head beside the critic's score names the
+labels of an image, trained on real images in the critic step and on fakes in the generator step:
+L_critic += w * L_class(C(x), y), L_G += w * L_class(C(G(z, y)), y), with w = --ac-weight (1, as
+the paper's equal weighting); L_class is cross-entropy for one label, BCE for multi-hot, on logits.
+The penalty sees the score alone. `--generate N` draws N images from a finished run.
 """
 
 import argparse
@@ -38,14 +45,15 @@ import fid
 
 # ----------------------------------------------------------------------------- model
 class Generator(nn.Module):
-    """DCGAN's generator: z (B, nz) -> image (B, C, res, res) in [-1, 1]."""
+    """DCGAN's generator: z (B, nz) [+ label vector (B, K)] -> image (B, C, res, res) in [-1, 1]."""
 
-    def __init__(self, nz=128, ngf=64, channels=3, res=64):
+    def __init__(self, nz=128, ngf=64, channels=3, res=64, n_classes=0):
         super().__init__()
-        self.nz = nz
+        self.nz, self.n_classes = nz, n_classes
         n_up = int(math.log2(res)) - 2  # 4x4 -> res
         ch = ngf * 2 ** (n_up - 1)
-        layers = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+        conv = nn.ConvTranspose2d(nz + n_classes, ch, 4, 1, 0, bias=False)
+        layers = [conv, nn.BatchNorm2d(ch), nn.ReLU(True)]
         for _ in range(n_up - 1):
             conv = nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False)
             layers += [conv, nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
@@ -54,14 +62,17 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z, y=None):
+        if self.n_classes:  # the label enters as K more latent dimensions (a linear layer's input)
+            z = torch.cat([z, common.label_vector(y, self.n_classes).to(z.dtype)], 1)
         return self.net(z[:, :, None, None])  # (B, C, res, res)
 
 
 class Critic(nn.Module):
-    """image (B, C, res, res) -> unbounded score (B,). DCGAN's discriminator with
-    layer norm (GroupNorm with one group: per sample, over C, H, W) for BatchNorm."""
+    """image (B, C, res, res) -> (unbounded score (B,), class logits (B, K) or None). DCGAN's
+    discriminator with layer norm (GroupNorm with one group: per sample, over C, H, W) for BatchNorm,
+    and with n_classes, AC-GAN's class head on the same features."""
 
-    def __init__(self, ndf=64, channels=3, res=64):
+    def __init__(self, ndf=64, channels=3, res=64, n_classes=0):
         super().__init__()
         n_down = int(math.log2(res)) - 2
         layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
@@ -70,11 +81,13 @@ class Critic(nn.Module):
             conv = nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False)
             layers += [conv, nn.GroupNorm(1, ch * 2), nn.LeakyReLU(0.2, True)]
             ch *= 2
-        layers.append(nn.Conv2d(ch, 1, 4, 1, 0))  # (B, 1, 1, 1)
-        self.net = nn.Sequential(*layers)
+        self.features = nn.Sequential(*layers)  # (B, ch, 4, 4)
+        self.score = nn.Conv2d(ch, 1, 4, 1, 0)  # (B, 1, 1, 1)
+        self.classify = nn.Linear(ch * 16, n_classes) if n_classes else None  # logits: no softmax
 
-    def forward(self, x, y=None):
-        return self.net(x).flatten()  # (B,)
+    def forward(self, x):
+        h = self.features(x)
+        return self.score(h).flatten(), self.classify(h.flatten(1)) if self.classify else None
 
 
 def init_generator(m):
@@ -104,6 +117,14 @@ def critic_loss(real_scores, fake_scores):
 
 def generator_loss(fake_scores):
     return -fake_scores.mean()
+
+
+def class_loss(logits, y):
+    """AC-GAN's class term: cross-entropy for class indices (B,), BCE for multi-hot (B, K), both on the
+    logits (the losses apply log-softmax / log-sigmoid themselves, stably; never a softmax first)."""
+    if y.dim() == 1:
+        return F.cross_entropy(logits.float(), y)
+    return F.binary_cross_entropy_with_logits(logits.float(), y.float())
 
 
 # ----------------------------------------------------------------------------- DiffAugment
@@ -172,31 +193,41 @@ def latent_walk(nz, seed, rows=8, cols=8):
     return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
 
 
-def evaluate(G, evaluator, args, out):
-    """FID and friends of --fid-n samples from seeded noise; {} when no feature space is
-    on, skipping the sampling."""
+def evaluate(G, evaluator, args, heldout, conditions, out):
+    """FID and friends of --fid-n samples (conditional: labels like the held-out data's), and the
+    accuracy on each condition list (`acc_test`...); {} when FID is off."""
     if evaluator.features == "none":
         return {}
-    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2)
-    return evaluator(fake, out / "worst.png")
+    labels = common.labels_like(heldout, args.fid_n) if conditions else None
+    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, labels)
+    row = evaluator(fake, out / "worst.png")
+    for name, y in conditions.items():
+        fake = common.generate(G, len(y), args.nz, evaluator.device, args.seed + 5, y)
+        row[f"acc_{name}"] = evaluator.accuracy(fake, y)
+    return row
 
 
 @torch.no_grad()
-def save_outputs(G, fixed_z, out, seed):
-    """The final pictures from the EMA generator: samples.png from the fixed noise,
-    interp.png (a slerp walk per row), progress.gif. Returns the sampling seconds per image."""
+def save_outputs(G, fixed_z, fixed_y, conditions, classes, out, seed):
+    """samples.png, interp.png (a slerp walk a row; one label a row), cond_*.png (one cell a condition),
+    progress.gif -> seconds per sample."""
     t = time.time()
-    final = G(fixed_z)
+    final = G(fixed_z, fixed_y)
     sample_seconds = (time.time() - t) / fixed_z.shape[0]
     common.save_grid(final, out / "samples.png")
-    common.save_grid(G(latent_walk(fixed_z.shape[1], seed).to(fixed_z.device)), out / "interp.png")
+    for name, y in conditions.items():
+        common.save_condition_grid(
+            G(fixed_z[:32], y[:32].to(fixed_z.device)), y[:32], classes, out / f"cond_{name}.png"
+        )
+    walk_y = fixed_y[:8].repeat_interleave(8, 0) if fixed_y is not None else None
+    common.save_grid(G(latent_walk(fixed_z.shape[1], seed).to(fixed_z.device), walk_y), out / "interp.png")
     common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
     return sample_seconds
 
 
 # ----------------------------------------------------------------------------- main
 CPU_PRESET = dict(ngf=32, ndf=32)  # with common.CPU_PRESET: 16 px digits, 5 minutes
-MODEL_FLAGS = ("res", "nz", "ngf", "ndf")  # a resumed run must keep these
+MODEL_FLAGS = ("res", "nz", "ngf", "ndf", "cond")  # a resumed run must keep these
 
 
 def parse_args(argv=None):
@@ -209,6 +240,7 @@ def parse_args(argv=None):
     a("--ndf", type=int, default=64, help="critic width")
     a("--n-critic", type=int, default=2, help="critic steps per generator step")
     a("--gp-lambda", type=float, default=10.0, help="gradient penalty weight")
+    a("--ac-weight", type=float, default=1.0, help="weight w of AC-GAN's class terms (--cond)")
     a("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR")
     a("--lr-d", type=float, default=None, help="critic lr (default --lr)")
     a("--lr-decay", type=float, default=None, metavar="GAMMA", help="both lrs x GAMMA each step")
@@ -218,8 +250,6 @@ def parse_args(argv=None):
         p.error(f"--n-critic must be at least 1, got {args.n_critic}")
     if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
         p.error(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
-    if args.cond:
-        p.error("wgan_gp.py is unconditional; --cond is implemented in dcgan.py")
     return args
 
 
@@ -228,16 +258,24 @@ def main(argv=None):
     args = parse_args(argv)
     out, device, autocast, scaler = common.prepare_run(args, "wgan_gp", MODEL_FLAGS)
     train, heldout = common.train_and_heldout(args)
-    G = Generator(args.nz, args.ngf, train.images.shape[-1], args.res).to(device)
-    C = Critic(args.ndf, train.images.shape[-1], args.res).to(device)
+    channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
+    G = Generator(args.nz, args.ngf, channels, args.res, n_classes).to(device)
+    C = Critic(args.ndf, channels, args.res, n_classes).to(device)
     G.apply(init_generator)
     ema = common.EMA(G, args.ema)
+    if args.generate:  # no training: N images from the finished run's EMA generator
+        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt", device)["ema"])
+        labels = common.generation_labels(args, heldout)
+        fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
+        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(0.0, 0.9))
     opt_c = torch.optim.Adam(C.parameters(), lr=args.lr_d or args.lr, betas=(0.0, 0.9))
     objects = dict(G=G, C=C, ema=ema, opt_g=opt_g, opt_c=opt_c, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
+    conditions = common.condition_lists(heldout, repeats=8) if n_classes else {}  # 8 samples a condition
     # Each generator step eats n_critic real batches; epochs count real batches.
     per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
     real_batches = common.batches(train, args.batch_size, args.seed, step * n_critic, device, args.workers)
@@ -247,26 +285,31 @@ def main(argv=None):
     losses, metrics, fid_step = {}, {}, None
     while not clock.stop(step):
         for _ in range(n_critic):
-            _, x, _ = next(real_batches)
+            _, x, y = next(real_batches)
             real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
             z = torch.randn(real.shape[0], args.nz, device=device)
             with autocast():
                 with torch.no_grad():
-                    fake = G(z)
+                    fake = G(z, y)
                 # With --diffaug the critic (and its penalty) sees augmented images only.
                 real, fake = diff_augment(real, args.diffaug), diff_augment(fake, args.diffaug)
-                loss_c = critic_loss(C(real).float(), C(fake).float())
+                (real_scores, real_logits), (fake_scores, _) = C(real), C(fake)
+                loss_c = critic_loss(real_scores.float(), fake_scores.float())
+                # AC-GAN: the critic learns to name the labels of real images.
+                cls_c = class_loss(real_logits, y) if n_classes else torch.zeros((), device=device)
             with torch.autocast(device.type, enabled=False):
-                gp = gradient_penalty(C, real.float(), fake.float())
+                gp = gradient_penalty(lambda x_hat: C(x_hat)[0], real.float(), fake.float())
             opt_c.zero_grad(set_to_none=True)
-            scaler.scale(loss_c + args.gp_lambda * gp).backward()
+            scaler.scale(loss_c + args.gp_lambda * gp + args.ac_weight * cls_c).backward()
             scaler.step(opt_c)
             scaler.update()
-        with autocast():
-            fake = G(torch.randn(args.batch_size, args.nz, device=device))
-            loss_g = generator_loss(C(diff_augment(fake, args.diffaug)).float())
+        with autocast():  # G step, on the last critic batch's labels (fresh z)
+            scores, logits = C(diff_augment(G(torch.randn(len(y), args.nz, device=device), y), args.diffaug))
+            loss_g = generator_loss(scores.float())
+            # ...and G learns to make images whose labels the critic names correctly.
+            cls_g = class_loss(logits, y) if n_classes else torch.zeros((), device=device)
         opt_g.zero_grad(set_to_none=True)
-        scaler.scale(loss_g).backward()
+        scaler.scale(loss_g + args.ac_weight * cls_g).backward()
         scaler.step(opt_g)
         scaler.update()
         if args.lr_decay:  # both learning rates shrink every step
@@ -280,24 +323,27 @@ def main(argv=None):
             # should shrink as G improves (the GAN losses of 2.1 say little).
             c = loss_c.item()
             losses = dict(loss_c=c, loss_g=loss_g.item(), gp=gp.item(), wasserstein=-c)
+            if n_classes:
+                losses.update(class_c=cls_c.item(), class_g=cls_g.item())
             common.log_losses(log, clock, out, step, step * n_critic / per_epoch, losses)
         if step * n_critic // per_epoch > epoch:  # an epoch of real batches is done: grid, FID, checkpoint
             epoch = step * n_critic // per_epoch
             with clock.paused():
                 if epoch % args.sample_every == 0:
-                    common.save_grid(ema.module(fixed_z), out / "samples" / f"epoch_{epoch:04d}.png")
+                    common.save_grid(ema.module(fixed_z, fixed_y), out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(ema.module, evaluator, args, out)
+                    row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
                     metrics, fid_step = common.log_eval(log, row, step, step * n_critic / per_epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
-        row = evaluate(ema.module, evaluator, args, out)
+        row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
         metrics = common.log_eval(log, row, step, step * n_critic / per_epoch)
     run = dict(model="wgan_gp", steps=step, epochs=step * n_critic / per_epoch)
-    run["sample_seconds_per_image"] = save_outputs(ema.module, fixed_z, out, args.seed + 1)
+    outputs = (ema.module, fixed_z, fixed_y, conditions, heldout.classes, out, args.seed + 1)
+    run["sample_seconds_per_image"] = save_outputs(*outputs)
     # images/s counts the real images the critic read: n_critic batches a generator step.
     final, images = {**losses, **metrics}, step * n_critic * args.batch_size
     return common.write_summary(out, clock, dict(G=G, D=C), images, final, **run)

@@ -240,10 +240,10 @@ def test_uint8_rounding_matches_saved_png(tmp_path):
 
 
 def test_digits_net_accuracy_and_coverage():
-    model, accuracy = classifiers.train_digits_net()
+    model, accuracy = classifiers.train_classifier("digits", 10)
     assert accuracy >= 0.97, accuracy
     # Deterministic: the cached copy a training run uses is the same network.
-    cached = classifiers.load_digits_net()
+    cached = classifiers.load_classifier("digits")
     train, held = common.load_dataset("digits", 32, aug="none").split()
     x = torch.from_numpy(np.array(held.images)).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
@@ -333,7 +333,7 @@ def test_cli_two_statistics_files_need_no_network(tmp_path, monkeypatch, capsys)
         raise AssertionError("a network was loaded for two .npz files")
 
     monkeypatch.setattr(fid, "load_inception", no_network)
-    monkeypatch.setattr(classifiers, "load_digits_net", no_network)
+    monkeypatch.setattr(classifiers, "load_classifier", no_network)
     rng = np.random.RandomState(0)
     a, b = rng.randn(50, 4), rng.randn(60, 4) + 1
     fid.save_stats(tmp_path / "a.npz", *fid.stats(a))

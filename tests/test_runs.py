@@ -215,17 +215,17 @@ def test_data_cache_that_disagrees_with_its_manifest_is_rebuilt():
 
 
 def test_garbage_digits_net_cache_is_retrained(capsys):
-    net = classifiers.load_digits_net()
+    net = classifiers.load_classifier("digits")
     path = common.CACHE_DIR / "digits_net_v1.pt"
     path.write_bytes(b"not a checkpoint at all")
     with pytest.warns(UserWarning, match="retraining"):
-        again = classifiers.load_digits_net()
+        again = classifiers.load_classifier("digits")
     x = torch.rand(4, 1, 16, 16)
     assert torch.equal(net(x)[1], again(x)[1])  # deterministic training: the same network back
     assert "pickle" not in capsys.readouterr().err
     torch.save({"model": {"wrong": torch.zeros(1)}}, path)  # loads, but is not this network
     with pytest.warns(UserWarning, match="retraining"):
-        classifiers.load_digits_net()
+        classifiers.load_classifier("digits")
 
 
 def test_damaged_fid_statistics_cache_is_recomputed():
