@@ -131,14 +131,15 @@ def parse_with_preset(parser, argv, cpu_preset):
     given = {name for name, value in vars(marked).items() if value is not unset}
     on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     preset = args.preset if args.preset != "auto" else "study" if on_cuda else "cpu"
-    if preset == "cpu" and args.generate is None:  # --generate takes the run's own flags
+    if preset == "cpu":
         for name, value in {**CPU_PRESET, **cpu_preset}.items():
             if name not in given:
                 setattr(args, name, value)
         if "res" not in given and any(s not in ("digits", "lfw") for s in args.data.split(",")):
             args.res = 32  # the built-in digits are 8x8 and the faces 25x25; shapes need more pixels
         say = f"{args.max_minutes:g} minutes of training at res {args.res}, FID from {args.fid_n} samples"
-        print(f"preset cpu: small networks, {say} (--preset study for the study's settings)")
+        if args.generate is None:  # --generate takes the model and data flags of the run it samples
+            print(f"preset cpu: small networks, {say} (--preset study for the study's settings)")
     elif args.preset == "auto" and args.generate is None:
         print("preset study: the study's settings (--preset cpu for a few-minute first look)")
     return args

@@ -278,7 +278,7 @@ def main(argv=None):
     # Fixed noise (and labels), so every epoch's grid shows the same 64 latents.
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
-    conditions = common.condition_lists(heldout, repeats=8) if n_classes else {}  # 8 samples a condition
+    conditions = common.condition_lists(heldout, repeats=4) if n_classes else {}  # 4 samples a condition
     per_epoch = max(1, len(train) // args.batch_size)
     clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "dcgan")
     losses, metrics, fid_step = {}, {}, None

@@ -28,6 +28,16 @@ are short); the U-Net's output conv starts at zero; GroupNorm uses 32 groups onl
 that leaves at least 4 channels a group, so small widths work; DDIM clips the predicted x0
 to [-1, 1] and re-derives eps from it (as the reference implementations do), and its last
 step uses abar_prev = 1.
+
+Conditional (phase 6): `--cond` adds a label embedding (one linear layer on the one-hot, or for
+shapes multi-hot, label vector) to the timestep embedding, and trains with classifier-free guidance
+(Ho & Salimans 2022): `--p-uncond 0.1` replaces the label by the null condition (a zero vector,
+what y=None gives) for that fraction of the batch, so one network learns both eps(x_t, t, y) and
+eps(x_t, t). `--guidance S` samples with eps_u + S (eps_c - eps_u): S = 1 is plain conditional,
+S = 0 unconditional, S > 1 trades diversity for fidelity (the paper's w is S - 1). With v-prediction
+the same blend is applied to v, which is the same thing (eps is linear in v at fixed x_t and t).
+`--guidance 1,0,2,4` also scores the final weights at each further S (phase 6's sweep).
+`--generate N` draws N images from a finished run (`--labels`, `--guidance`, the sampler flags).
 """
 
 import argparse
@@ -89,9 +99,11 @@ class Attention(nn.Module):
 
 
 class UNet(nn.Module):
-    """model(x_t (B, C, res, res), t (B,) long) -> eps or v prediction, same shape as x_t.
+    """model(x_t (B, C, res, res), t (B,) long, y=None) -> eps or v prediction, same shape as x_t.
     Levels of `ch_mult`, `num_res_blocks` ResBlocks each, attention at the resolutions in
-    `attn_res`, a skip connection from every down block to its mirror up block."""
+    `attn_res`, a skip connection from every down block to its mirror up block. With n_classes,
+    the label y (indices (B,) or label vectors (B, K)) is embedded and added to t's embedding;
+    y=None is the null condition (as a zero label vector)."""
 
     def __init__(
         self,
@@ -102,11 +114,14 @@ class UNet(nn.Module):
         attn_res=(16,),
         dropout=0.1,
         res=32,
+        n_classes=0,
     ):
         super().__init__()
         t_dim = 4 * base_ch
-        self.base_ch = base_ch
+        self.base_ch, self.n_classes = base_ch, n_classes
         self.t_mlp = nn.Sequential(nn.Linear(base_ch, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
+        # No bias: the zero vector (the null condition) embeds to exactly zero.
+        self.label_embed = nn.Linear(n_classes, t_dim, bias=False) if n_classes else None
         self.conv_in = nn.Conv2d(channels, base_ch, 3, padding=1)
 
         self.down, skips, ch, size = nn.ModuleList(), [base_ch], base_ch, res
@@ -155,8 +170,10 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)  # start as the zero predictor: a calm first step
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x, t):
+    def forward(self, x, t, y=None):
         t_emb = self.t_mlp(timestep_embedding(t, self.base_ch))  # (B, 4 * base_ch)
+        if y is not None and self.label_embed is not None:
+            t_emb = t_emb + self.label_embed(common.label_vector(y, self.n_classes).to(t_emb.dtype))
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:
@@ -211,13 +228,32 @@ def to_x0_eps(out, x_t, alpha_bar_t, pred):
     return a * x_t - s * out, s * x_t + a * out  # from v: x0 = a x_t - s v, eps = s x_t + a v
 
 
-def diffusion_loss(model, x0, alpha_bar, pred):
+def diffusion_loss(model, x0, alpha_bar, pred, y=None):
     """L_simple: MSE between the network output and its target at a uniform random t."""
     t = torch.randint(0, len(alpha_bar), (x0.shape[0],), device=x0.device)
     noise = torch.randn_like(x0)
     x_t = q_sample(x0, t, noise, alpha_bar)
     target = noise if pred == "eps" else v_target(x0, noise, _at(alpha_bar, t, x0))
-    return F.mse_loss(model(x_t, t), target)
+    return F.mse_loss(model(x_t, t, y) if y is not None else model(x_t, t), target)
+
+
+def drop_labels(y, n_classes, p_uncond):
+    """Classifier-free guidance's training: each label vector (B, K) becomes the null condition, zero,
+    with probability p_uncond, so the network also learns the unconditional prediction."""
+    keep = torch.rand(y.shape[0], device=y.device) >= p_uncond  # (B,)
+    return common.label_vector(y, n_classes) * keep[:, None]
+
+
+def guided(model, x, t, labels, guidance):
+    """Classifier-free guidance (Ho & Salimans eq. 6, w = guidance - 1): out_u + guidance (out_c - out_u),
+    out the eps or v prediction; no labels: the unconditional model. 1 and 0 need one network call."""
+    if labels is None or guidance == 0:
+        return model(x, t)
+    out_c = model(x, t, labels.to(x.device))
+    if guidance == 1:
+        return out_c
+    out_u = model(x, t)
+    return out_u + guidance * (out_c - out_u)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -248,20 +284,24 @@ def ddim_sample(
     generator=None,
     trajectory=None,
     device="cpu",
+    labels=None,
+    guidance=1.0,
 ):
     """DDIM (Song et al. eq. 12): x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps
     + sigma z, with sigma = eta sqrt((1 - abar_prev) / (1 - abar) (1 - abar / abar_prev)).
     eta = 0 is deterministic. The previous timestep is the next entry of the schedule array;
     after the last entry, abar_prev = 1. Starts from x_T, or from noise of `shape` drawn on
     the CPU from `generator` and moved to `device`; everything runs on the noise's device,
-    so any callable model(x, t) works. If `trajectory` is a list, (t, x_t) is appended to it."""
+    so any callable model(x, t) works. If `trajectory` is a list, (t, x_t) is appended to it.
+    With `labels`, the network is called with them, guided by `guidance` (see `guided`)."""
     x = x_T if x_T is not None else torch.randn(shape, generator=generator).to(device)
     ts = ddim_timesteps(len(alpha_bar), steps, spacing)
     ab_all = alpha_bar.to(x.device)
     for i, t in enumerate(ts):
         ab = ab_all[t].float()
         ab_prev = ab_all[ts[i + 1]].float() if i + 1 < len(ts) else torch.tensor(1.0, device=x.device)
-        out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        out = guided(model, x, t_batch, labels, guidance).float()
         x0, _ = to_x0_eps(out, x, ab, pred)
         x0 = x0.clamp(-1, 1)
         eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # re-derived from the clipped x0
@@ -275,9 +315,20 @@ def ddim_sample(
 
 
 @torch.no_grad()
-def ddpm_sample(model, shape, betas, pred, x_T=None, generator=None, trajectory=None, device="cpu"):
+def ddpm_sample(
+    model,
+    shape,
+    betas,
+    pred,
+    x_T=None,
+    generator=None,
+    trajectory=None,
+    device="cpu",
+    labels=None,
+    guidance=1.0,
+):
     """Ancestral sampling through all T steps (Ho eq. 6-7, fixed-small variance beta~_t).
-    Noise, device and `trajectory` as in ddim_sample."""
+    Noise, device, `trajectory`, `labels` and `guidance` as in ddim_sample."""
     x = x_T if x_T is not None else torch.randn(shape, generator=generator).to(device)
     betas = betas.to(x.device)
     alphas = 1 - betas
@@ -285,7 +336,8 @@ def ddpm_sample(model, shape, betas, pred, x_T=None, generator=None, trajectory=
     for t in reversed(range(len(betas))):
         ab = alpha_bar[t].float()
         ab_prev = (alpha_bar[t - 1] if t > 0 else torch.tensor(1.0, device=x.device)).float()
-        out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        out = guided(model, x, t_batch, labels, guidance).float()
         x0 = to_x0_eps(out, x, ab, pred)[0].clamp(-1, 1)
         # Posterior q(x_{t-1} | x_t, x0): mean is a blend of x0 and x_t (Ho eq. 7).
         coef_x0 = (betas[t] * ab_prev.sqrt() / (1 - ab)).float()
@@ -301,49 +353,77 @@ def ddpm_sample(model, shape, betas, pred, x_T=None, generator=None, trajectory=
     return x
 
 
-def sample(model, shape, args, alpha_bar, betas, generator, device, x_T=None, trajectory=None):
+def sample(
+    model,
+    shape,
+    args,
+    alpha_bar,
+    betas,
+    generator,
+    device,
+    x_T=None,
+    trajectory=None,
+    labels=None,
+    guidance=1.0,
+):
     """shape[0] images in [-1, 1] with the sampler the flags choose (the one place that choice is
-    read), 256 at a time, gathered on the CPU; from x_T, or from noise the sampler draws."""
+    read), 256 at a time, gathered on the CPU; from x_T, or from noise the sampler draws; for
+    `labels` (shape[0] of them) at `guidance`."""
     out = []
     for i in range(0, shape[0], 256):
         part = (min(256, shape[0] - i), *shape[1:])
         x = None if x_T is None else x_T[i : i + part[0]]
+        cond = dict(labels=None if labels is None else labels[i : i + part[0]], guidance=guidance)
         if args.sampler == "ddim":
             ddim = (args.sample_steps, args.pred, args.eta, args.spacing)
-            x = ddim_sample(model, part, alpha_bar, *ddim, x, generator, trajectory, device)
+            x = ddim_sample(model, part, alpha_bar, *ddim, x, generator, trajectory, device, **cond)
         else:
-            x = ddpm_sample(model, part, betas, args.pred, x, generator, trajectory, device)
+            x = ddpm_sample(model, part, betas, args.pred, x, generator, trajectory, device, **cond)
         out.append(x.cpu())
     return torch.cat(out)
 
 
-def sample_from(model, x_T, args, alpha_bar, betas, trajectory=None):
-    """sample() from fixed starting noise x_T; the sampler's own noise (eta > 0, ancestral)
-    is seeded too, so the grids of every epoch are comparable."""
+def sample_from(model, x_T, args, alpha_bar, betas, trajectory=None, labels=None):
+    """sample() from fixed starting noise x_T (at the first --guidance); the sampler's own noise
+    (eta > 0, ancestral) is seeded too, so the grids of every epoch are comparable."""
     generator = torch.Generator().manual_seed(args.seed + 3)
-    return sample(model, x_T.shape, args, alpha_bar, betas, generator, x_T.device, x_T, trajectory)
+    cond = dict(labels=labels, guidance=args.guidance[0])
+    return sample(model, x_T.shape, args, alpha_bar, betas, generator, x_T.device, x_T, trajectory, **cond)
 
 
-def evaluate(model, evaluator, args, alpha_bar, betas, shape, out):
-    """FID and friends of --fid-n samples from seeded noise; {} when no feature space is on,
-    skipping the sampling."""
+def evaluate(model, evaluator, args, alpha_bar, betas, heldout, conditions, guidance, out):
+    """FID and friends of --fid-n samples from seeded noise (conditional: labels like the held-out
+    data's, at `guidance`), and the accuracy on each condition list; {} when no feature space is on."""
     if evaluator.features == "none":
         return {}
+    shape = (heldout.images.shape[-1], args.res, args.res)  # (C, H, W)
+    labels = common.labels_like(heldout, args.fid_n) if conditions else None
     generator = torch.Generator().manual_seed(args.seed + 2)
-    fake = sample(model, (args.fid_n, *shape), args, alpha_bar, betas, generator, evaluator.device)
-    return evaluator(fake, out / "worst.png")
+    cond = dict(labels=labels, guidance=guidance)
+    fake = sample(model, (args.fid_n, *shape), args, alpha_bar, betas, generator, evaluator.device, **cond)
+    row = evaluator(fake, out / "worst.png")
+    for name, y in conditions.items():
+        generator = torch.Generator().manual_seed(args.seed + 5)
+        cond = dict(labels=y, guidance=guidance)
+        fake = sample(model, (len(y), *shape), args, alpha_bar, betas, generator, evaluator.device, **cond)
+        row[f"acc_{name}"] = evaluator.accuracy(fake, y)
+    return {**row, "guidance": guidance} if conditions else row
 
 
-def save_outputs(model, fixed_x_T, args, alpha_bar, betas, out):
-    """The final pictures from the EMA weights: samples.png from the fixed noise, denoise.png
-    (one row per sample: x_T, x_t at 9 evenly spaced sampler steps, the last one x_0),
-    progress.gif. Returns the sampling seconds per image."""
+def save_outputs(model, fixed_x_T, fixed_y, conditions, classes, args, alpha_bar, betas, out):
+    """The final pictures from the EMA weights: samples.png from the fixed noise, cond_*.png (one cell
+    a condition), denoise.png (one row per sample: x_T, x_t at 9 evenly spaced sampler steps, the
+    last one x_0), progress.gif. Returns the sampling seconds per image."""
     t = time.time()
-    final = sample_from(model, fixed_x_T, args, alpha_bar, betas)
+    final = sample_from(model, fixed_x_T, args, alpha_bar, betas, labels=fixed_y)
     sample_seconds = (time.time() - t) / fixed_x_T.shape[0]
     common.save_grid(final, out / "samples.png")
+    for name, y in conditions.items():
+        cells = sample_from(model, fixed_x_T[:32], args, alpha_bar, betas, labels=y[:32])
+        common.save_condition_grid(cells, y[:32], classes, out / f"cond_{name}.png")
     path, x_T = [], fixed_x_T[:8]
-    sample_from(model, x_T, args, alpha_bar, betas, trajectory=path)
+    strip_y = fixed_y[:8] if fixed_y is not None else None
+    sample_from(model, x_T, args, alpha_bar, betas, trajectory=path, labels=strip_y)
     keep = np.linspace(0, len(path) - 1, 9).round().astype(int)
     strip = torch.stack([x_T.cpu()] + [path[i][1] for i in keep], dim=1)  # (8, 10, C, H, W)
     common.save_grid(strip.flatten(0, 1), out / "denoise.png", nrow=10)
@@ -355,7 +435,14 @@ def save_outputs(model, fixed_x_T, args, alpha_bar, betas, out):
 # With common.CPU_PRESET (16 px digits, 5 minutes): the small U-Net of the CPU first look.
 CPU_PRESET = dict(base_ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_res=[8], dropout=0.0, lr=1e-3)
 CPU_PRESET.update(sample_steps=20)
-MODEL_FLAGS = ("res", "T", "schedule", "pred", "base_ch", "ch_mult", "num_res_blocks", "attn_res")
+MODEL_FLAGS = ("res", "T", "schedule", "pred", "base_ch", "ch_mult", "num_res_blocks", "attn_res", "cond")
+
+
+def csv_floats(text):
+    try:
+        return [float(v) for v in text.split(",") if v.strip()] or [1.0]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
 
 
 def parse_args(argv=None):
@@ -375,6 +462,8 @@ def parse_args(argv=None):
     a("--sample-steps", type=int, default=100, help="DDIM steps")
     a("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
     a("--spacing", default="leading", choices=["leading", "trailing", "linspace"])
+    a("--p-uncond", type=float, default=0.1, help="--cond: fraction of labels dropped in training (CFG)")
+    a("--guidance", type=csv_floats, default=[1.0], metavar="S", help="CFG scale (0,1,2,4: also scored)")
     args = common.parse_with_preset(p, argv, CPU_PRESET)
     default_mult = {16: [1, 2, 2], 32: [1, 2, 2, 2], 64: [1, 2, 2, 4], 128: [1, 1, 2, 3, 4]}
     args.ch_mult = args.ch_mult or default_mult[args.res]
@@ -383,8 +472,8 @@ def parse_args(argv=None):
         p.error(f"--ch-mult has {len(args.ch_mult)} levels; --res {args.res} cannot be halved that often")
     if not 1 <= args.sample_steps <= args.T:
         p.error(f"--sample-steps must be in 1..{args.T}")
-    if args.cond:
-        p.error("ddpm.py is unconditional; --cond is not supported")
+    if not 0 <= args.p_uncond < 1:
+        p.error(f"--p-uncond must be in [0, 1), got {args.p_uncond}")
     return args
 
 
@@ -393,29 +482,41 @@ def main(argv=None):
     args = parse_args(argv)
     out, device, autocast, scaler = common.prepare_run(args, "ddpm", MODEL_FLAGS)
     train, heldout = common.train_and_heldout(args)
-    shape = (train.images.shape[-1], args.res, args.res)  # (C, H, W)
+    if args.guidance != [1.0] and not args.cond:
+        raise common.UserError("--guidance needs a conditional model (trained with --cond)")
+    shape, n_classes = (train.images.shape[-1], args.res, args.res), len(train.classes) if args.cond else 0
     betas = make_betas(args.schedule, args.T)  # float64: cumprod over 1000 steps keeps its precision
     alpha_bar = torch.cumprod(1 - betas, 0)
-    model = UNet(
-        shape[0], args.base_ch, args.ch_mult, args.num_res_blocks, args.attn_res, args.dropout, args.res
-    )
-    model = model.to(device)
+    unet = (args.base_ch, args.ch_mult, args.num_res_blocks, args.attn_res, args.dropout, args.res, n_classes)
+    model = UNet(shape[0], *unet).to(device)
     ema = common.EMA(model, args.ema)
+    if args.generate:  # no training: N images from the finished run's EMA weights
+        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt", device)["ema"])
+        labels, generator = (
+            common.generation_labels(args, heldout),
+            torch.Generator().manual_seed(args.seed + 4),
+        )
+        cond = dict(labels=labels, guidance=args.guidance[0])
+        fake = sample(ema.module, (args.generate, *shape), args, alpha_bar, betas, generator, device, **cond)
+        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     objects = dict(model=model, ema=ema, opt=opt, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args, device)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     # Fixed starting noise, so every epoch's grid follows the same 64 trajectories.
     fixed_x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
+    conditions = common.condition_lists(heldout, repeats=4) if n_classes else {}  # 4 samples a condition
     per_epoch = max(1, len(train) // args.batch_size)
     clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "ddpm")
     losses, metrics, fid_step = {}, {}, None
-    for _, x, _ in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
+    for _, x, y in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
         if clock.stop(step):
             break
         x0 = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
+        y = drop_labels(y, n_classes, args.p_uncond) if n_classes else None  # (B, K): some null
         with autocast():
-            loss = diffusion_loss(model, x0, alpha_bar, args.pred)
+            loss = diffusion_loss(model, x0, alpha_bar, args.pred, y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -432,22 +533,38 @@ def main(argv=None):
             epoch = step // per_epoch
             with clock.paused():
                 if epoch % args.sample_every == 0:
-                    grid = sample_from(ema.module, fixed_x_T, args, alpha_bar, betas)
+                    grid = sample_from(ema.module, fixed_x_T, args, alpha_bar, betas, labels=fixed_y)
                     common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(ema.module, evaluator, args, alpha_bar, betas, shape, out)
+                    row = evaluate(
+                        ema.module,
+                        evaluator,
+                        args,
+                        alpha_bar,
+                        betas,
+                        heldout,
+                        conditions,
+                        args.guidance[0],
+                        out,
+                    )
                     metrics, fid_step = common.log_eval(log, row, step, epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
-        row = evaluate(ema.module, evaluator, args, alpha_bar, betas, shape, out)
+        row = evaluate(
+            ema.module, evaluator, args, alpha_bar, betas, heldout, conditions, args.guidance[0], out
+        )
         metrics = common.log_eval(log, row, step, step / per_epoch)
+    for guidance in args.guidance[1:]:  # --guidance 1,0,2,4: the final weights at each further scale
+        row = evaluate(ema.module, evaluator, args, alpha_bar, betas, heldout, conditions, guidance, out)
+        common.log_eval(log, row, step, step / per_epoch)
     run = dict(model="ddpm", schedule=args.schedule, pred=args.pred, sampler=args.sampler)
     run.update(sample_steps=args.sample_steps if args.sampler == "ddim" else args.T, steps=step)
     run["epochs"] = step / per_epoch
-    run["sample_seconds_per_image"] = save_outputs(ema.module, fixed_x_T, args, alpha_bar, betas, out)
+    outputs = (ema.module, fixed_x_T, fixed_y, conditions, heldout.classes, args, alpha_bar, betas, out)
+    run["sample_seconds_per_image"] = save_outputs(*outputs)
     final, images = {**losses, **metrics}, step * args.batch_size
     return common.write_summary(out, clock, dict(model=model), images, final, **run)
 

@@ -12,7 +12,9 @@ Each phase gets a table (step, model, FID at the last evaluation, params, train 
 images/s, observed failure), a FID-curve plot and a 16-sample grid per step. Phase 5 adds
 KID, IS, diversity, sample time, progression grids, interpolations, the DDPM denoising strip
 and each finalist's 16 worst samples (worst.png: farthest from any held-out image in feature
-space). The "observed failure" column comes from the run's own numbers, never from a guess:
+space). Phase 6 (conditional) adds the classifier's accuracy on both condition lists, the
+condition grids and the DDPM guidance sweep (accuracy against FID, one point per scale S).
+The "observed failure" column comes from the run's own numbers, never from a guess:
   failed / skipped / unfinished   the FAILED or SKIPPED file, or no summary.json
   NaN                             a non-finite value anywhere in metrics.jsonl
   discriminator wins              DCGAN's loss_D below 0.1 over the last tenth of training
@@ -34,6 +36,7 @@ from PIL import Image
 PHASES = {"1": "Phase 1: the data pipeline (DCGAN on faces)", "2": "Phase 2: GAN evolution"}
 PHASES.update({"3": "Phase 3: VAE evolution", "4": "Phase 4: DDPM evolution"})
 PHASES["5"] = "Phase 5: the best of each family, trained longer under identical conditions"
+PHASES["6"] = "Phase 6: conditional generation, scored by a classifier's accuracy"
 STEP_FLAGS = dict(dcgan=("g_arch", "aug"), wgan_gp=("n_critic",), sagan=("loss", "attn_res"))
 STEP_FLAGS.update(vae=("beta", "perceptual", "adv"), ddpm=("schedule", "pred", "base_ch"))
 PROGRESS_AT = (10, 50, 100, 200)  # the full study's 200 epochs; a shorter run shows its share
@@ -73,7 +76,10 @@ def load_runs(root):
 
 
 def last_fid(run):
-    return run["fids"][-1] if run["fids"] else None
+    """The last evaluation at the run's own guidance (a DDPM sweep logs further scales after it)."""
+    first = (run["args"].get("guidance") or [1.0])[0]
+    rows = [r for r in run["fids"] if r.get("guidance", first) == first]
+    return rows[-1] if rows else None
 
 
 # ----------------------------------------------------------------------------- diagnostics
@@ -134,7 +140,7 @@ def describe(run):
 
 
 def fid_name(row):
-    return "FID(digits)" if row["features"] == "digits" else "FID(Inception pool3)"
+    return "FID(Inception pool3)" if row["features"] == "inception" else f"FID({row['features']})"
 
 
 def evaluated(row):
@@ -282,6 +288,56 @@ def phase5_section(runs, figdir, lines):
         lines += [f"**{title}**: " + " ".join(shown) + none_for, ""]
 
 
+def sweep_figure(run, path):
+    """Accuracy on `test` against FID, one point per guidance scale of the run's final sweep."""
+    rows = [r for r in run["fids"] if r["step"] == run["fids"][-1]["step"] and "guidance" in r]
+    rows = [r for r in rows if r.get("acc_test") is not None]
+    if len(rows) < 2:
+        return None
+    fig = Figure(figsize=(4.5, 3.4))
+    ax = fig.subplots()
+    ax.plot([r["fid"] for r in rows], [r["acc_test"] for r in rows], "o")
+    for r in rows:
+        ax.annotate(f"S={r['guidance']:g}", (r["fid"], r["acc_test"]), fontsize=8)
+    ax.set(xlabel=fid_name(rows[0]), ylabel="accuracy (test)", title=run["name"])
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path, rows
+
+
+def phase6_section(runs, figdir, lines):
+    rows = []
+    for run in runs:
+        s, row = run["summary"] or {}, last_fid(run) or {}
+        accuracy = [fmt(row.get("acc_test")), fmt(row.get("acc_new_test"))]
+        cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), *accuracy, fmt(row.get("fid"))]
+        cells += [millions(s.get("params")), minutes(s.get("train_seconds"))]
+        rows.append(cells + ["; ".join(diagnose(run)) or "none flagged"])
+    header = "step|run|model|accuracy test|accuracy new_test|FID|params|train time|observed failure"
+    lines += [f"## {PHASES['6']}", "", *table(header.split("|"), rows), ""]
+    lines += [f"- `{run['name']}`: {evaluated(last_fid(run))}" for run in runs] + [""]
+    lines += ["Accuracy: the classifier's top-k labels against each image's k asked labels (iCLEVR's rule),"]
+    lines += [
+        "4 samples for each of the 32 conditions of a list; `new_test` holds combinations never trained on.",
+        "",
+    ]
+    for run in runs:
+        sweep = sweep_figure(run, figdir / f"phase6_sweep_{run['name']}.png")
+        if sweep:
+            cells = [
+                [f"{r['guidance']:g}", fmt(r["acc_test"]), fmt(r.get("acc_new_test")), fmt(r["fid"])]
+                for r in sweep[1]
+            ]
+            lines += [f"Guidance sweep of `{run['name']}` (S = 1 plain conditional, 0 unconditional):", ""]
+            lines += table(["S", "accuracy test", "accuracy new_test", "FID"], cells)
+            lines += ["", f"![sweep](report/{sweep[0].name})", ""]
+    for file in ("cond_test.png", "cond_new_test.png"):
+        shown = [f"![{run['name']}]({run['name']}/{file})" for run in runs if (run["dir"] / file).is_file()]
+        if shown:
+            lines += [f"**{file}** (one cell a condition, labels in {file[:-4]}.txt): " + " ".join(shown), ""]
+
+
 def write_report(root):
     """RUNS/REPORT.md, with figures in RUNS/report/: its links are relative to RUNS."""
     root = Path(root)
@@ -292,12 +348,15 @@ def write_report(root):
     intro = (
         f"{len(runs)} runs in `{root}`; data: {', '.join(specs) or 'none'}. FID(digits) uses the built-in "
     )
-    intro += "digit classifier's features and is never comparable with Inception FID; every FID below names "
+    intro += "digit classifier's features (FID(shapes): the shapes classifier's), never comparable with "
+    intro += "Inception FID; every FID below names "
     lines = ["# genstudy report", "", intro + "its feature space and sample counts.", ""]
     for phase in PHASES:
         group = [r for name, r in runs.items() if name[0] == phase]
         if group and phase == "5":
             phase5_section(group, figdir, lines)
+        elif group and phase == "6":
+            phase6_section(group, figdir, lines)
         elif group:
             phase_section(phase, group, figdir, lines)
     out = root / "REPORT.md"

@@ -51,6 +51,14 @@ case "$PRESET" in
     DDPM=(--sample-steps 10 --fid-every 3 --sample-every 1 --ckpt-every 5)
     DDPM_BASE=()
     DDPM_WIDE=(--base-ch 48 --attn-res 4,8)
+    # Phase 6 on the built-in shapes at 32 px (the CPU preset's size for them), 45 seconds a
+    # family (DDPM 1 minute); evaluated once at the end: FID(shapes) of 200 samples, and the
+    # accuracy on both condition lists.
+    COND=(--preset cpu --data shapes --device cpu --cond --max-minutes "${COND_MINUTES:-0.75}" --fid-n 200
+          --fid-features shapes --fid-every 0 --sample-every 1 --ckpt-every 5)
+    COND_GAN=()
+    COND_VAE=(--beta 1e-3)
+    COND_DDPM=(--max-minutes "${COND_DDPM_MINUTES:-1}" --sample-steps 10)
     ;;
   test)
     # A few steps per run: used by the test suite to walk every phase quickly.
@@ -68,6 +76,12 @@ case "$PRESET" in
     DDPM=(--res 16 --ch-mult 1,2 --num-res-blocks 1 --dropout 0 --T 50 --sample-steps 5)
     DDPM_BASE=(--base-ch 8 --attn-res 8)
     DDPM_WIDE=(--base-ch 12 --attn-res 8)
+    COND=(--preset study --data shapes --res 32 --cond --device cpu --max-steps 3 --batch-size 16 --aug none
+          --fid-features none --log-every 1)
+    COND_GAN=(--ngf 8 --ndf 8)
+    COND_VAE=(--width 8 --latent 16 --beta 1e-3)
+    COND_DDPM=(--res 16 --ch-mult 1,2 --num-res-blocks 1 --dropout 0 --T 50 --sample-steps 5 --base-ch 8
+               --attn-res 8)
     ;;
   full)
     # Every script's study preset (--preset study: batch 64, fp16 AMP + GradScaler on CUDA,
@@ -85,6 +99,10 @@ case "$PRESET" in
     DDPM=()
     DDPM_BASE=()
     DDPM_WIDE=(--base-ch 192 --attn-res 8,16,32)
+    COND=(--preset study --data shapes --res 64 --cond)
+    COND_GAN=()
+    COND_VAE=(--width 64 --beta 1e-3)
+    COND_DDPM=()
     ;;
   *) echo "run_all.sh: unknown preset $PRESET (smoke, full or test)" >&2; exit 2 ;;
 esac
@@ -271,7 +289,22 @@ if want 5; then
 fi
 
 # ---------------------------------------------------------------------------
-# The report: one table per phase, FID curves, sample grids, the phase-5 comparison.
+# Phase 6: conditional generation. Every family on the built-in `shapes` (1-3 objects from
+# 8 colours x 3 shapes: 24 labels, multi-hot; the iCLEVR task in 2-D), each in its standard
+# conditional form, scored by the shapes classifier's accuracy on two fixed lists of 32
+# conditions: `test` (drawn as the training data) and `new_test` (combinations never trained on).
+#   6.1 DCGAN + projection discriminator (Miyato & Koyama 2018)
+#   6.2 AC-GAN (Odena et al. 2017) on the WGAN-GP critic: a class head beside the score
+#   6.3 SAGAN: projection critic + class-conditional GroupNorm in the generator
+#   6.4 CVAE (Sohn et al. 2015): the label into encoder and decoder
+#   6.5 DDPM with classifier-free guidance (Ho & Salimans 2022), scored at S = 1, 0, 2, 4
+PHASE=6
+run 6.1_dcgan_proj  dcgan.py   "${COND[@]}" "${COND_GAN[@]}"
+run 6.2_acgan       wgan_gp.py "${COND[@]}" "${COND_GAN[@]}"
+run 6.3_sagan_cond  sagan.py   "${COND[@]}" "${COND_GAN[@]}"
+run 6.4_cvae        vae.py     "${COND[@]}" "${COND_VAE[@]}"
+run 6.5_ddpm_cfg    ddpm.py    "${COND[@]}" "${COND_DDPM[@]}" --schedule cosine --pred v --guidance 1,0,2,4
+
 "$PY" report.py "$RUNS" || FAILED+=("report")
 echo
 if [ ${#FAILED[@]} -gt 0 ]; then

@@ -281,7 +281,7 @@ def main(argv=None):
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
-    conditions = common.condition_lists(heldout, repeats=8) if n_classes else {}  # 8 samples a condition
+    conditions = common.condition_lists(heldout, repeats=4) if n_classes else {}  # 4 samples a condition
     per_epoch = max(1, len(train) // args.batch_size)
     clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "vae")
     losses, metrics, eval_step = {}, {}, None

@@ -275,7 +275,7 @@ def main(argv=None):
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
-    conditions = common.condition_lists(heldout, repeats=8) if n_classes else {}  # 8 samples a condition
+    conditions = common.condition_lists(heldout, repeats=4) if n_classes else {}  # 4 samples a condition
     # Each generator step eats n_critic real batches; epochs count real batches.
     per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
     real_batches = common.batches(train, args.batch_size, args.seed, step * n_critic, device, args.workers)
