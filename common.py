@@ -392,12 +392,9 @@ def parse_labels(text, data):
     for condition in conditions:
         labels = [condition] if not isinstance(condition, list) else condition
         if not labels or (len(labels) > 1 and not multi):
-            raise UserError(
-                f"--labels: {condition!r} is not a condition of this data ({len(classes)} classes)"
-            )
+            raise UserError(f"--labels: {condition!r} is not one label of this one-label data")
         for label in labels:
-            known = label in classes or (str(label).isdigit() and int(label) < len(classes))
-            if not known:
+            if not (label in classes or (str(label).isdigit() and int(label) < len(classes))):
                 raise UserError(
                     f"--labels: {label!r} is not one of the {len(classes)} classes ({classes[0]}...)"
                 )

@@ -124,47 +124,30 @@ class UNet(nn.Module):
         self.label_embed = nn.Linear(n_classes, t_dim, bias=False) if n_classes else None
         self.conv_in = nn.Conv2d(channels, base_ch, 3, padding=1)
 
+        def block(c_in, c_out, size):  # a ResBlock, then attention where the feature map is that size
+            res_block = ResBlock(c_in, c_out, t_dim, dropout)  # made first: the init order of the seed
+            return nn.ModuleList([res_block, Attention(c_out) if size in attn_res else nn.Identity()])
+
         self.down, skips, ch, size = nn.ModuleList(), [base_ch], base_ch, res
         for level, mult in enumerate(ch_mult):
             for _ in range(num_res_blocks):
-                self.down.append(
-                    nn.ModuleList(
-                        [
-                            ResBlock(ch, base_ch * mult, t_dim, dropout),
-                            Attention(base_ch * mult) if size in attn_res else nn.Identity(),
-                        ]
-                    )
-                )
+                self.down.append(block(ch, base_ch * mult, size))
                 ch = base_ch * mult
                 skips.append(ch)
             if level < len(ch_mult) - 1:
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))  # halve H, W
                 skips.append(ch)
                 size //= 2
-        self.mid1, self.mid_attn, self.mid2 = (
-            ResBlock(ch, ch, t_dim, dropout),
-            Attention(ch),
-            ResBlock(ch, ch, t_dim, dropout),
-        )
+        self.mid1, self.mid_attn = ResBlock(ch, ch, t_dim, dropout), Attention(ch)
+        self.mid2 = ResBlock(ch, ch, t_dim, dropout)
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(ch_mult))):
             for _ in range(num_res_blocks + 1):
-                self.up.append(
-                    nn.ModuleList(
-                        [
-                            ResBlock(ch + skips.pop(), base_ch * mult, t_dim, dropout),
-                            Attention(base_ch * mult) if size in attn_res else nn.Identity(),
-                        ]
-                    )
-                )
+                self.up.append(block(ch + skips.pop(), base_ch * mult, size))
                 ch = base_ch * mult
             if level > 0:
-                self.up.append(
-                    nn.Sequential(
-                        nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)
-                    )
-                )
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(ch, ch, 3, padding=1)))
                 size *= 2
         self.out = nn.Sequential(norm(ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)  # start as the zero predictor: a calm first step

@@ -29,13 +29,13 @@ mkdir -p "$RUNS"
 case "$PRESET" in
   smoke)
     # Every script's own CPU preset (--preset cpu: the built-in digits at 16 px, whose source is
-    # 8x8, and small networks), each run bounded in minutes: 1 per step, 2 for the phase-5
+    # 8x8, and small networks), each run bounded in minutes: 1 per step, 1.5 for the phase-5
     # finalists, a quarter for phase 1's faces. Small nets taking thousands of steps beat big
     # ones taking hundreds. FID(digits) from 500 samples against the 299 held-out digits.
     DATA="${DATA:-digits}"
     MINUTES="${MINUTES:-1}"
     COMMON=(--preset cpu --data "$DATA" --device cpu --max-minutes "$MINUTES" --fid-n 500 --fid-features digits)
-    FINAL=(--max-minutes "${FINAL_MINUTES:-2}")
+    FINAL=(--max-minutes "${FINAL_MINUTES:-1.5}")
     GAN=(--fid-every 10 --sample-every 5 --ckpt-every 20)
     SAGAN=()  # the preset's attention at 8x8: the depth of the study's 16x16 at 64, relative to the image
     # 2.4 asks "does it hold at a higher resolution?": twice the side, as 64 -> 128.
@@ -48,13 +48,13 @@ case "$PRESET" in
           --sample-every 50 --ckpt-every 50)
     # DDIM with 10 steps: each evaluation samples 500 images, and sampling is most of a
     # DDPM run's evaluation time on a CPU.
-    DDPM=(--sample-steps 10 --fid-every 3 --sample-every 1 --ckpt-every 5)
+    DDPM=(--sample-steps 10 --fid-every 5 --sample-every 1 --ckpt-every 5)
     DDPM_BASE=()
     DDPM_WIDE=(--base-ch 48 --attn-res 4,8)
-    # Phase 6 on the built-in shapes at 32 px (the CPU preset's size for them), 45 seconds a
+    # Phase 6 on the built-in shapes at 32 px (the CPU preset's size for them), 30 seconds a
     # family (DDPM 1 minute); evaluated once at the end: FID(shapes) of 200 samples, and the
     # accuracy on both condition lists.
-    COND=(--preset cpu --data shapes --device cpu --cond --max-minutes "${COND_MINUTES:-0.75}" --fid-n 200
+    COND=(--preset cpu --data shapes --device cpu --cond --max-minutes "${COND_MINUTES:-0.5}" --fid-n 200
           --fid-features shapes --fid-every 0 --sample-every 1 --ckpt-every 5)
     COND_GAN=()
     COND_VAE=(--beta 1e-3)

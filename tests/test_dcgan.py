@@ -277,28 +277,3 @@ def test_bad_variant_flags_exit_2(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as e:
         dcgan.main(TINY + ["--max-steps", "1", "--out", str(tmp_path / "run")] + flags)
     assert e.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_conditional_run(tmp_path):
-    summary = dcgan.main(
-        [
-            "--preset",
-            "study",
-            "--data",
-            "digits",
-            "--cond",
-            "--batch-size",
-            "16",
-            "--ngf",
-            "8",
-            "--ndf",
-            "8",
-            "--max-steps",
-            "3",
-            "--out",
-            str(tmp_path / "run"),
-            "--fid-features",
-            "none",
-        ]
-    )
-    assert summary["steps"] == 3

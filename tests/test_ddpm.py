@@ -245,7 +245,7 @@ def test_every_output_uses_the_chosen_sampler(sampler, steps):
     x0 = torch.rand(3, 1, 4, 4) * 1.8 - 0.9
     oracle = Oracle(x0, alpha_bar, "eps")
     args = argparse.Namespace(
-        sampler=sampler, sample_steps=7, pred="eps", eta=0.0, spacing="trailing", seed=0
+        sampler=sampler, sample_steps=7, pred="eps", eta=0.0, spacing="trailing", seed=0, guidance=[1.0]
     )
     path = []
     out = ddpm.sample_from(oracle, torch.randn(3, 1, 4, 4), args, alpha_bar, betas, trajectory=path)

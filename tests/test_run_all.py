@@ -25,6 +25,11 @@ RUNS = [
     "5_gan",
     "5_vae",
     "5_ddpm",
+    "6.1_dcgan_proj",
+    "6.2_acgan",
+    "6.3_sagan_cond",
+    "6.4_cvae",
+    "6.5_ddpm_cfg",
 ]
 
 
@@ -74,6 +79,15 @@ def test_every_phase_runs_then_skips(tmp_path):
     for png in ["phase1_samples", "phase2_samples", "phase5_samples"]:
         assert (tmp_path / "report" / f"{png}.png").is_file(), png
     assert "![5_ddpm](5_ddpm/denoise.png)" in text
+    # Phase 6: every family conditional on shapes, the DDPM scored at each guidance scale.
+    for name in RUNS[-5:]:
+        args = json.loads((tmp_path / name / "args.json").read_text())
+        assert args["cond"] and args["data"] == "shapes", name
+        assert (tmp_path / name / "cond_test.png").is_file() and (
+            tmp_path / name / "cond_new_test.txt"
+        ).is_file()
+    assert json.loads((tmp_path / "6.5_ddpm_cfg" / "args.json").read_text())["guidance"] == [1, 0, 2, 4]
+    assert "## Phase 6: conditional generation" in text and "![6.4_cvae](6.4_cvae/cond_new_test.png)" in text
     second = run_all(tmp_path)
     assert second.returncode == 0
     assert second.stdout.count("finished, skipped") == len(RUNS), second.stdout

@@ -267,7 +267,8 @@ def test_wrong_vgg_file_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "flags, message", [(["--beta", "-1"], ">= 0"), (["--cond"], "unconditional"), (["--data", ""], "empty")]
+    "flags, message",
+    [(["--beta", "-1"], ">= 0"), (["--cond"], "at least 2 classes"), (["--data", ""], "empty")],
 )
 def test_bad_input_exits_2(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as e:
