@@ -242,3 +242,41 @@ def test_first16_crops_the_top_left_four_by_four(tmp_path):
     crop = np.asarray(report.first16(tmp_path / "g.png"))
     assert crop.shape == (4 * (res + 2) + 2, 4 * (res + 2) + 2, 3)
     assert (crop == 7).any() and not (crop == 99).any()
+
+
+def shapes_row(epoch, fid, **kw):  # the shapes classifier gives no class coverage
+    row = fid_row(epoch, fid, features="shapes", **kw)
+    return {k: v for k, v in row.items() if k not in ("classes_covered", "class_kl")}
+
+
+def test_phase6_table_sweep_and_condition_grids(tmp_path):
+    root = tmp_path / "runs"
+    gan = make_run(
+        root,
+        "6.2_acgan",
+        "wgan_gp",
+        {"data": "shapes", "cond": True},
+        fids=[shapes_row(3, 61.0, acc_test=0.71, acc_new_test=0.42)],
+    )
+    grid_png(gan / "cond_test.png", 32, n=32)
+    sweep = [
+        shapes_row(3, 50.0, acc_test=0.60, acc_new_test=0.40, guidance=2.0),
+        shapes_row(3, 40.0, acc_test=0.30, acc_new_test=0.20, guidance=1.0),
+        shapes_row(3, 45.0, acc_test=0.90, acc_new_test=0.70, guidance=4.0),
+    ]
+    make_run(
+        root, "6.5_ddpm_cfg", "ddpm", {"data": "shapes", "cond": True, "guidance": [2.0, 1.0, 4.0]}, sweep
+    )
+    text = report.write_report(root).read_text()
+    rows = {
+        l.split("|")[2].strip(): [c.strip() for c in l.split("|")[1:-1]]
+        for l in text.splitlines()
+        if l.startswith("| 6.")
+    }
+    assert rows["`6.2_acgan`"][3:6] == ["0.71", "0.42", "61.00"]
+    # The DDPM's row is its own guidance (the first of the sweep), not the last scale scored.
+    assert rows["`6.5_ddpm_cfg`"][3:6] == ["0.60", "0.40", "50.00"]
+    assert "| 4 | 0.90 | 0.70 | 45.00 |" in text and "FID(shapes)" in text
+    assert (root / "report" / "phase6_sweep_6.5_ddpm_cfg.png").is_file()
+    assert not (root / "report" / "phase6_sweep_6.2_acgan.png").exists()  # no sweep, no plot
+    assert "![6.2_acgan](6.2_acgan/cond_test.png)" in text
