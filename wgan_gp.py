@@ -26,7 +26,8 @@ penalty is computed in fp32 outside autocast (its double backward underflows in 
 or multi-hot for shapes' 1-3 objects) joins z; a class head beside the critic's score names the
 labels of an image, trained on real images in the critic step and on fakes in the generator step:
 L_critic += w * L_class(C(x), y), L_G += w * L_class(C(G(z, y)), y), with w = --ac-weight (1, as
-the paper's equal weighting); L_class is cross-entropy for one label, BCE for multi-hot, on logits.
+the paper's equal weighting); L_class is cross-entropy for one label, BCE summed over the labels for
+multi-hot (so both are a negative log-likelihood per image), on logits.
 The penalty sees the score alone. `--generate N` draws N images from a finished run.
 """
 
@@ -120,11 +121,13 @@ def generator_loss(fake_scores):
 
 
 def class_loss(logits, y):
-    """AC-GAN's class term: cross-entropy for class indices (B,), BCE for multi-hot (B, K), both on the
-    logits (the losses apply log-softmax / log-sigmoid themselves, stably; never a softmax first)."""
+    """AC-GAN's class term, the labels' negative log-likelihood averaged over the batch: cross-entropy
+    for class indices (B,); for multi-hot (B, K), BCE summed over the K labels (averaged, each label
+    would weigh 1/K and the term would vanish beside the critic's). Both on logits: the losses apply
+    log-softmax / log-sigmoid themselves, stably; never a softmax first."""
     if y.dim() == 1:
         return F.cross_entropy(logits.float(), y)
-    return F.binary_cross_entropy_with_logits(logits.float(), y.float())
+    return F.binary_cross_entropy_with_logits(logits.float(), y.float(), reduction="sum") / len(y)
 
 
 # ----------------------------------------------------------------------------- DiffAugment
