@@ -33,7 +33,9 @@ the learning rate decays over the second half of --epochs, or of --max-minutes w
 Evaluation (every --fid-every epochs, and at the end), on held-out images of both domains: FID in
 the target domain's feature space (Inception, or the built-in data's classifier: FID(mnist) for
 digits -> MNIST), label preservation (the target domain's classifier on the translations, against
-their source labels: does a 3 stay a 3?) and the cycle L1 (mean |G_BA(G_AB(x)) - x| in [-1, 1] units).
+their source labels: does a 3 stay a 3?), the classes the translations hit, the cycle L1 (mean
+|G_BA(G_AB(x)) - x| in [-1, 1] units) and the sharpness (neighbouring-pixel differences, translated
+over real target images: under 1 is blur).
 `--generate N` translates N held-out images each way into RUN/generated/A2B and B2A.
 """
 
@@ -236,9 +238,10 @@ def load_domains(args):
     return *domains, (str(root / "testA"), str(root / "testB"))
 
 
-def first_images(data, n):
-    """The first n images of `data` (B, C, H, W) in [-1, 1], and their labels."""
-    x, y = data.batch(np.arange(min(n, len(data))))
+def spread_images(data, n):
+    """n images spread evenly over `data` (all classes, where its files come sorted by class), as
+    (x (n, C, H, W) in [-1, 1], labels); all of them when n >= len(data)."""
+    x, y = data.batch(np.linspace(0, len(data) - 1, min(n, len(data))).round().astype(int))
     return common.to_float(x), y
 
 
@@ -260,19 +263,30 @@ def translation_grid(G_AB, G_BA, x_a, x_b, device):
     return torch.cat([as_rgb(r) for r in rows])
 
 
+def sharpness(x):
+    """Mean absolute difference of neighbouring pixels of images (N, C, H, W): blur lowers it."""
+    return (
+        (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., 1:] - x[..., :-1]).abs().mean()
+    ).item() / 2
+
+
 def evaluate(G_AB, G_BA, evaluators, tests, n, device):
-    """Both directions on n held-out images: the cycle L1, and in the target's feature space FID and
-    KID, and label preservation where both domains carry the same classes (a classifier exists)."""
+    """Both directions on n held-out images: the cycle L1, the sharpness against the target's real
+    images; in the target's feature space FID, KID and the classes the translations hit (a built-in
+    classifier's space); label preservation where both domains carry the same classes."""
     row = {}
     for way, G, G_back, (source, target), evaluator in (
         ("ab", G_AB, G_BA, tests, evaluators[1]),
         ("ba", G_BA, G_AB, tests[::-1], evaluators[0]),
     ):
-        x, labels = first_images(source, n)
+        x, labels = spread_images(source, n)
         fake = translate(G, x, device)
         row[f"cycle_{way}"] = (translate(G_back, fake, device) - x).abs().mean().item()
+        row[f"sharpness_{way}"] = sharpness(fake) / sharpness(spread_images(target, n)[0])
         scores = evaluator(fake)
         row.update({f"{k}_{way}": scores[k] for k in ("fid", "kid", "features") if k in scores})
+        if "classes_covered" in scores:
+            row[f"classes_{way}"] = scores["classes_covered"]
         if source.classes == target.classes and len(source.classes) > 1:
             row[f"acc_{way}"] = evaluator.accuracy(fake, labels)
     return {k: v for k, v in row.items() if v is not None}
@@ -342,7 +356,7 @@ def main(argv=None):
         ema_ba.load_state_dict(ckpt["ema_ba"])
         folder = Path(args.generate_dir or out / "generated")
         for way, G, test in (("A2B", ema_ab.module, test_a), ("B2A", ema_ba.module, test_b)):
-            x, labels = first_images(test, args.generate)
+            x, labels = spread_images(test, args.generate)
             labels = labels if len(test.classes) > 1 else None  # labels.csv: the source images' labels
             common.save_generated(translate(G, x, device), labels, test.classes, folder / way)
         return folder
@@ -359,7 +373,7 @@ def main(argv=None):
         for test, name in ((test_a, names[0]), (test_b, names[1]))
     ]
     # The same 8 held-out images of each domain in every grid.
-    fixed_a, fixed_b = first_images(test_a, 8)[0], first_images(test_b, 8)[0]
+    fixed_a, fixed_b = spread_images(test_a, 8)[0], spread_images(test_b, 8)[0]
     per_epoch = max(1, max(len(train_a), len(train_b)) // args.batch_size)
     clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "cyclegan")
     losses, metrics, eval_step = {}, {}, None

@@ -14,6 +14,8 @@ KID, IS, diversity, sample time, progression grids, interpolations, the DDPM den
 and each finalist's 16 worst samples (worst.png: farthest from any held-out image in feature
 space). Phase 6 (conditional) adds the classifier's accuracy on both condition lists, the
 condition grids and the DDPM guidance sweep (accuracy against FID, one point per scale S).
+Phase 7 (translation) gives each direction's label preservation, FID in the target's feature
+space, cycle L1 and sharpness, and the translation grids.
 The "observed failure" column comes from the run's own numbers, never from a guess:
   failed / skipped / unfinished   the FAILED or SKIPPED file, or no summary.json
   NaN                             a non-finite value anywhere in metrics.jsonl
@@ -21,6 +23,9 @@ The "observed failure" column comes from the run's own numbers, never from a gue
   diverged                        DDPM loss or critic Wasserstein estimate: last tenth > 3x the best tenth
   mode collapse / low diversity   < 8 of 10 digit classes / mean pairwise feature distance < half the real one
   posterior collapse              VAE's KL under 0.5 nats over the last tenth
+  label flips                     a translation keeps its source's label for under half the images
+  collapse to few classes         the translations of one direction hit fewer than 8 of 10 classes
+  blur                            translations under 0.7 of the target's real sharpness
 """
 
 import argparse
@@ -37,8 +42,10 @@ PHASES = {"1": "Phase 1: the data pipeline (DCGAN on faces)", "2": "Phase 2: GAN
 PHASES.update({"3": "Phase 3: VAE evolution", "4": "Phase 4: DDPM evolution"})
 PHASES["5"] = "Phase 5: the best of each family, trained longer under identical conditions"
 PHASES["6"] = "Phase 6: conditional generation, scored by a classifier's accuracy"
+PHASES["7"] = "Phase 7: unpaired translation (CycleGAN), with and without its cycle loss"
 STEP_FLAGS = dict(dcgan=("g_arch", "aug"), wgan_gp=("n_critic",), sagan=("loss", "attn_res"))
 STEP_FLAGS.update(vae=("beta", "perceptual", "adv"), ddpm=("schedule", "pred", "base_ch"))
+STEP_FLAGS.update(cyclegan=("disc", "lambda_cycle"))
 PROGRESS_AT = (10, 50, 100, 200)  # the full study's 200 epochs; a shorter run shows its share
 
 
@@ -338,6 +345,50 @@ def phase6_section(runs, figdir, lines):
             lines += [f"**{file}** (one cell a condition, labels in {file[:-4]}.txt): " + " ".join(shown), ""]
 
 
+def translation_failures(row):
+    """What phase 7's numbers show, each direction (A->B, B->A) on its own."""
+    found = []
+    for way, arrow in (("ab", "A->B"), ("ba", "B->A")):
+        if row.get(f"acc_{way}") is not None and row[f"acc_{way}"] < 0.5:
+            found.append(f"label flips {arrow}: {row[f'acc_{way}']:.2f} keep their label")
+        if row.get(f"classes_{way}", 10) < 8:
+            found.append(f"collapse {arrow}: {row[f'classes_{way}']}/10 classes")
+        if row.get(f"sharpness_{way}", 1) < 0.7:
+            found.append(f"blur {arrow}: sharpness {row[f'sharpness_{way}']:.2f} of real")
+    return found
+
+
+def both_ways(row, key, spec=".2f"):
+    return f"{fmt(row.get(key + '_ab'), spec)} / {fmt(row.get(key + '_ba'), spec)}"
+
+
+def phase7_section(runs, figdir, lines):
+    rows = []
+    for run in runs:
+        s = run["summary"] or {}
+        evals = [r for r in run["rows"] if r.get("kind") == "eval"]
+        row = evals[-1] if evals else {}
+        cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), both_ways(row, "acc")]
+        cells += [both_ways(row, "fid", ".1f"), both_ways(row, "cycle", ".3f"), both_ways(row, "sharpness")]
+        cells += [millions(s.get("params")), minutes(s.get("train_seconds"))]
+        rows.append(cells + ["; ".join(diagnose(run) + translation_failures(row)) or "none flagged"])
+    header = "step|run|model|label kept A->B / B->A|FID A->B / B->A|cycle L1|sharpness|params|train time"
+    lines += [f"## {PHASES['7']}", "", *table((header + "|observed failure").split("|"), rows), ""]
+    domains = next((r["summary"]["domains"] for r in runs if r["summary"]), ["A", "B"])
+    lines += [
+        f"A = {domains[0]}, B = {domains[1]}, on held-out images. Label kept: the target domain's",
+        "classifier on the translations against their source labels. FID in the target's feature space",
+        "(without Inception weights, its classifier's: FID(mnist) for digits -> MNIST). Cycle L1: mean",
+        "|G_BA(G_AB(x)) - x| in [-1, 1] units. Sharpness: neighbouring-pixel differences of the",
+        "translations over the target's real images (under 1: blurrier than real).",
+        "",
+    ]
+    grids = [run for run in runs if (run["dir"] / "translate.png").is_file()]
+    if grids:
+        shown = " ".join(f"![{run['name']}]({run['name']}/translate.png)" for run in grids)
+        lines += [f"**translate.png** (rows: x_A, G_AB(x_A), G_BA(G_AB(x_A)), then from B): {shown}", ""]
+
+
 def write_report(root):
     """RUNS/REPORT.md, with figures in RUNS/report/: its links are relative to RUNS."""
     root = Path(root)
@@ -348,7 +399,9 @@ def write_report(root):
     intro = (
         f"{len(runs)} runs in `{root}`; data: {', '.join(specs) or 'none'}. FID(digits) uses the built-in "
     )
-    intro += "digit classifier's features (FID(shapes): the shapes classifier's), never comparable with "
+    intro += (
+        "digit classifier's features (FID(shapes), FID(mnist): those classifiers'), never comparable with "
+    )
     intro += "Inception FID; every FID below names "
     lines = ["# genstudy report", "", intro + "its feature space and sample counts.", ""]
     for phase in PHASES:
@@ -357,6 +410,8 @@ def write_report(root):
             phase5_section(group, figdir, lines)
         elif group and phase == "6":
             phase6_section(group, figdir, lines)
+        elif group and phase == "7":
+            phase7_section(group, figdir, lines)
         elif group:
             phase_section(phase, group, figdir, lines)
     out = root / "REPORT.md"

@@ -59,6 +59,10 @@ case "$PRESET" in
     COND_GAN=()
     COND_VAE=(--beta 1e-3)
     COND_DDPM=(--max-minutes "${COND_DDPM_MINUTES:-1}" --sample-steps 10)
+    # Phase 7 on the built-in pair at 32 px (cyclegan.py's CPU preset), 30 seconds a run,
+    # evaluated once at the end on 300 held-out images a direction.
+    TRANS=(--preset cpu --device cpu --max-minutes "${TRANS_MINUTES:-0.5}" --fid-n 300 --fid-every 0
+           --sample-every 1 --ckpt-every 5)
     ;;
   test)
     # A few steps per run: used by the test suite to walk every phase quickly.
@@ -82,6 +86,8 @@ case "$PRESET" in
     COND_VAE=(--width 8 --latent 16 --beta 1e-3)
     COND_DDPM=(--res 16 --ch-mult 1,2 --num-res-blocks 1 --dropout 0 --T 50 --sample-steps 5 --base-ch 8
                --attn-res 8)
+    TRANS=(--preset study --device cpu --res 16 --ngf 4 --ndf 4 --max-steps 3 --batch-size 4 --aug none
+           --fid-features none --log-every 1)
     ;;
   full)
     # Every script's study preset (--preset study: batch 64, fp16 AMP + GradScaler on CUDA,
@@ -103,6 +109,8 @@ case "$PRESET" in
     COND_GAN=()
     COND_VAE=(--width 64 --beta 1e-3)
     COND_DDPM=()
+    # The built-in pair's sources are 8x8 and 28x28: 32 px; no flips (a mirrored 3 is no 3).
+    TRANS=(--preset study --res 32 --aug none)
     ;;
   *) echo "run_all.sh: unknown preset $PRESET (smoke, full or test)" >&2; exit 2 ;;
 esac
@@ -304,6 +312,20 @@ run 6.2_acgan       wgan_gp.py "${COND[@]}" "${COND_GAN[@]}"
 run 6.3_sagan_cond  sagan.py   "${COND[@]}" "${COND_GAN[@]}"
 run 6.4_cvae        vae.py     "${COND[@]}" "${COND_VAE[@]}"
 run 6.5_ddpm_cfg    ddpm.py    "${COND[@]}" "${COND_DDPM[@]}" --schedule cosine --pred v --guidance 1,0,2,4
+
+# ---------------------------------------------------------------------------
+# Phase 7: unpaired image-to-image translation (cyclegan.py) between the built-in pair,
+# scikit-learn's 8x8 digit scans (A) and 5,000 MNIST digits (B): labelled on both sides, so
+# whether a translated 3 is still a 3 is measured (the target domain's classifier).
+#   7.1 CycleGAN (Zhu et al. 2017): PatchGAN discriminators, cycle loss lambda = 10
+#   7.2 without the cycle loss: only "look like B" is asked; does x's structure survive?
+#   7.3 a DCGAN-style whole-image discriminator instead of the PatchGAN
+#   7.4 both changes
+PHASE=7
+run 7.1_cyclegan      cyclegan.py "${TRANS[@]}" --disc patch
+run 7.2_no_cycle      cyclegan.py "${TRANS[@]}" --disc patch --lambda-cycle 0
+run 7.3_dc_disc       cyclegan.py "${TRANS[@]}" --disc dc
+run 7.4_dc_no_cycle   cyclegan.py "${TRANS[@]}" --disc dc --lambda-cycle 0
 
 "$PY" report.py "$RUNS" || FAILED+=("report")
 echo

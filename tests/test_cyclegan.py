@@ -199,17 +199,17 @@ def test_built_in_pair_end_to_end(tmp_path):
     G_AB.load_state_dict(ckpt["ema_ab"]["module"])
     G_BA.load_state_dict(ckpt["ema_ba"]["module"])
     _, test_a = common.load_dataset("digits", 16).split()
-    x, labels = cyclegan.first_images(test_a, 40)
+    x, labels = cyclegan.spread_images(test_a, 40)
     with torch.no_grad():
         fake_b = G_AB(x)
         cycle = (G_BA(fake_b) - x).abs().mean().item()
         logits = classifiers.load_classifier("mnist")(fid.to_unit_uint8(fake_b))[1]
     assert evals[0]["cycle_ab"] == pytest.approx(cycle, rel=1e-4)
     assert evals[0]["acc_ab"] == pytest.approx(classifiers.accuracy(logits, labels), abs=1e-6)
-    # translate.png: 6 rows of 8; its first row is the first 8 held-out digits as they are.
+    # translate.png: 6 rows of 8; its first row is 8 held-out digits as they are, spread over the set.
     grid = np.asarray(Image.open(out / "translate.png").convert("L"))
     assert grid.shape == (2 + 6 * 18, 2 + 8 * 18)
-    first = np.asarray(test_a.images[:8])[..., 0]  # (8, 16, 16) uint8
+    first = np.asarray(test_a.images[np.linspace(0, len(test_a) - 1, 8).round().astype(int)])[..., 0]
     for i in range(8):
         assert np.array_equal(grid[2:18, 2 + 18 * i : 18 + 18 * i], first[i])
     assert (out / "progress.gif").exists() and (out / "args.json").exists()
@@ -261,7 +261,8 @@ def test_generate_translates_held_out_images_both_ways(tmp_path):
         assert all(Image.open(f).size == (16, 16) for f in files)
         with open(out / "generated" / way / "labels.csv") as f:
             got = [int(r["labels"]) for r in csv.DictReader(f)]
-        assert got == common.load_dataset(source, 16).split()[1].labels[:5].tolist()
+        heldout = common.load_dataset(source, 16).split()[1]
+        assert got == heldout.labels[np.linspace(0, len(heldout) - 1, 5).round().astype(int)].tolist()
 
 
 # ----------------------------------------------------------------------------- bad input

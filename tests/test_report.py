@@ -280,3 +280,40 @@ def test_phase6_table_sweep_and_condition_grids(tmp_path):
     assert (root / "report" / "phase6_sweep_6.5_ddpm_cfg.png").is_file()
     assert not (root / "report" / "phase6_sweep_6.2_acgan.png").exists()  # no sweep, no plot
     assert "![6.2_acgan](6.2_acgan/cond_test.png)" in text
+
+
+def translation_run(root, name, disc, cycle, **row):
+    run = make_run(
+        root,
+        name,
+        "cyclegan",
+        {"data": None, "disc": disc, "lambda_cycle": cycle},
+        domains=["digits", "mnist"],
+    )
+    evals = [{"kind": "eval", "step": 50, "epoch": 1, **row}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    grid_png(run / "translate.png", 16, n=48)
+    return run
+
+
+def test_phase7_table_names_what_the_numbers_show(tmp_path):
+    root = tmp_path / "runs"
+    good = dict(acc_ab=0.93, acc_ba=0.91, fid_ab=12.0, fid_ba=20.5, cycle_ab=0.05, cycle_ba=0.06)
+    good.update(sharpness_ab=0.95, sharpness_ba=1.1, classes_ab=10, classes_ba=10)
+    translation_run(root, "7.1_cyclegan", "patch", 10, **good)
+    bad = {**good, "acc_ab": 0.31, "classes_ba": 3, "sharpness_ab": 0.5, "cycle_ab": 0.8}
+    translation_run(root, "7.2_no_cycle", "patch", 0, **bad)
+    text = report.write_report(root).read_text()
+    rows = {
+        l.split("|")[2].strip(): [c.strip() for c in l.split("|")[1:-1]]
+        for l in text.splitlines()
+        if l.startswith("| 7.")
+    }
+    assert rows["`7.1_cyclegan`"][2] == "cyclegan 16px (disc patch, lambda_cycle 10)"
+    assert rows["`7.1_cyclegan`"][3:7] == ["0.93 / 0.91", "12.0 / 20.5", "0.050 / 0.060", "0.95 / 1.10"]
+    assert rows["`7.1_cyclegan`"][-1] == "none flagged"
+    failures = rows["`7.2_no_cycle`"][-1]
+    assert "label flips A->B: 0.31 keep their label" in failures
+    assert "collapse B->A: 3/10 classes" in failures and "blur A->B: sharpness 0.50" in failures
+    assert "label flips B->A" not in failures
+    assert "A = digits, B = mnist" in text and "![7.2_no_cycle](7.2_no_cycle/translate.png)" in text

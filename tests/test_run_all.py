@@ -30,6 +30,10 @@ RUNS = [
     "6.3_sagan_cond",
     "6.4_cvae",
     "6.5_ddpm_cfg",
+    "7.1_cyclegan",
+    "7.2_no_cycle",
+    "7.3_dc_disc",
+    "7.4_dc_no_cycle",
 ]
 
 
@@ -51,7 +55,8 @@ def test_every_phase_runs_then_skips(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     for name in RUNS:
         assert (tmp_path / name / "summary.json").is_file(), name
-        assert (tmp_path / name / "samples.png").is_file(), name
+        grid = "translate.png" if name.startswith("7") else "samples.png"
+        assert (tmp_path / name / grid).is_file(), name
     assert "3.2_vae_perceptual: skipped: VGG-16 weights" in first.stdout
     # Phase 1 aligned the built-in faces once and says why it names no winner (no Inception FID here).
     assert "aligned: 100" in first.stdout and (tmp_path / "data" / "aligned_128" / "000.png").is_file()
@@ -80,7 +85,7 @@ def test_every_phase_runs_then_skips(tmp_path):
         assert (tmp_path / "report" / f"{png}.png").is_file(), png
     assert "![5_ddpm](5_ddpm/denoise.png)" in text
     # Phase 6: every family conditional on shapes, the DDPM scored at each guidance scale.
-    for name in RUNS[-5:]:
+    for name in [n for n in RUNS if n.startswith("6")]:
         args = json.loads((tmp_path / name / "args.json").read_text())
         assert args["cond"] and args["data"] == "shapes", name
         assert (tmp_path / name / "cond_test.png").is_file() and (
@@ -88,6 +93,14 @@ def test_every_phase_runs_then_skips(tmp_path):
         ).is_file()
     assert json.loads((tmp_path / "6.5_ddpm_cfg" / "args.json").read_text())["guidance"] == [1, 0, 2, 4]
     assert "## Phase 6: conditional generation" in text and "![6.4_cvae](6.4_cvae/cond_new_test.png)" in text
+    # Phase 7: the built-in pair, cycle loss on and off, PatchGAN and whole-image discriminators.
+    for name, disc, cycle in [("7.1", "patch", 10), ("7.2", "patch", 0), ("7.3", "dc", 10), ("7.4", "dc", 0)]:
+        (folder,) = tmp_path.glob(f"{name}_*")
+        args = json.loads((folder / "args.json").read_text())
+        assert (args["disc"], args["lambda_cycle"], args["data"]) == (disc, cycle, None), name
+    assert (
+        "## Phase 7: unpaired translation" in text and "![7.2_no_cycle](7.2_no_cycle/translate.png)" in text
+    )
     second = run_all(tmp_path)
     assert second.returncode == 0
     assert second.stdout.count("finished, skipped") == len(RUNS), second.stdout
