@@ -1,0 +1,66 @@
+"""CycleGAN on the built-in pair (scikit-learn's digits <-> MNIST) on a time budget, with and without
+its cycle loss (and optionally the whole-image discriminator), one run after another (two at once on
+two cores would halve each one's budget), then a table of what phase 7 measures.
+
+  python benchmarks/translation_quality.py                      # 10 CPU-minutes a variant
+  python benchmarks/translation_quality.py --minutes 3 --variants cycle,no_cycle,dc
+
+Settings: cyclegan.py's CPU preset (32 px, ngf = ndf = 16, batch 8, PatchGAN with one layer: 16 px
+patches), --max-minutes MINUTES (the learning rate decays over the second half of them), one
+evaluation at the end on every held-out image (299 digits, 833 MNIST). Runs go to OUT/<variant> and
+are reused, not redone, when the table is asked again.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = dict(
+    cycle=["--disc", "patch"],
+    no_cycle=["--disc", "patch", "--lambda-cycle", "0"],
+    dc=["--disc", "dc"],
+    dc_no_cycle=["--disc", "dc", "--lambda-cycle", "0"],
+)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--variants", default="cycle,no_cycle", help="comma list of " + ",".join(VARIANTS))
+    p.add_argument("--out", default="runs/bench_translation", help="runs go to OUT/<variant>")
+    args = p.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    if bad := [v for v in variants if v not in VARIANTS]:
+        p.error(f"unknown variants {bad}")
+    rows = []
+    for variant in variants:
+        out = Path(args.out) / variant
+        cmd = [sys.executable, str(ROOT / "cyclegan.py"), "--preset", "cpu", "--device", "cpu"]
+        cmd += ["--max-minutes", str(args.minutes), "--fid-n", "5000", "--fid-every", "0"]
+        cmd += ["--out", str(out), "--resume", *VARIANTS[variant]]
+        if not (out / "summary.json").exists():
+            print(" ".join(cmd[1:]), flush=True)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        summary = json.loads((out / "summary.json").read_text())
+        evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        (row,) = [r for r in evals if r.get("kind") == "eval" and r["step"] == summary["steps"]]
+        rows.append((variant, summary["steps"], summary["train_seconds"] / 60, row))
+    print(f"\ndigits (A) <-> MNIST (B), {args.minutes:g} minutes of training a variant, this machine's CPU")
+    spaces = f"FID({rows[0][3]['features_ab']}) A->B | FID({rows[0][3]['features_ba']}) B->A"
+    print(
+        f"| variant | steps | train min | label kept A->B | B->A | {spaces} | cycle L1 A->B | B->A "
+        "| sharpness A->B | B->A | classes hit A->B | B->A |"
+    )
+    print("|---" * 13 + "|")
+    for name, steps, minutes, r in rows:
+        cells = [name, steps, f"{minutes:.1f}", f"{r['acc_ab']:.3f}", f"{r['acc_ba']:.3f}"]
+        cells += [f"{r['fid_ab']:.2f}", f"{r['fid_ba']:.2f}", f"{r['cycle_ab']:.3f}", f"{r['cycle_ba']:.3f}"]
+        cells += [f"{r['sharpness_ab']:.2f}", f"{r['sharpness_ba']:.2f}", r["classes_ab"], r["classes_ba"]]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
