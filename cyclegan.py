@@ -387,10 +387,7 @@ def main(argv=None):
         progress = max(step / (args.epochs * per_epoch), clock.seconds / clock.max_seconds)
         for group in opt_g.param_groups + opt_d.param_groups:
             group["lr"] = args.lr * lr_factor(progress)
-        real_a, real_b = (
-            common.augment(common.to_float(x_a), args.aug),
-            common.augment(common.to_float(x_b), args.aug),
-        )
+        real_a, real_b = (common.augment(common.to_float(x), args.aug) for x in (x_a, x_b))  # (B, C, H, W)
         # G step (both generators): D's weights are frozen, so no gradient is spent on them.
         D_A.requires_grad_(False)
         D_B.requires_grad_(False)

@@ -29,13 +29,14 @@ mkdir -p "$RUNS"
 case "$PRESET" in
   smoke)
     # Every script's own CPU preset (--preset cpu: the built-in digits at 16 px, whose source is
-    # 8x8, and small networks), each run bounded in minutes: 1 per step, 1.5 for the phase-5
-    # finalists, a quarter for phase 1's faces. Small nets taking thousands of steps beat big
-    # ones taking hundreds. FID(digits) from 500 samples against the 299 held-out digits.
+    # 8x8, and small networks), each run bounded in minutes: 0.8 per step, 1.2 for the phase-5
+    # finalists, a quarter for phase 1's faces (all seven phases fit in 30 minutes on two CPU
+    # cores). Small nets taking thousands of steps beat big ones taking hundreds. FID(digits)
+    # from 500 samples against the 299 held-out digits.
     DATA="${DATA:-digits}"
-    MINUTES="${MINUTES:-1}"
+    MINUTES="${MINUTES:-0.8}"
     COMMON=(--preset cpu --data "$DATA" --device cpu --max-minutes "$MINUTES" --fid-n 500 --fid-features digits)
-    FINAL=(--max-minutes "${FINAL_MINUTES:-1.5}")
+    FINAL=(--max-minutes "${FINAL_MINUTES:-1.2}")
     GAN=(--fid-every 10 --sample-every 5 --ckpt-every 20)
     SAGAN=()  # the preset's attention at 8x8: the depth of the study's 16x16 at 64, relative to the image
     # 2.4 asks "does it hold at a higher resolution?": twice the side, as 64 -> 128.
@@ -52,16 +53,16 @@ case "$PRESET" in
     DDPM_BASE=()
     DDPM_WIDE=(--base-ch 48 --attn-res 4,8)
     # Phase 6 on the built-in shapes at 32 px (the CPU preset's size for them), 30 seconds a
-    # family (DDPM 1 minute); evaluated once at the end: FID(shapes) of 200 samples, and the
+    # family (DDPM 45); evaluated once at the end: FID(shapes) of 200 samples, and the
     # accuracy on both condition lists.
     COND=(--preset cpu --data shapes --device cpu --cond --max-minutes "${COND_MINUTES:-0.5}" --fid-n 200
           --fid-features shapes --fid-every 0 --sample-every 1 --ckpt-every 5)
     COND_GAN=()
     COND_VAE=(--beta 1e-3)
-    COND_DDPM=(--max-minutes "${COND_DDPM_MINUTES:-1}" --sample-steps 10)
-    # Phase 7 on the built-in pair at 32 px (cyclegan.py's CPU preset), 30 seconds a run,
+    COND_DDPM=(--max-minutes "${COND_DDPM_MINUTES:-0.75}" --sample-steps 10)
+    # Phase 7 on the built-in pair at 32 px (cyclegan.py's CPU preset), 24 seconds a run,
     # evaluated once at the end on 300 held-out images a direction.
-    TRANS=(--preset cpu --device cpu --max-minutes "${TRANS_MINUTES:-0.5}" --fid-n 300 --fid-every 0
+    TRANS=(--preset cpu --device cpu --max-minutes "${TRANS_MINUTES:-0.4}" --fid-n 300 --fid-every 0
            --sample-every 1 --ckpt-every 5)
     ;;
   test)
