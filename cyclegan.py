@@ -154,7 +154,7 @@ class ImagePool:
                 out.append(image)
             elif torch.rand(()) < 0.5:
                 i = int(torch.randint(len(self.images), ()))
-                out.append(self.images[i])
+                out.append(self.images[i].to(image.device))  # a checkpoint may load them elsewhere
                 self.images[i] = image.clone()
             else:
                 out.append(image)

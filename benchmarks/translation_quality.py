@@ -8,7 +8,8 @@ two cores would halve each one's budget), then a table of what phase 7 measures.
 Settings: cyclegan.py's CPU preset (32 px, ngf = ndf = 16, batch 8, PatchGAN with one layer: 16 px
 patches), --max-minutes MINUTES (the learning rate decays over the second half of them), one
 evaluation at the end on every held-out image (299 digits, 833 MNIST). Runs go to OUT/<variant> and
-are reused, not redone, when the table is asked again.
+are reused, not redone, when the table is asked again. The last row is the floor: the target
+domain's classifier on the held-out source images, untranslated.
 """
 
 import argparse
@@ -17,7 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import classifiers  # noqa: E402
+import common  # noqa: E402
+
 VARIANTS = dict(
     cycle=["--disc", "patch"],
     no_cycle=["--disc", "patch", "--lambda-cycle", "0"],
@@ -49,6 +57,13 @@ def main():
         (row,) = [r for r in evals if r.get("kind") == "eval" and r["step"] == summary["steps"]]
         rows.append((variant, summary["steps"], summary["train_seconds"] / 60, row))
     print(f"\ndigits (A) <-> MNIST (B), {args.minutes:g} minutes of training a variant, this machine's CPU")
+    untranslated = []  # the floor: each target classifier on the source images as they are
+    for source, target in (("digits", "mnist"), ("mnist", "digits")):
+        test = common.load_dataset(source, 32).split()[1]
+        x = torch.from_numpy(np.array(test.images)).permute(0, 3, 1, 2).float() / 255  # (N, 1, 32, 32)
+        with torch.no_grad():
+            logits = classifiers.load_classifier(target)(x)[1]
+        untranslated.append(classifiers.accuracy(logits, torch.from_numpy(test.labels)))
     spaces = f"FID({rows[0][3]['features_ab']}) A->B | FID({rows[0][3]['features_ba']}) B->A"
     print(
         f"| variant | steps | train min | label kept A->B | B->A | {spaces} | cycle L1 A->B | B->A "
@@ -60,6 +75,10 @@ def main():
         cells += [f"{r['fid_ab']:.2f}", f"{r['fid_ba']:.2f}", f"{r['cycle_ab']:.3f}", f"{r['cycle_ba']:.3f}"]
         cells += [f"{r['sharpness_ab']:.2f}", f"{r['sharpness_ba']:.2f}", r["classes_ab"], r["classes_ba"]]
         print("| " + " | ".join(str(c) for c in cells) + " |")
+    print(
+        f"| untranslated (the source as it is) | | | {untranslated[0]:.3f} | {untranslated[1]:.3f} |"
+        + " |" * 8
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from PIL import Image
 import classifiers
 import common
 import cyclegan
+import dcgan
 import fid
 
 SMALL = ["--preset", "study", "--res", "16", "--ngf", "4", "--ndf", "4", "--batch-size", "4", "--aug", "none"]
@@ -182,6 +183,27 @@ def test_mnist_loads_deterministically_with_its_classifier():
     assert classifiers.accuracy(net(x)[1], shuffled) < 0.2
 
 
+def test_every_script_takes_mnist_with_its_own_fid_space(tmp_path):
+    out = tmp_path / "dcgan_mnist"
+    flags = [
+        "--preset",
+        "study",
+        "--data",
+        "mnist",
+        "--res",
+        "16",
+        "--ngf",
+        "4",
+        "--ndf",
+        "4",
+        "--aug",
+        "none",
+    ]
+    dcgan.main([*flags, "--max-steps", "2", "--batch-size", "8", "--fid-n", "50", "--out", str(out)])
+    (row,) = [r for r in rows(out) if r["kind"] == "fid"]
+    assert row["features"] == "mnist" and row["n_real"] == 833  # auto, no Inception weights: FID(mnist)
+
+
 # ----------------------------------------------------------------------------- end to end
 def test_built_in_pair_end_to_end(tmp_path):
     out = tmp_path / "run"
@@ -225,7 +247,7 @@ def test_authors_folder_layout_and_gray_to_colour(tmp_path):
         [*SMALL, "--max-steps", "3", "--data", str(root), "--fid-features", "none", "--out", str(out)]
     )
     (last,) = [r for r in rows(out) if r["kind"] == "eval"]
-    assert set(last) == {"kind", "step", "epoch", "cycle_ab", "cycle_ba"}  # no classifier, no FID space
+    assert set(last) == {"kind", "step", "epoch", "cycle_ab", "cycle_ba", "sharpness_ab", "sharpness_ba"}
     assert Image.open(out / "translate.png").mode == "RGB"
     # One channel to three works once the identity loss (which needs equal channels) is off.
     out2 = tmp_path / "gray2rgb"
