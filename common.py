@@ -100,6 +100,7 @@ def add_common_args(parser, resolutions=(16, 32, 64, 128)):
     a("--amp", default="auto", choices=["auto", "on", "off"], help="auto: on for CUDA, off for CPU")
     a("--amp-dtype", default="fp16", choices=["fp16", "bf16"])
     a("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    a("--deterministic", action="store_true", help="bitwise-repeatable GPU runs and resumes; slower kernels")
     a("--workers", type=int, default=0, help="data-loading worker processes")
     a("--fid-every", type=int, default=25, help="epochs between FID evaluations (0 = only at the end)")
     a("--fid-n", type=int, default=5000, help="generated images per FID")
@@ -304,6 +305,27 @@ def _load_source(src, res, channels, crop):
     return np.load(npy, mmap_mode="r"), labels, classes
 
 
+class Rows:
+    """Some rows of an array (the uint8 cache's memmap), read only when indexed: a split of a cache
+    larger than RAM (CelebA at 128 px: 9.7 GB) holds an index, not a copy. np.asarray reads them all."""
+
+    def __init__(self, base, index):
+        self.base, self.index = base, index
+
+    def __len__(self):
+        return len(self.index)
+
+    @property
+    def shape(self):
+        return (len(self.index), *self.base.shape[1:])
+
+    def __getitem__(self, i):
+        return self.base[self.index[i]]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.base[self.index], dtype=dtype)
+
+
 class ImageData(torch.utils.data.Dataset):
     """uint8 images (N, H, W, C) + labels: item i is (x (C, H, W) in [-1, 1], label); an index array
     reads a uint8 batch, as training does (then `augment` applies `aug` on the training device)."""
@@ -331,7 +353,9 @@ class ImageData(torch.utils.data.Dataset):
         perm = np.random.RandomState(0).permutation(len(self))
         n_out = min(5000, len(self) // 6)  # the FID reference set, never trained on
         parts = np.sort(perm[n_out:]), np.sort(perm[:n_out])
-        return tuple(ImageData(self.images[idx], self.labels[idx], self.classes, self.aug) for idx in parts)
+        return tuple(
+            ImageData(Rows(self.images, idx), self.labels[idx], self.classes, self.aug) for idx in parts
+        )
 
 
 def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
@@ -433,24 +457,32 @@ def generation_labels(args, data):
     return conditions[torch.arange(args.generate) % len(conditions)]
 
 
-def batches(data, batch_size, seed, start_step, device, workers=0):
-    """Endless (epoch, x uint8 (B, C, H, W), labels) on `device`. Epoch e's order is drawn from (seed, e)
-    alone, so a resumed run sees the batches of an uninterrupted one. `workers` > 0 reads batches in
-    worker processes (worth it when the cache is larger than RAM and the memmap reads hit the disk)."""
-    per_epoch = max(1, len(data) // batch_size)
+def batch_order(n, batch_size, seed, start_step):
+    """Endless (epoch, index array) of the batches from step `start_step` on. Epoch e's order is drawn
+    from (seed, e) alone, so a resumed run sees the batches of an uninterrupted one."""
+    per_epoch = max(1, n // batch_size)
     epoch, first = divmod(start_step, per_epoch)
-    pin = torch.device(device).type == "cuda"
     while True:
-        g = torch.Generator().manual_seed(seed * 100003 + epoch)
-        perm = torch.randperm(len(data), generator=g).numpy()
-        index = [perm[b * batch_size : (b + 1) * batch_size] for b in range(first, per_epoch)]
-        # The loader draws its workers' base seed from `g`, not from the global RNG that the
-        # training noise comes from (which would break exact resume).
-        options = dict(num_workers=workers, pin_memory=pin, generator=g)
-        loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=index, **options)
-        for x, y in loader:
-            yield epoch, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).numpy()
+        for b in range(first, per_epoch):
+            yield epoch, perm[b * batch_size : (b + 1) * batch_size]
         epoch, first = epoch + 1, 0
+
+
+def batches(data, batch_size, seed, start_step, device, workers=0):
+    """Endless (epoch, x uint8 (B, C, H, W), labels) on `device`, in `batch_order`. `workers` > 0 reads
+    batches in worker processes (worth it when the cache is larger than RAM and the memmap reads hit
+    the disk); one loader serves every epoch, so its workers start once."""
+    order = (idx for _, idx in batch_order(len(data), batch_size, seed, start_step))
+    # The loader draws its workers' base seed from its own generator, not from the global RNG that the
+    # training noise comes from (which would break exact resume).
+    options = dict(num_workers=workers, pin_memory=torch.device(device).type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=None, sampler=order, generator=torch.Generator().manual_seed(seed), **options
+    )
+    per_epoch = max(1, len(data) // batch_size)
+    for step, (x, y) in enumerate(loader, start_step):
+        yield step // per_epoch, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def to_float(x):
@@ -522,9 +554,21 @@ def setup_device(args):
     device = torch.device("cuda" if on_cuda else "cpu")
     amp = args.amp == "on" or (args.amp == "auto" and on_cuda)
     dtype = torch.float16 if args.amp_dtype == "fp16" else torch.bfloat16
-    torch.backends.cudnn.benchmark = on_cuda  # the fastest kernels for the run's fixed shapes
+    # benchmark: cuDNN times candidate kernels and keeps the fastest for the run's fixed shapes, which
+    # may differ between runs; --deterministic trades that speed for runs that repeat bit for bit.
+    torch.backends.cudnn.benchmark = on_cuda and not args.deterministic
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS's first call
+        torch.use_deterministic_algorithms(True, warn_only=True)  # an op without one warns, not fails
     autocast = functools.partial(torch.autocast, device.type, dtype=dtype, enabled=amp)
     return device, autocast, torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
+
+
+def place(module, device):
+    """`module` on `device`; on CUDA with its conv weights channels-last, the layout the tensor cores'
+    convolutions read fastest (the batches already are: the cache stores (N, H, W, C))."""
+    on_cuda = torch.device(device).type == "cuda"
+    return module.to(device, memory_format=torch.channels_last if on_cuda else torch.preserve_format)
 
 
 # ----------------------------------------------------------------------------- EMA
@@ -540,8 +584,9 @@ class EMA:
     def update(self, model):
         self.num_updates += 1
         d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for ema_p, p in zip(self.module.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - d)
+        # One fused call for all parameters (a loop would launch a kernel per tensor on a GPU).
+        ema_params, params = list(self.module.parameters()), [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1 - d)
         for ema_b, b in zip(self.module.buffers(), model.buffers()):
             ema_b.copy_(b)  # BatchNorm statistics are not averaged, they are copied
 
@@ -558,7 +603,7 @@ class MetricsLog:
     """metrics.jsonl, a JSON object a line; on resume, rows after the checkpoint's step are dropped."""
 
     def __init__(self, path, resume_step=None):
-        self.path = Path(path)
+        self.path, self.nonfinite = Path(path), 0  # training rows in a row with a non-finite loss
         if resume_step is not None and self.path.exists():
             rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
             keep = "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= resume_step)
@@ -589,9 +634,16 @@ def check_finite(step, out, **losses):
             raise UserError(f"{name} is {value} at step {step}: training diverged; {last}")
 
 
-def log_losses(log, clock, out, step, epoch, losses):
-    """A training row: stop on a non-finite loss, else log it and show it on the clock's bar."""
-    check_finite(step, out, **losses)
+SKIPPED_ROWS = 3  # under fp16, this many logged rows in a row with a non-finite loss stop the run
+
+
+def log_losses(log, clock, out, step, epoch, losses, scaler=None):
+    """A training row: log it and show it on the clock's bar. A non-finite loss stops the run, except
+    under an enabled GradScaler, which skips an overflowed fp16 step by design and lowers its scale:
+    there only SKIPPED_ROWS rows in a row do (an isolated inf is logged and training goes on)."""
+    log.nonfinite = 0 if all(math.isfinite(v) for v in losses.values()) else log.nonfinite + 1
+    if not (scaler is not None and scaler.is_enabled() and log.nonfinite < SKIPPED_ROWS):
+        check_finite(step, out, **losses)
     log.write(kind="train", step=step, epoch=epoch, **losses)
     clock.bar.set_postfix(losses, refresh=False)  # drawn at the bar's own pace, not at every row
 
@@ -654,14 +706,19 @@ def prepare_run(args, script, model_flags):
     return (out, *setup_device(args))
 
 
-def start_or_resume(out, objects, args, device):
+def start_or_resume(out, objects, args):
     """Load OUT/ckpt.pt into `objects` with --resume, else start at 0 -> (step, train_seconds, MetricsLog)."""
     path = Path(out) / "ckpt.pt"
     if not (args.resume and path.exists()):
         return 0, 0.0, MetricsLog(Path(out) / "metrics.jsonl")
-    ckpt = load_checkpoint(path, map_location=device)
+    # Read onto the CPU: load_state_dict copies each tensor onto its model's device, the RNG states
+    # must stay CPU ByteTensors (set_rng_state rejects CUDA ones), and Adam's step counts stay on the
+    # CPU, where reading them costs no GPU sync.
+    ckpt = load_checkpoint(path, map_location="cpu")
     try:
         for name, obj in objects.items():
+            if isinstance(obj, torch.amp.GradScaler) and not ckpt[name]:
+                continue  # saved disabled (AMP off): an enabled scaler starts from its initial scale
             obj.load_state_dict(ckpt[name])
     except (KeyError, RuntimeError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0][:160]
@@ -737,6 +794,18 @@ def generate(G, n, nz, device, seed, labels=None, batch_size=256):
     return torch.cat(out)
 
 
+def timed(fn, *args, **kwargs):
+    """(fn(*args, **kwargs), its seconds). CUDA runs kernels asynchronously: the clock is read after
+    waiting for the queued work, else a GPU timing would measure kernel launches, not the work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.time()
+    result = fn(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.time() - start
+
+
 # ----------------------------------------------------------------------------- training clock and summary
 class TrainClock:
     """Training seconds summed across resumes (evaluation inside `paused()` does not count, so --max-minutes
@@ -773,7 +842,7 @@ class TrainClock:
         if self.signalled:  # a second Ctrl-C means now
             raise KeyboardInterrupt
         self.signalled = signal.Signals(signum).name
-        print(f"\n{self.signalled}: finishing the current step, then checkpoint and samples", file=sys.stderr)
+        print(f"\n{self.signalled}: finishing the current step, then checkpoint and exit", file=sys.stderr)
 
     def tick(self):
         """One training step done: the bar moves a step, or on to the training minutes so far."""
@@ -789,6 +858,16 @@ class TrainClock:
         self.bar.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def exit_signalled(out, clock, model, step):
+    """After a SIGINT/SIGTERM, with the checkpoint written: leave within seconds (a cluster's preemption
+    gives 30-90 s of grace), skipping the final evaluation; summary.json says the run is incomplete,
+    and --resume finishes it (run_all.sh does so on its next pass)."""
+    summary = dict(model=model, steps=step, train_seconds=clock.seconds, stopped_by=clock.signalled)
+    write_json(Path(out) / "summary.json", {**summary, "complete": False})
+    print(f"{clock.signalled}: checkpoint at step {step} in {out}; --resume finishes the run")
+    return summary
 
 
 def write_summary(out, clock, models, images, final, **run):

@@ -41,7 +41,6 @@ over real target images: under 1 is blur).
 
 import argparse
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -340,18 +339,18 @@ def main(argv=None):
             "takes A's; pass --lambda-identity 0, or data with equal channels"
         )
     G_AB, G_BA = (
-        ResnetGenerator(c_in, c_out, args.ngf, args.n_blocks).to(device)
+        common.place(ResnetGenerator(c_in, c_out, args.ngf, args.n_blocks), device)
         for c_in, c_out in ((c_a, c_b), (c_b, c_a))
     )
     if args.disc == "patch":
-        D_A, D_B = (PatchDiscriminator(c, args.ndf, args.d_layers).to(device) for c in (c_a, c_b))
+        D_A, D_B = (common.place(PatchDiscriminator(c, args.ndf, args.d_layers), device) for c in (c_a, c_b))
     else:
-        D_A, D_B = (ImageDiscriminator(c, args.ndf, args.res).to(device) for c in (c_a, c_b))
+        D_A, D_B = (common.place(ImageDiscriminator(c, args.ndf, args.res), device) for c in (c_a, c_b))
     for m in (G_AB, G_BA, D_A, D_B):
         m.apply(init_weights)
     ema_ab, ema_ba = common.EMA(G_AB, args.ema), common.EMA(G_BA, args.ema)
     if args.generate:  # no training: translate N held-out images each way with the EMA generators
-        ckpt = common.load_checkpoint(out / "ckpt.pt", device)
+        ckpt = common.load_checkpoint(out / "ckpt.pt")
         ema_ab.load_state_dict(ckpt["ema_ab"])
         ema_ba.load_state_dict(ckpt["ema_ba"])
         folder = Path(args.generate_dir or out / "generated")
@@ -366,10 +365,10 @@ def main(argv=None):
     pool_a, pool_b = ImagePool(args.pool), ImagePool(args.pool)
     objects = dict(G_AB=G_AB, G_BA=G_BA, D_A=D_A, D_B=D_B, ema_ab=ema_ab, ema_ba=ema_ba, opt_g=opt_g)
     objects.update(opt_d=opt_d, scaler=scaler, pool_a=pool_a, pool_b=pool_b)
-    step, train_seconds, log = common.start_or_resume(out, objects, args, device)
+    step, train_seconds, log = common.start_or_resume(out, objects, args)
     weights, n_real = args.inception_weights, args.fid_n_real
     evaluators = [
-        fid.Evaluator(args.fid_features, test, name, args.res, n_real, device, weights)
+        fid.Evaluator(args.fid_features, test, name, args.res, n_real, device, weights, args.crop)
         for test, name in ((test_a, names[0]), (test_b, names[1]))
     ]
     # The same 8 held-out images of each domain in every grid.
@@ -415,7 +414,7 @@ def main(argv=None):
         if step % args.log_every == 0 or step == clock.total:
             losses = {f"loss_g_{k}": v.item() for k, v in terms.items()}
             losses.update(loss_d_a=loss_d_a.item(), loss_d_b=loss_d_b.item())
-            common.log_losses(log, clock, out, step, step / per_epoch, losses)
+            common.log_losses(log, clock, out, step, step / per_epoch, losses, scaler)
         if step % per_epoch == 0:  # end of an epoch: grid and evaluation (not training time), checkpoint
             epoch = step // per_epoch
             with clock.paused():
@@ -433,15 +432,15 @@ def main(argv=None):
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
+    if clock.signalled:  # out within seconds; the final evaluation waits for --resume
+        return common.exit_signalled(out, clock, "cyclegan", step)
     if eval_step != step:  # the final weights are evaluated unless the last epoch's evaluation saw them
         metrics = evaluate(ema_ab.module, ema_ba.module, evaluators, (test_a, test_b), args.fid_n, device)
         log.write(kind="eval", step=step, epoch=step / per_epoch, **metrics)
         say_eval(metrics, step)
-    t = time.time()
-    common.save_grid(
-        translation_grid(ema_ab.module, ema_ba.module, fixed_a, fixed_b, device), out / "translate.png"
-    )
-    sample_seconds = (time.time() - t) / (4 * len(fixed_a))  # four translations an image pair
+    grid, seconds = common.timed(translation_grid, ema_ab.module, ema_ba.module, fixed_a, fixed_b, device)
+    common.save_grid(grid, out / "translate.png")
+    sample_seconds = seconds / (4 * len(fixed_a))  # four translations an image pair
     common.save_gif(out / "samples", out / "progress.gif", fallback=out / "translate.png")
     run = dict(model="cyclegan", domains=list(names), steps=step, epochs=step / per_epoch)
     run["sample_seconds_per_image"] = sample_seconds

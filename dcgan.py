@@ -22,7 +22,6 @@ an EMA of G. `--cond` (phase 6): the label vector (one-hot for a class, multi-ho
 import argparse
 import functools
 import math
-import time
 
 import torch
 import torch.nn as nn
@@ -216,9 +215,8 @@ def evaluate(G, evaluator, args, heldout, conditions, out):
 def save_outputs(G, fixed_z, fixed_y, conditions, classes, out, seed):
     """samples.png, interp.png (a slerp walk a row; one label a row), cond_*.png (one cell a condition),
     progress.gif -> seconds per sample."""
-    t = time.time()
-    final = G(fixed_z, fixed_y)
-    sample_seconds = (time.time() - t) / fixed_z.shape[0]
+    final, seconds = common.timed(G, fixed_z, fixed_y)
+    sample_seconds = seconds / fixed_z.shape[0]
     common.save_grid(final, out / "samples.png")
     for name, y in conditions.items():
         common.save_condition_grid(
@@ -260,20 +258,20 @@ def main(argv=None):
     out, device, autocast, scaler = common.prepare_run(args, "dcgan", MODEL_FLAGS)
     train, heldout = common.train_and_heldout(args)
     channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
-    G = Generator(args.nz, args.ngf, channels, args.res, n_classes, args.g_arch).to(device)
-    D = Discriminator(args.ndf, channels, args.res, n_classes).to(device)
+    G = common.place(Generator(args.nz, args.ngf, channels, args.res, n_classes, args.g_arch), device)
+    D = common.place(Discriminator(args.ndf, channels, args.res, n_classes), device)
     G.apply(init_weights)
     D.apply(init_weights)
     ema = common.EMA(G, args.ema)
     if args.generate:  # no training: N images from the finished run's EMA generator
-        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt", device)["ema"])
+        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt")["ema"])
         labels = common.generation_labels(args, heldout)
         fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
         return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(args.beta1, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d or args.lr, betas=(args.beta1, 0.999))
     objects = dict(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, scaler=scaler)
-    step, train_seconds, log = common.start_or_resume(out, objects, args, device)
+    step, train_seconds, log = common.start_or_resume(out, objects, args)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     # Fixed noise (and labels), so every epoch's grid shows the same 64 latents.
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
@@ -310,7 +308,7 @@ def main(argv=None):
         clock.tick()
         if step % args.log_every == 0 or step == clock.total:
             losses = {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
-            common.log_losses(log, clock, out, step, step / per_epoch, losses)
+            common.log_losses(log, clock, out, step, step / per_epoch, losses, scaler)
         if step % per_epoch == 0:  # end of an epoch: grid and FID (not training time), checkpoint
             epoch = step // per_epoch
             with clock.paused():
@@ -323,6 +321,8 @@ def main(argv=None):
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
+    if clock.signalled:  # out within seconds; the final evaluation waits for --resume
+        return common.exit_signalled(out, clock, "dcgan", step)
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
         row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
         metrics = common.log_eval(log, row, step, step / per_epoch)

@@ -42,7 +42,6 @@ the same blend is applied to v, which is the same thing (eps is linear in v at f
 
 import argparse
 import math
-import time
 
 import numpy as np
 import torch
@@ -93,9 +92,11 @@ class Attention(nn.Module):
 
     def forward(self, x):
         B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=2)  # 3 x (B, HW, C)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C)
-        return x + self.proj(h.transpose(1, 2).reshape(B, C, H, W))
+        qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2)[:, None]  # (B, 1 head, HW, 3C)
+        # 4-D (batch, heads, positions, channels): the layout the fused (flash / memory-efficient)
+        # kernels take; they never build the HW x HW attention matrix.
+        h = F.scaled_dot_product_attention(*qkv.chunk(3, dim=-1))  # (B, 1, HW, C)
+        return x + self.proj(h[:, 0].transpose(1, 2).reshape(B, C, H, W))
 
 
 class UNet(nn.Module):
@@ -188,8 +189,8 @@ def make_betas(schedule, T):
 
 
 def _at(a, t, x):
-    """a[t] shaped to broadcast against x: (B,) -> (B, 1, 1, 1)."""
-    return a.to(x.device)[t].float().view(-1, *([1] * (x.dim() - 1)))
+    """a[t] shaped to broadcast against x: (B,) -> (B, 1, 1, 1); `a` lives on x's device."""
+    return a[t].float().view(-1, *([1] * (x.dim() - 1)))
 
 
 def q_sample(x0, t, noise, alpha_bar):
@@ -397,9 +398,8 @@ def save_outputs(model, fixed_x_T, fixed_y, conditions, classes, args, alpha_bar
     """The final pictures from the EMA weights: samples.png from the fixed noise, cond_*.png (one cell
     a condition), denoise.png (one row per sample: x_T, x_t at 9 evenly spaced sampler steps, the
     last one x_0), progress.gif. Returns the sampling seconds per image."""
-    t = time.time()
-    final = sample_from(model, fixed_x_T, args, alpha_bar, betas, labels=fixed_y)
-    sample_seconds = (time.time() - t) / fixed_x_T.shape[0]
+    final, seconds = common.timed(sample_from, model, fixed_x_T, args, alpha_bar, betas, labels=fixed_y)
+    sample_seconds = seconds / fixed_x_T.shape[0]
     common.save_grid(final, out / "samples.png")
     for name, y in conditions.items():
         cells = sample_from(model, fixed_x_T[:32], args, alpha_bar, betas, labels=y[:32])
@@ -469,12 +469,12 @@ def main(argv=None):
         raise common.UserError("--guidance needs a conditional model (trained with --cond)")
     shape, n_classes = (train.images.shape[-1], args.res, args.res), len(train.classes) if args.cond else 0
     betas = make_betas(args.schedule, args.T)  # float64: cumprod over 1000 steps keeps its precision
-    alpha_bar = torch.cumprod(1 - betas, 0)
+    alpha_bar = torch.cumprod(1 - betas, 0).to(device)  # on the device once: no copy (and sync) a step
     unet = (args.base_ch, args.ch_mult, args.num_res_blocks, args.attn_res, args.dropout, args.res, n_classes)
-    model = UNet(shape[0], *unet).to(device)
+    model = common.place(UNet(shape[0], *unet), device)
     ema = common.EMA(model, args.ema)
     if args.generate:  # no training: N images from the finished run's EMA weights
-        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt", device)["ema"])
+        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt")["ema"])
         labels, generator = (
             common.generation_labels(args, heldout),
             torch.Generator().manual_seed(args.seed + 4),
@@ -484,7 +484,7 @@ def main(argv=None):
         return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     objects = dict(model=model, ema=ema, opt=opt, scaler=scaler)
-    step, train_seconds, log = common.start_or_resume(out, objects, args, device)
+    step, train_seconds, log = common.start_or_resume(out, objects, args)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     # Fixed starting noise, so every epoch's grid follows the same 64 trajectories.
     fixed_x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
@@ -511,7 +511,7 @@ def main(argv=None):
         clock.tick()
         if step % args.log_every == 0 or step == clock.total:
             losses = {"loss": loss.item()}
-            common.log_losses(log, clock, out, step, step / per_epoch, losses)
+            common.log_losses(log, clock, out, step, step / per_epoch, losses, scaler)
         if step % per_epoch == 0:  # end of an epoch: grid and FID (not training time), checkpoint
             epoch = step // per_epoch
             with clock.paused():
@@ -535,6 +535,8 @@ def main(argv=None):
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
+    if clock.signalled:  # out within seconds; the final evaluation waits for --resume
+        return common.exit_signalled(out, clock, "ddpm", step)
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
         row = evaluate(
             ema.module, evaluator, args, alpha_bar, betas, heldout, conditions, args.guidance[0], out

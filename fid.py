@@ -242,11 +242,20 @@ def activations(images, model, batch_size=50, device=None, with_logits=False):
     if isinstance(images, (str, Path)):
         images = _folder_batches(images, batch_size)
     feats, logits = [], []
-    for x in [images] if torch.is_tensor(images) else images:
-        for chunk in x.split(batch_size):
-            f, l = model(chunk.to(device, torch.float32).contiguous(memory_format=torch.channels_last))
-            feats.append(f.double().cpu())
-            logits.append(l.double().cpu())
+    # Full fp32 on a GPU too: TF32 convolutions and matmuls (10-bit mantissas) would move the
+    # features, and FID with them, away from pytorch-fid's and from the CPU's cached ones.
+    matmul_tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            for x in [images] if torch.is_tensor(images) else images:
+                for chunk in x.split(batch_size):
+                    f, l = model(
+                        chunk.to(device, torch.float32).contiguous(memory_format=torch.channels_last)
+                    )
+                    feats.append(f.double().cpu())
+                    logits.append(l.double().cpu())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
     acts = torch.cat(feats).numpy()
     return (acts, torch.cat(logits).numpy()) if with_logits else acts
 
@@ -383,7 +392,7 @@ class Evaluator:
     data's own classifier ('digits', 'mnist', 'shapes'); and conditional accuracy where such a
     classifier exists."""
 
-    def __init__(self, features, heldout, spec, res, n_real, device, weights=None):
+    def __init__(self, features, heldout, spec, res, n_real, device, weights=None, crop=None):
         self.model, self.device = None, device
         if features in ("auto", "inception"):
             try:  # load once: finding the weights already costs a sha256 of the 100 MB file
@@ -402,7 +411,9 @@ class Evaluator:
         own = classifiers.load_classifier(spec, device) if spec in common.CLASSIFIED else None
         self.model, self.classifier = self.model or classifiers.load_classifier(features, device), own
         self.n_real = min(n_real, len(heldout))
-        key = f"{features}_{spec}_{res}_{self.n_real}".replace("/", "_").replace(",", "+")[-150:]
+        # The device type too: a GPU's convolutions round differently from the CPU's.
+        key = f"{features}_{spec}_{crop}_{res}_{self.n_real}_{torch.device(device).type}"
+        key = key.replace("/", "_").replace(",", "+")[-150:]
         self.real_acts = self._real_activations(heldout, common.CACHE_DIR / "fid_stats" / f"{key}.npz")
         self.real_stats = stats(self.real_acts)
         self.real_diversity = diversity(self.real_acts)
@@ -416,7 +427,9 @@ class Evaluator:
     def for_run(cls, args, heldout, device):
         """The evaluator a training run's flags ask for."""
         weights = args.inception_weights
-        return cls(args.fid_features, heldout, args.data, args.res, args.fid_n_real, device, weights)
+        return cls(
+            args.fid_features, heldout, args.data, args.res, args.fid_n_real, device, weights, args.crop
+        )
 
     def _real_activations(self, heldout, path):
         """The held-out images' features, cached at `path` (recomputed if that fails to load)."""

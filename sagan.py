@@ -42,7 +42,6 @@ shapes' 1-3 objects) and a projection critic (Miyato & Koyama 2018, eq. 3): scor
 import argparse
 import functools
 import math
-import time
 
 import torch
 import torch.nn as nn
@@ -281,9 +280,8 @@ def evaluate(G, evaluator, args, heldout, conditions, out):
 def save_outputs(G, fixed_z, fixed_y, conditions, classes, out, seed):
     """samples.png, interp.png (a slerp walk a row; one label a row), cond_*.png (one cell a condition),
     progress.gif -> seconds per sample."""
-    t = time.time()
-    final = G(fixed_z, fixed_y)
-    sample_seconds = (time.time() - t) / fixed_z.shape[0]
+    final, seconds = common.timed(G, fixed_z, fixed_y)
+    sample_seconds = seconds / fixed_z.shape[0]
     common.save_grid(final, out / "samples.png")
     for name, y in conditions.items():
         common.save_condition_grid(
@@ -333,19 +331,21 @@ def main(argv=None):
     out, device, autocast, scaler = common.prepare_run(args, "sagan", MODEL_FLAGS)
     train, heldout = common.train_and_heldout(args)
     channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
-    G = Generator(args.nz, args.ngf, channels, args.res, args.attn_res, n_classes).to(device)
+    G = common.place(Generator(args.nz, args.ngf, channels, args.res, args.attn_res, n_classes), device)
     G.apply(init_generator)
-    C = spectrally_normed(Critic(args.ndf, channels, args.res, args.attn_res, n_classes)).to(device)
+    C = common.place(
+        spectrally_normed(Critic(args.ndf, channels, args.res, args.attn_res, n_classes)), device
+    )
     ema = common.EMA(G, args.ema)
     if args.generate:  # no training: N images from the finished run's EMA generator
-        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt", device)["ema"])
+        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt")["ema"])
         labels = common.generation_labels(args, heldout)
         fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
         return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(0.0, 0.9))
     opt_c = torch.optim.Adam(C.parameters(), lr=args.lr_d or args.lr, betas=(0.0, 0.9))
     objects = dict(G=G, C=C, ema=ema, opt_g=opt_g, opt_c=opt_c, scaler=scaler)
-    step, train_seconds, log = common.start_or_resume(out, objects, args, device)
+    step, train_seconds, log = common.start_or_resume(out, objects, args)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
@@ -389,7 +389,7 @@ def main(argv=None):
         if step % args.log_every == 0 or step == clock.total:
             wasserstein = (real_scores.mean() - fake_scores.mean()).item()
             losses = dict(loss_c=loss_c.item(), loss_g=loss_g.item(), gp=gp.item(), wasserstein=wasserstein)
-            common.log_losses(log, clock, out, step, step * n_critic / per_epoch, losses)
+            common.log_losses(log, clock, out, step, step * n_critic / per_epoch, losses, scaler)
         if step * n_critic // per_epoch > epoch:  # an epoch of real batches is done: grid, FID, checkpoint
             epoch = step * n_critic // per_epoch
             with clock.paused():
@@ -402,6 +402,8 @@ def main(argv=None):
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, epoch, clock.seconds, args)
+    if clock.signalled:  # out within seconds; the final evaluation waits for --resume
+        return common.exit_signalled(out, clock, "sagan", step)
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
         row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
         metrics = common.log_eval(log, row, step, step * n_critic / per_epoch)

@@ -29,7 +29,6 @@ at the latent; the prior stays N(0, I), so sampling is z ~ N(0, I) decoded with 
 
 import argparse
 import math
-import time
 
 import torch
 import torch.nn as nn
@@ -209,9 +208,8 @@ def save_outputs(vae, fixed_z, fixed_y, conditions, heldout, out):
     """samples.png (prior samples), recon.png (rows alternate 8 held-out images and their reconstructions
     from mu), interp.png (slerps between codes of held-out images, decoded with the first one's label),
     cond_*.png (one cell a condition), progress.gif -> seconds per sample."""
-    t = time.time()
-    final = vae.decode(fixed_z, fixed_y)
-    sample_seconds = (time.time() - t) / fixed_z.shape[0]
+    final, seconds = common.timed(vae.decode, fixed_z, fixed_y)
+    sample_seconds = seconds / fixed_z.shape[0]
     common.save_grid(final, out / "samples.png")
     for name, y in conditions.items():
         cells = vae.decode(fixed_z[:32], y[:32].to(fixed_z.device))
@@ -263,10 +261,10 @@ def main(argv=None):
     vgg = VGGPerceptual(load_vgg(args.vgg_weights)).to(device) if args.perceptual else None
     train, heldout = common.train_and_heldout(args)
     channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
-    vae = VAE(channels, args.res, args.latent, args.width, n_classes).to(device)
+    vae = common.place(VAE(channels, args.res, args.latent, args.width, n_classes), device)
     ema = common.EMA(vae, args.ema)
     if args.generate:  # no training: N prior samples from the finished run's EMA decoder
-        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt", device)["ema"])
+        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt")["ema"])
         labels = common.generation_labels(args, heldout)
         fake = common.generate(ema.module.decode, args.generate, args.latent, device, args.seed + 4, labels)
         return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
@@ -274,10 +272,12 @@ def main(argv=None):
     objects, D = dict(vae=vae, ema=ema, opt=opt, scaler=scaler), None
     if args.adv:
         # pix2pix's 3 layers from 32 px up; fewer below, so its last 4x4 convolutions still fit.
-        D = PatchDiscriminator(channels, args.ndf, n_layers=min(3, int(math.log2(args.res)) - 2)).to(device)
+        D = common.place(
+            PatchDiscriminator(channels, args.ndf, n_layers=min(3, int(math.log2(args.res)) - 2)), device
+        )
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.5, 0.999))
         objects.update(D=D, opt_d=opt_d)
-    step, train_seconds, log = common.start_or_resume(out, objects, args, device)
+    step, train_seconds, log = common.start_or_resume(out, objects, args)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
@@ -315,7 +315,7 @@ def main(argv=None):
         clock.tick()
         if step % args.log_every == 0 or step == clock.total:
             losses = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
-            common.log_losses(log, clock, out, step, step / per_epoch, losses)
+            common.log_losses(log, clock, out, step, step / per_epoch, losses, scaler)
         if step % per_epoch == 0:  # end of an epoch: grid and evaluation (not training time), checkpoint
             epoch = step // per_epoch
             with clock.paused():
@@ -329,6 +329,8 @@ def main(argv=None):
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
+    if clock.signalled:  # out within seconds; the final evaluation waits for --resume
+        return common.exit_signalled(out, clock, "vae", step)
     if eval_step != step:  # the final weights are evaluated unless the last epoch's evaluation saw them
         row = evaluate(ema.module, evaluator, heldout, conditions, args, out)
         metrics = common.log_eval(log, row, step, step / per_epoch)

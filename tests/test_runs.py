@@ -231,7 +231,7 @@ def test_garbage_digits_net_cache_is_retrained(capsys):
 def test_damaged_fid_statistics_cache_is_recomputed():
     held = common.load_dataset("digits", 16, aug="none").split()[1]
     first = fid.Evaluator("digits", held, "digits", 16, 100, "cpu")
-    path = next((common.CACHE_DIR / "fid_stats").glob("digits_digits_16_100.npz"))
+    path = next((common.CACHE_DIR / "fid_stats").glob("digits_digits_None_16_100_cpu.npz"))
     with np.load(path) as f:
         assert list(f.keys()) == ["acts"]  # only what is read back
     path.write_bytes(b"garbage")
