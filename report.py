@@ -378,9 +378,9 @@ def phase7_section(runs, figdir, lines):
     lines += [
         f"A = {domains[0]}, B = {domains[1]}, on held-out images. Label kept: the target domain's",
         "classifier on the translations against their source labels. FID in the target's feature space",
-        "(without Inception weights, its classifier's: FID(mnist) for digits -> MNIST). Cycle L1: mean",
-        "|G_BA(G_AB(x)) - x| in [-1, 1] units. Sharpness: neighbouring-pixel differences of the",
-        "translations over the target's real images (under 1: blurrier than real).",
+        "(without Inception weights, its classifier's: FID(mnist) for digits -> MNIST). Cycle L1: the",
+        "mean of |G_BA(G_AB(x)) - x| in [-1, 1] units. Sharpness: neighbouring-pixel differences of",
+        "the translations over the target's real images (under 1: blurrier than real).",
         "",
     ]
     grids = [run for run in runs if (run["dir"] / "translate.png").is_file()]
