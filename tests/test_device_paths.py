@@ -1,6 +1,7 @@
 """The CUDA paths' defects, checked on the CPU where they can be: resume reads checkpoints onto the CPU,
 a scaler saved disabled resumes enabled, attention takes the fused kernels' 4-D layout, fp16's skipped
-steps do not stop a run, FID's cache keys carry the device and the crop."""
+steps do not stop a run, FID's cache keys carry the device and the crop (and its reference images are
+spread over the held-out set), the cache is read per batch, the loader's workers start once."""
 
 import argparse
 import json
@@ -176,3 +177,13 @@ def test_fid_features_are_computed_without_tf32():
 def test_timed_returns_the_result_and_its_seconds():
     result, seconds = common.timed(lambda x: time.sleep(0.05) or x + 1, 1)
     assert result == 2 and 0.05 <= seconds < 1
+
+
+def test_fid_reference_images_are_spread_over_a_class_sorted_held_out_set():
+    held = common.load_dataset("mnist", 16, aug="none").split()[1]  # MNIST's file is sorted by class
+    assert held.labels[:100].max() < 2  # its first 100 held-out images are 0s and 1s only
+    evaluator = fid.Evaluator("mnist", held, "mnist", 16, 100, "cpu")
+    spread = np.linspace(0, len(held) - 1, 100).round().astype(int)
+    assert sorted(set(held.labels[spread].tolist())) == list(range(10))
+    x = torch.from_numpy(np.array(held.images[spread])).permute(0, 3, 1, 2).float() / 255
+    assert np.allclose(evaluator.real_acts, fid.activations(x, evaluator.model))

@@ -188,9 +188,12 @@ def test_garbage_checkpoint_is_called_damaged_not_pickle(tmp_path):
 
 def test_truncated_data_cache_is_rebuilt():
     expected = np.array(common.load_dataset("digits", 16, aug="none").images)  # a copy, not the memmap
-    npy = next(
-        p for p in (common.CACHE_DIR / "data").glob("*.npy") if np.load(p, mmap_mode="r").shape[1] == 16
+    manifest = next(  # the digits' own cache: MNIST's and others' at 16 px may sit beside it
+        p
+        for p in (common.CACHE_DIR / "data").glob("*.json")
+        if json.loads(p.read_text())["spec"] == "digits" and json.loads(p.read_text())["res"] == 16
     )
+    npy = manifest.with_suffix(".npy")
     npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])
     with pytest.warns(UserWarning, match="damaged.*rebuilding"):
         again = common.load_dataset("digits", 16, aug="none")
