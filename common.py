@@ -141,8 +141,10 @@ def parse_with_preset(parser, argv, cpu_preset):
         for name, value in {**CPU_PRESET, **cpu_preset}.items():
             if name not in given:
                 setattr(args, name, value)
-        small = "res" in given or "res" in cpu_preset or all(s in GRAY_BUILTIN for s in args.data.split(","))
-        if not small:
+        keep_res = (
+            "res" in given or "res" in cpu_preset or all(s in GRAY_BUILTIN for s in args.data.split(","))
+        )
+        if not keep_res:
             args.res = 32  # the built-in digits are 8x8, MNIST's 28x28, the faces 25x25; shapes need more
         say = f"{args.max_minutes:g} minutes of training at res {args.res}, FID from {args.fid_n} samples"
         if args.generate is None:  # --generate takes the model and data flags of the run it samples
@@ -356,6 +358,12 @@ class ImageData(torch.utils.data.Dataset):
         return tuple(
             ImageData(Rows(self.images, idx), self.labels[idx], self.classes, self.aug) for idx in parts
         )
+
+
+def spread(length, n):
+    """min(n, length) indices spread evenly over range(length). A held-out set keeps file order, so a
+    folder of class folders (or MNIST's file) comes sorted by class: its first n are the first classes."""
+    return np.linspace(0, length - 1, min(n, length)).round().astype(int)
 
 
 def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
@@ -871,14 +879,14 @@ def exit_signalled(out, clock, model, step):
 
 
 def write_summary(out, clock, models, images, final, **run):
-    """summary.json: `run` (model, steps...), the sizes of `models` ({name: module or None}), training time
-    and speed (`images` read), `final` metrics, how it stopped (a signal: not complete, run_all resumes)."""
+    """summary.json of a finished run: `run` (model, steps...), the sizes of `models` ({name: module or
+    None}), training time and speed (`images` read), `final` metrics, how it stopped (a signal never
+    gets here: `exit_signalled` writes its summary)."""
     models = {name: m for name, m in models.items() if m is not None}
     sizes = {f"params_{name}": sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     summary = {**run, "params": sum(sizes.values()), **sizes, "train_seconds": clock.seconds}
     summary.update(images_per_s=images / max(clock.seconds, 1e-9), final=final)
-    summary.update(stopped_by=clock.signalled or ("max-minutes" if clock.timed_out else "steps"))
-    summary["complete"] = not clock.signalled
+    summary.update(stopped_by="max-minutes" if clock.timed_out else "steps", complete=True)
     write_json(Path(out) / "summary.json", summary)
     print(f"done: {run['steps']} steps in {clock.seconds:.0f}s; outputs in {out}")
     return summary

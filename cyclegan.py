@@ -43,7 +43,6 @@ import argparse
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -215,32 +214,32 @@ def load_domains(args):
     if args.data is None:
         names = (args.data_a or "digits", args.data_b or "mnist")
         domains = [common.load_dataset(spec, **load).split() for spec in names]
-        for (train, test), name in zip(domains, names):
-            if len(test) == 0:  # the split holds out a sixth
-                raise common.UserError(
-                    f"{name}: {len(train)} image(s) leave none held out; give it 6 or more"
+    else:
+        root = Path(args.data)
+        if not root.is_dir() or not all((root / f"train{side}").is_dir() for side in "AB"):
+            raise common.UserError(
+                f"--data {args.data}: cyclegan.py needs a folder holding trainA/ and trainB/ (testA/, "
+                "testB/ optional), or --data-a SPEC --data-b SPEC"
+            )
+        names, domains = (str(root / "testA"), str(root / "testB")), []
+        for side in "AB":
+            train, test = root / f"train{side}", root / f"test{side}"
+            if test.is_dir():
+                domains.append(
+                    (common.load_dataset(str(train), **load), common.load_dataset(str(test), **load))
                 )
-        return *domains, names
-    root = Path(args.data)
-    if not root.is_dir() or not all((root / f"train{side}").is_dir() for side in "AB"):
-        raise common.UserError(
-            f"--data {args.data}: cyclegan.py needs a folder holding trainA/ and trainB/ (testA/, testB/ "
-            "optional), or --data-a SPEC --data-b SPEC"
-        )
-    domains = []
-    for side in "AB":
-        train, test = root / f"train{side}", root / f"test{side}"
-        if test.is_dir():
-            domains.append((common.load_dataset(str(train), **load), common.load_dataset(str(test), **load)))
-        else:
-            domains.append(common.load_dataset(str(train), **load).split())
-    return *domains, (str(root / "testA"), str(root / "testB"))
+            else:
+                domains.append(common.load_dataset(str(train), **load).split())
+    for (train, test), name in zip(domains, names):
+        if len(test) == 0:  # a split holds out a sixth
+            raise common.UserError(f"{name}: {len(train)} image(s) leave none held out; give it 6 or more")
+    return *domains, names
 
 
 def spread_images(data, n):
-    """n images spread evenly over `data` (all classes, where its files come sorted by class), as
+    """n images spread evenly over `data` (every class, where its files come sorted by class), as
     (x (n, C, H, W) in [-1, 1], labels); all of them when n >= len(data)."""
-    x, y = data.batch(np.linspace(0, len(data) - 1, min(n, len(data))).round().astype(int))
+    x, y = data.batch(common.spread(len(data), n))
     return common.to_float(x), y
 
 
@@ -425,7 +424,7 @@ def main(argv=None):
                     metrics = evaluate(
                         ema_ab.module, ema_ba.module, evaluators, (test_a, test_b), args.fid_n, device
                     )
-                    log.write(kind="eval", step=step, epoch=epoch, **metrics)
+                    common.log_eval(log, metrics, step, epoch)  # an "eval" row: no single "fid" here
                     say_eval(metrics, step)
                     eval_step = step
             if epoch % args.ckpt_every == 0:
@@ -436,7 +435,7 @@ def main(argv=None):
         return common.exit_signalled(out, clock, "cyclegan", step)
     if eval_step != step:  # the final weights are evaluated unless the last epoch's evaluation saw them
         metrics = evaluate(ema_ab.module, ema_ba.module, evaluators, (test_a, test_b), args.fid_n, device)
-        log.write(kind="eval", step=step, epoch=step / per_epoch, **metrics)
+        common.log_eval(log, metrics, step, step / per_epoch)
         say_eval(metrics, step)
     grid, seconds = common.timed(translation_grid, ema_ab.module, ema_ba.module, fixed_a, fixed_b, device)
     common.save_grid(grid, out / "translate.png")

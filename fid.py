@@ -442,9 +442,7 @@ class Evaluator:
         except (OSError, ValueError, KeyError) as e:
             if path.exists():
                 warnings.warn(f"FID statistics cache {path} is damaged ({e}); recomputing it")
-        # Spread over the held-out set: a folder (or MNIST's file) comes sorted by class, and its first
-        # n_real images would be the first classes only.
-        spread = np.linspace(0, len(heldout) - 1, self.n_real).round().astype(int)
+        spread = common.spread(len(heldout), self.n_real)  # every class of a class-sorted held-out set
         real = torch.from_numpy(np.array(heldout.images[spread])).permute(0, 3, 1, 2).float() / 255
         acts = activations(real, self.model, device=self.device)
         common.atomic_write(path, lambda f: np.savez(f, acts=acts))

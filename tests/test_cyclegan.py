@@ -299,6 +299,7 @@ def test_generate_translates_held_out_images_both_ways(tmp_path):
         (lambda t: ["--data", str(t), "--data-a", "digits", "--data-b", "mnist"], "not both"),
         (lambda t: ["--data-a", "digits", "--data-b", str(t / "rgb")], "channel"),
         (lambda t: ["--data-a", "digits", "--data-b", str(t / "few")], "none held out"),
+        (lambda t: ["--data", str(t / "tiny")], "none held out"),  # trainA of 2 images, no testA
         (lambda t: ["--cond"], "not conditioned"),
         (lambda t: ["--generate", "3", "--out", str(t / "nothing")], "no checkpoint"),
     ],
@@ -307,6 +308,8 @@ def test_bad_input_exits_2(tmp_path, capsys, argv, message):
     (tmp_path / "empty").mkdir()
     png_folder(tmp_path / "rgb", 6, res=16)
     png_folder(tmp_path / "few", 2, res=16)
+    png_folder(tmp_path / "tiny" / "trainA", 2, res=16)
+    png_folder(tmp_path / "tiny" / "trainB", 6, res=16)
     with pytest.raises(SystemExit) as e:
         cyclegan.main(
             [
