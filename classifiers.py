@@ -127,6 +127,7 @@ def train_classifier(name, epochs, seed=0):
     return model, accuracy(logits, torch.from_numpy(np.array(heldout.labels)))
 
 
+@common.rank0_first()  # under torchrun rank 0 trains and caches it, the others read the cache
 def load_classifier(name, device="cpu"):
     """The cached `name` network, trained and cached on first use, and again (with a warning)
     when the cached file fails to load."""

@@ -2,10 +2,13 @@
 presets, data (digits, lfw, shapes, image folders or a mix, cached once as uint8 .npy; labels and the
 fixed condition lists), pretrained weights, device and AMP, EMA, the metrics log, checkpoints and resume,
 images (grids, GIFs, --generate's PNG folders), the training clock and summary.
+Under torchrun (several processes, one a GPU or CPU slot) the same plumbing splits each batch and each
+evaluation over the ranks, and only rank 0 writes files, prints and draws the bar (see `setup_device`).
 No model, loss or sampler lives here: each model script holds its own, and its own training loop.
 """
 
 import argparse
+import atexit
 import contextlib
 import copy
 import functools
@@ -25,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torchvision.utils import save_image
@@ -55,7 +60,10 @@ def exits_on_user_error(main):
 
 
 def atomic_write(path, write_fn):
-    """Write through a temp file, then rename: a kill at any moment leaves the old file or the new one."""
+    """Write through a temp file, then rename: a kill at any moment leaves the old file or the new one.
+    Under torchrun only rank 0 writes: the other ranks hold the same state and would write the same."""
+    if rank() != 0:
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -75,6 +83,66 @@ def write_json(path, obj):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
+# ----------------------------------------------------------------------------- ranks (torchrun)
+# `torchrun --nproc_per_node=N script.py ...` starts N copies of a script, ranks 0..N-1, that train one
+# model: each takes its share of every batch and DistributedDataParallel averages their gradients. Every
+# rank seeds the same RNG, so each draws the whole batch's noise and keeps its rows (`shard`): N processes
+# draw what one would. Outside torchrun these helpers see one rank and change nothing.
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+@contextlib.contextmanager
+def rank0_first():
+    """Rank 0 runs the block (or decorated function) first and writes its caches; the other ranks wait,
+    then run it and read them. No collective may run inside. One barrier a rank: a block inside another
+    (which the ranks may or may not reach, a cache being there or not) adds none."""
+    global _FIRST_DEPTH
+    outer = _FIRST_DEPTH == 0 and dist.is_initialized()
+    if outer and rank() != 0:
+        dist.barrier()
+    _FIRST_DEPTH += 1
+    try:
+        yield
+    finally:  # also when rank 0 raises: the others then meet the same error themselves
+        _FIRST_DEPTH -= 1
+        if outer and rank() == 0:
+            dist.barrier()
+
+
+_FIRST_DEPTH = 0  # rank0_first blocks open
+
+
+def shard(x):
+    """This rank's rows of x, a tensor over the global batch (x itself in one process)."""
+    return x.tensor_split(world_size())[rank()]
+
+
+def share(n, of_rank=None):
+    """The range of the n rows of an evaluation that a rank makes: contiguous, rank 0's first (as `shard`)."""
+    sizes = [len(part) for part in np.array_split(np.arange(n), world_size())]
+    r = rank() if of_rank is None else of_rank
+    return range(sum(sizes[:r]), sum(sizes[: r + 1]))
+
+
+def gather(part, n):
+    """Every rank's `share` of n rows, in order, on every rank and on the CPU (all of `part` in one
+    process). all_gather takes one shape from every rank, so the shares travel padded to the largest."""
+    if world_size() == 1:
+        return part
+    sizes = [len(share(n, r)) for r in range(world_size())]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    padded = torch.zeros(max(sizes), *part.shape[1:], dtype=part.dtype, device=device)
+    padded[: len(part)] = part
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:size] for p, size in zip(parts, sizes)]).cpu()
+
+
 # ----------------------------------------------------------------------------- flags and presets
 def csv_ints(text):
     return [int(v) for v in text.split(",") if v]
@@ -88,7 +156,7 @@ def add_common_args(parser, resolutions=(16, 32, 64, 128)):
     a("--res", type=int, default=32, choices=resolutions, help="16 suits the 8x8 digits on a CPU")
     a("--crop", type=int, default=None, help="center-crop N px before resizing (CelebA: 178)")
     a("--aug", default="flip", choices=["none", "flip", "deluxe"])
-    a("--batch-size", type=int, default=64)
+    a("--batch-size", type=int, default=64, help="the global batch: under torchrun, split over the ranks")
     a("--epochs", type=int, default=100)
     a("--max-steps", type=int, default=None, help="stop after N optimizer steps of the generator/model")
     a("--max-minutes", type=float, default=None, help="stop cleanly after this much training time")
@@ -101,6 +169,11 @@ def add_common_args(parser, resolutions=(16, 32, 64, 128)):
     a("--amp-dtype", default="fp16", choices=["fp16", "bf16"])
     a("--device", default="auto", choices=["auto", "cpu", "cuda"])
     a("--deterministic", action="store_true", help="bitwise-repeatable GPU runs and resumes; slower kernels")
+    a(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun on GPUs: BatchNorm statistics of the global batch",
+    )
     a("--workers", type=int, default=0, help="data-loading worker processes")
     a("--fid-every", type=int, default=25, help="epochs between FID evaluations (0 = only at the end)")
     a("--fid-n", type=int, default=5000, help="generated images per FID")
@@ -366,6 +439,7 @@ def spread(length, n):
     return np.linspace(0, length - 1, min(n, length)).round().astype(int)
 
 
+@rank0_first()
 def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
     """`spec` -> ImageData of (x (C, res, res) in [-1, 1], label); channels None: 1 if built-in, else 3."""
     sources = [s.strip() for s in spec.split(",") if s.strip()]
@@ -391,8 +465,11 @@ def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
 
 
 def train_and_heldout(args):
-    """The run's data from its flags, split into (train, held-out)."""
-    return load_dataset(args.data, args.res, crop=args.crop, aug=args.aug, cond=args.cond).split()
+    """The run's data from its flags, split into (train, held-out). A training set smaller than
+    --batch-size is one batch: args.batch_size becomes its size (the global batch noise is drawn for)."""
+    train, heldout = load_dataset(args.data, args.res, crop=args.crop, aug=args.aug, cond=args.cond).split()
+    args.batch_size = min(args.batch_size, len(train))
+    return train, heldout
 
 
 # ----------------------------------------------------------------------------- labels and conditions
@@ -478,15 +555,22 @@ def batch_order(n, batch_size, seed, start_step):
 
 
 def batches(data, batch_size, seed, start_step, device, workers=0):
-    """Endless (epoch, x uint8 (B, C, H, W), labels) on `device`, in `batch_order`. `workers` > 0 reads
-    batches in worker processes (worth it when the cache is larger than RAM and the memmap reads hit
-    the disk); one loader serves every epoch, so its workers start once."""
-    order = (idx for _, idx in batch_order(len(data), batch_size, seed, start_step))
+    """Endless (epoch, x uint8 (B, C, H, W), labels) on `device`, in `batch_order`, this rank's rows.
+    `workers` > 0 reads batches in worker processes (worth it when the cache is larger than RAM and the
+    memmap reads hit the disk); one loader serves every epoch, so its workers start once."""
+    if min(batch_size, len(data)) % world_size():
+        raise UserError(f"--batch-size {batch_size} does not split evenly over {world_size()} processes")
+    # Under torchrun each rank reads its own rows of every batch, of the batch sorted as `ImageData.batch`
+    # reads it, so that the ranks' rows put together are the batch one process reads, in its order.
+    shards = (
+        np.array_split(np.sort(idx), world_size())[rank()]
+        for _, idx in batch_order(len(data), batch_size, seed, start_step)
+    )
     # The loader draws its workers' base seed from its own generator, not from the global RNG that the
     # training noise comes from (which would break exact resume).
     options = dict(num_workers=workers, pin_memory=torch.device(device).type == "cuda")
     loader = torch.utils.data.DataLoader(
-        data, batch_size=None, sampler=order, generator=torch.Generator().manual_seed(seed), **options
+        data, batch_size=None, sampler=shards, generator=torch.Generator().manual_seed(seed), **options
     )
     per_epoch = max(1, len(data) // batch_size)
     for step, (x, y) in enumerate(loader, start_step):
@@ -502,8 +586,11 @@ def augment(x, mode):
     deluxe = flip + rotation +-5 deg + brightness/contrast +-0.1 + saturation +-0.05."""
     if mode == "none":
         return x
-    B = x.shape[0]
-    rand = functools.partial(torch.rand, device=x.device)
+    B = x.shape[0] * world_size()  # every rank draws the global batch's choices and keeps its rows
+
+    def rand(*shape):
+        return shard(torch.rand(*shape, device=x.device))
+
     x = torch.where(rand(B, 1, 1, 1) < 0.5, x.flip(3), x)
     if mode == "deluxe":
         angle = (rand(B) * 2 - 1) * math.radians(5)
@@ -531,6 +618,7 @@ def download_file(url, dst):
             atomic_write(dst, lambda f: shutil.copyfileobj(source, f, 1 << 20))
 
 
+@rank0_first()  # a download is written by rank 0 alone
 def find_pretrained(name, url, path=None, env=None, flag="", download=True):
     """A pretrained weights file: `path` (a --flag), $env, then the torch hub cache (downloaded there when
     missing and online), its sha256 checked against the name's prefix. UserError says what goes where."""
@@ -560,6 +648,10 @@ def setup_device(args):
         raise UserError("--device cuda but no CUDA device is available")
     on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if on_cuda else "cpu")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        device = join_torchrun(on_cuda)
+    if args.sync_bn and not on_cuda:
+        raise UserError("--sync-bn needs GPUs: SyncBatchNorm has no CPU kernel")
     amp = args.amp == "on" or (args.amp == "auto" and on_cuda)
     dtype = torch.float16 if args.amp_dtype == "fp16" else torch.bfloat16
     # benchmark: cuDNN times candidate kernels and keeps the fastest for the run's fixed shapes, which
@@ -570,6 +662,44 @@ def setup_device(args):
         torch.use_deterministic_algorithms(True, warn_only=True)  # an op without one warns, not fails
     autocast = functools.partial(torch.autocast, device.type, dtype=dtype, enabled=amp)
     return device, autocast, torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
+
+
+def join_torchrun(on_cuda):
+    """Join the job torchrun started: NCCL between GPUs (this rank's is LOCAL_RANK), Gloo between CPU
+    processes -> this rank's device. Only rank 0 prints: the other ranks' stdout goes nowhere."""
+    global _AGREE
+    if on_cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
+    else:
+        dist.init_process_group("gloo")
+    # The ranks agree on when to stop at every step: over Gloo on the CPU, since an NCCL collective
+    # would make each step wait for the GPU.
+    _AGREE = dist.new_group(backend="gloo") if on_cuda else dist.group.WORLD
+    # CPU batches are channels-last (the cache's layout), so are the weights' gradients, and DDP's
+    # buckets (laid out like the weights) then take a copy: a warning each run, no cost worth one here.
+    warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
+    if rank() != 0:
+        sys.stdout = open(os.devnull, "w")
+    atexit.register(dist.destroy_process_group)
+    return torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
+
+
+_AGREE = None  # the process group of the stop decision and the logged losses (join_torchrun)
+
+
+def ddp(module, device, args, sync_buffers=True):
+    """Under torchrun: `module` inside DistributedDataParallel, which averages its gradients over the
+    ranks during backward. The wrapper shares the module's parameters, so optimizers, EMA and checkpoints
+    keep using the module itself. --sync-bn: BatchNorm layers normalise by the global batch's statistics
+    (without it, each rank's own; the running statistics are rank 0's, broadcast at every forward unless
+    `sync_buffers` is False). In one process: the module as it is."""
+    if world_size() == 1:
+        return module
+    if args.sync_bn:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids, forward_sync_buffers=sync_buffers)
 
 
 def place(module, device):
@@ -597,6 +727,8 @@ class EMA:
         torch._foreach_lerp_(ema_params, params, 1 - d)
         for ema_b, b in zip(self.module.buffers(), model.buffers()):
             ema_b.copy_(b)  # BatchNorm statistics are not averaged, they are copied
+            if world_size() > 1:  # rank 0's (DDP's rule), so that every rank samples from one model
+                dist.broadcast(ema_b, 0)
 
     def state_dict(self):
         return {"module": self.module.state_dict(), "num_updates": self.num_updates, "decay": self.decay}
@@ -612,6 +744,8 @@ class MetricsLog:
 
     def __init__(self, path, resume_step=None):
         self.path, self.nonfinite = Path(path), 0  # training rows in a row with a non-finite loss
+        if rank() != 0:
+            return
         if resume_step is not None and self.path.exists():
             rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
             keep = "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= resume_step)
@@ -620,6 +754,8 @@ class MetricsLog:
             self.path.write_text("")
 
     def write(self, **row):
+        if rank() != 0:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -648,7 +784,12 @@ SKIPPED_ROWS = 3  # under fp16, this many logged rows in a row with a non-finite
 def log_losses(log, clock, out, step, epoch, losses, scaler=None):
     """A training row: log it and show it on the clock's bar. A non-finite loss stops the run, except
     under an enabled GradScaler, which skips an overflowed fp16 step by design and lowers its scale:
-    there only SKIPPED_ROWS rows in a row do (an isolated inf is logged and training goes on)."""
+    there only SKIPPED_ROWS rows in a row do (an isolated inf is logged and training goes on). Under
+    torchrun each rank's loss is of its share of the batch: the logged one is their mean."""
+    if world_size() > 1:
+        values = torch.tensor(list(losses.values()), dtype=torch.float64)
+        dist.all_reduce(values, group=_AGREE)
+        losses = dict(zip(losses, (values / world_size()).tolist()))
     log.nonfinite = 0 if all(math.isfinite(v) for v in losses.values()) else log.nonfinite + 1
     if not (scaler is not None and scaler.is_enabled() and log.nonfinite < SKIPPED_ROWS):
         check_finite(step, out, **losses)
@@ -695,6 +836,8 @@ def prepare_run(args, script, model_flags):
             raise UserError(f"--generate samples a trained run, and {out} holds no checkpoint (--out RUN)")
         if args.generate < 1:
             raise UserError(f"--generate N needs N >= 1, got {args.generate}")
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            raise UserError("--generate runs in one process, not under torchrun")
         saved = json.loads((out / "args.json").read_text())
         vars(args).update({f: saved[f] for f in (*model_flags, "data", "crop") if f in saved})
         torch.manual_seed(args.seed)
@@ -746,7 +889,10 @@ def save_grid(x, path, nrow=8):
 
 
 def save_gif(frames_dir, path, ms=200, fallback=None):
-    """The epoch grids as an animated GIF; a run shorter than an epoch gets `fallback` (its final grid)."""
+    """The epoch grids as an animated GIF; a run shorter than an epoch gets `fallback` (its final grid).
+    Rank 0 alone: it wrote the grids."""
+    if rank() != 0:
+        return
     files = sorted(Path(frames_dir).glob("epoch_*.png")) or ([Path(fallback)] if fallback else [])
     frames = [Image.open(p).convert("RGB") for p in files]
     if frames:
@@ -793,13 +939,16 @@ def save_generated(x, labels, classes, folder):
 @torch.no_grad()
 def generate(G, n, nz, device, seed, labels=None, batch_size=256):
     """n images from G(z, y) (`labels` (n,) or None), z ~ N(0, I) seeded with `seed` (the same
-    noise at every evaluation; training's RNG untouched), in batches, gathered on the CPU."""
-    g, out = torch.Generator().manual_seed(seed), []
-    for i in range(0, n, batch_size):
-        z = torch.randn(min(batch_size, n - i), nz, generator=g).to(device)
-        y = labels[i : i + len(z)].to(device) if labels is not None else None
-        out.append(G(z, y).float().cpu())
-    return torch.cat(out)
+    noise at every evaluation; training's RNG untouched), in batches, gathered on the CPU. Under
+    torchrun each rank makes its `share` of the n images from the same n latents, and all get all."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.cat([torch.randn(min(batch_size, n - i), nz, generator=g) for i in range(0, n, batch_size)])
+    rows, out = share(n), []  # (n >= the number of ranks: every rank gets rows)
+    for i in range(rows.start, rows.stop, batch_size):
+        j = min(i + batch_size, rows.stop)
+        y = labels[i:j].to(device) if labels is not None else None
+        out.append(G(z[i:j].to(device), y).float().cpu())
+    return gather(torch.cat(out), n)
 
 
 def timed(fn, *args, **kwargs):
@@ -832,7 +981,9 @@ class TrainClock:
         fmt = "{l_bar}{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}{postfix}]" if self.by_time else None
         total, initial = (args.max_minutes, seconds / 60) if self.by_time else (self.total, step)
         refresh = 0.1 if sys.stderr.isatty() else 30
-        self.bar = tqdm(total=total, initial=initial, desc=desc, bar_format=fmt, mininterval=refresh)
+        options = dict(bar_format=fmt, mininterval=refresh, disable=rank() != 0)
+        self.bar = tqdm(total=total, initial=initial, desc=desc, **options)
+        self.checked = seconds  # the training seconds at the last `stop` check
 
     @property
     def seconds(self):
@@ -857,7 +1008,16 @@ class TrainClock:
         self.bar.update(min(self.seconds / 60, self.bar.total) - self.bar.n if self.by_time else 1)
 
     def stop(self, step):
-        self.timed_out = step < self.total and self.seconds > self.max_seconds
+        self.checked = self.seconds
+        self.timed_out = step < self.total and self.checked > self.max_seconds
+        if world_size() == 1:
+            return step >= self.total or bool(self.signalled) or self.timed_out
+        # Under torchrun the ranks stop at the same step (a rank that went on would wait forever in its
+        # next all-reduce): one rank's signal or time-out stops all; they share rank-wide `checked` seconds.
+        flags = torch.tensor([self.checked, self.timed_out, bool(self.signalled)], dtype=torch.float64)
+        dist.all_reduce(flags, dist.ReduceOp.MAX, group=_AGREE)
+        self.checked, self.timed_out = flags[0].item(), bool(flags[1])
+        self.signalled = self.signalled or ("SIGTERM" if flags[2] else None)
         return step >= self.total or bool(self.signalled) or self.timed_out
 
     def finish(self):

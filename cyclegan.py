@@ -365,6 +365,10 @@ def main(argv=None):
     objects = dict(G_AB=G_AB, G_BA=G_BA, D_A=D_A, D_B=D_B, ema_ab=ema_ab, ema_ba=ema_ba, opt_g=opt_g)
     objects.update(opt_d=opt_d, scaler=scaler, pool_a=pool_a, pool_b=pool_b)
     step, train_seconds, log = common.start_or_resume(out, objects, args)
+    # Under torchrun the steps call these wrappers (gradients averaged over the ranks). The G step calls
+    # the discriminators themselves: frozen there, they have no gradient for DDP to wait for.
+    G_AB_ddp, G_BA_ddp = common.ddp(G_AB, device, args), common.ddp(G_BA, device, args)
+    D_A_ddp, D_B_ddp = common.ddp(D_A, device, args), common.ddp(D_B, device, args)
     weights, n_real = args.inception_weights, args.fid_n_real
     evaluators = [
         fid.Evaluator(args.fid_features, test, name, args.res, n_real, device, weights, args.crop)
@@ -382,7 +386,7 @@ def main(argv=None):
             break
         # Constant, then linearly to 0 over the second half of --epochs (or of --max-minutes, when
         # that bounds the run); --max-steps stops a run without changing its schedule.
-        progress = max(step / (args.epochs * per_epoch), clock.seconds / clock.max_seconds)
+        progress = max(step / (args.epochs * per_epoch), clock.checked / clock.max_seconds)
         for group in opt_g.param_groups + opt_d.param_groups:
             group["lr"] = args.lr * lr_factor(progress)
         real_a, real_b = (common.augment(common.to_float(x), args.aug) for x in (x_a, x_b))  # (B, C, H, W)
@@ -390,9 +394,8 @@ def main(argv=None):
         D_A.requires_grad_(False)
         D_B.requires_grad_(False)
         with autocast():
-            fake_a, fake_b, terms = generator_loss(
-                G_AB, G_BA, D_A, D_B, real_a, real_b, args.gan_loss, args.lambda_cycle, args.lambda_identity
-            )
+            loss_flags = (args.gan_loss, args.lambda_cycle, args.lambda_identity)
+            fake_a, fake_b, terms = generator_loss(G_AB_ddp, G_BA_ddp, D_A, D_B, real_a, real_b, *loss_flags)
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(terms["total"]).backward()
         scaler.step(opt_g)
@@ -400,8 +403,8 @@ def main(argv=None):
         D_A.requires_grad_(True)
         D_B.requires_grad_(True)
         with autocast():
-            loss_d_a = discriminator_loss(D_A, real_a, pool_a.query(fake_a), args.gan_loss)
-            loss_d_b = discriminator_loss(D_B, real_b, pool_b.query(fake_b), args.gan_loss)
+            loss_d_a = discriminator_loss(D_A_ddp, real_a, pool_a.query(fake_a), args.gan_loss)
+            loss_d_b = discriminator_loss(D_B_ddp, real_b, pool_b.query(fake_b), args.gan_loss)
         opt_d.zero_grad(set_to_none=True)
         scaler.scale(loss_d_a + loss_d_b).backward()
         scaler.step(opt_d)

@@ -272,6 +272,10 @@ def main(argv=None):
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d or args.lr, betas=(args.beta1, 0.999))
     objects = dict(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args)
+    # Under torchrun, the training step calls these wrappers (gradients averaged over the ranks). D runs
+    # on the real and the fake batch before one backward: its BatchNorm buffers (never used, D stays in
+    # training mode) are not re-broadcast at each call, which would change them in place between the two.
+    G_ddp, D_ddp = common.ddp(G, device, args), common.ddp(D, device, args, sync_buffers=False)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     # Fixed noise (and labels), so every epoch's grid shows the same 64 latents.
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
@@ -284,18 +288,18 @@ def main(argv=None):
         if clock.stop(step):
             break
         real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
-        z = torch.randn(real.shape[0], args.nz, device=device)
+        z = common.shard(torch.randn(args.batch_size, args.nz, device=device))  # this rank's rows
         # D step: maximise log D(x) + log(1 - D(G(z))); with --diffaug D sees every image augmented.
         with autocast():
-            fake = G(z, y)
+            fake = G_ddp(z, y)
             real_aug, fake_aug = diff_augment(real, args.diffaug), diff_augment(fake.detach(), args.diffaug)
-            loss_d = d_loss(D(real_aug, y), D(fake_aug, y))
+            loss_d = d_loss(D_ddp(real_aug, y), D_ddp(fake_aug, y))
         opt_d.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()
         scaler.step(opt_d)
         # G step: the fake batch goes through the updated D.
         with autocast():
-            loss_g = g_loss(D(diff_augment(fake, args.diffaug), y))
+            loss_g = g_loss(D(diff_augment(fake, args.diffaug), y))  # D's gradients unused: no DDP
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()
         scaler.step(opt_g)

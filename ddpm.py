@@ -213,9 +213,12 @@ def to_x0_eps(out, x_t, alpha_bar_t, pred):
 
 
 def diffusion_loss(model, x0, alpha_bar, pred, y=None):
-    """L_simple: MSE between the network output and its target at a uniform random t."""
-    t = torch.randint(0, len(alpha_bar), (x0.shape[0],), device=x0.device)
-    noise = torch.randn_like(x0)
+    """L_simple: MSE between the network output and its target at a uniform random t. Under torchrun x0 is
+    this rank's share of the batch: every rank draws t and the noise of the global batch (the same RNG
+    on each) and keeps its rows, so N processes take the step one process would."""
+    B = x0.shape[0] * common.world_size()
+    t = common.shard(torch.randint(0, len(alpha_bar), (B,), device=x0.device))  # (B,)
+    noise = common.shard(torch.randn(B, *x0.shape[1:], device=x0.device))  # (B, C, H, W)
     x_t = q_sample(x0, t, noise, alpha_bar)
     target = noise if pred == "eps" else v_target(x0, noise, _at(alpha_bar, t, x0))
     return F.mse_loss(model(x_t, t, y) if y is not None else model(x_t, t), target)
@@ -224,7 +227,7 @@ def diffusion_loss(model, x0, alpha_bar, pred, y=None):
 def drop_labels(y, n_classes, p_uncond):
     """Classifier-free guidance's training: each label vector (B, K) becomes the null condition, zero,
     with probability p_uncond, so the network also learns the unconditional prediction."""
-    keep = torch.rand(y.shape[0], device=y.device) >= p_uncond  # (B,)
+    keep = common.shard(torch.rand(y.shape[0] * common.world_size(), device=y.device)) >= p_uncond  # (B,)
     return common.label_vector(y, n_classes) * keep[:, None]
 
 
@@ -351,20 +354,26 @@ def sample(
     guidance=1.0,
 ):
     """shape[0] images in [-1, 1] with the sampler the flags choose (the one place that choice is
-    read), 256 at a time, gathered on the CPU; from x_T, or from noise the sampler draws; for
-    `labels` (shape[0] of them) at `guidance`."""
+    read), 256 at a time, gathered on the CPU; from x_T, or from noise drawn here from `generator`; for
+    `labels` (shape[0] of them) at `guidance`. Under torchrun each rank samples its share of the rows and
+    all get all (with a `trajectory`, every rank samples every row)."""
+    if x_T is None:
+        x_T = torch.randn(shape, generator=generator)  # (N, C, H, W), all of it on every rank
+    rows = common.share(shape[0]) if trajectory is None else range(shape[0])
+    if common.world_size() > 1:  # the sampler's own noise (eta > 0, ancestral): a stream for each rank
+        generator = torch.Generator().manual_seed(generator.initial_seed() * 1000 + common.rank())
     out = []
-    for i in range(0, shape[0], 256):
-        part = (min(256, shape[0] - i), *shape[1:])
-        x = None if x_T is None else x_T[i : i + part[0]]
-        cond = dict(labels=None if labels is None else labels[i : i + part[0]], guidance=guidance)
+    for i in range(rows.start, rows.stop, 256):
+        j = min(i + 256, rows.stop)
+        x, cond = x_T[i:j].to(device), dict(labels=None if labels is None else labels[i:j], guidance=guidance)
         if args.sampler == "ddim":
             ddim = (args.sample_steps, args.pred, args.eta, args.spacing)
-            x = ddim_sample(model, part, alpha_bar, *ddim, x, generator, trajectory, device, **cond)
+            x = ddim_sample(model, x.shape, alpha_bar, *ddim, x, generator, trajectory, device, **cond)
         else:
-            x = ddpm_sample(model, part, betas, args.pred, x, generator, trajectory, device, **cond)
+            x = ddpm_sample(model, x.shape, betas, args.pred, x, generator, trajectory, device, **cond)
         out.append(x.cpu())
-    return torch.cat(out)
+    x = torch.cat(out)
+    return common.gather(x, shape[0]) if trajectory is None else x
 
 
 def sample_from(model, x_T, args, alpha_bar, betas, trajectory=None, labels=None):
@@ -485,6 +494,7 @@ def main(argv=None):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     objects = dict(model=model, ema=ema, opt=opt, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args)
+    model_ddp = common.ddp(model, device, args)  # under torchrun: gradients averaged over the ranks
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     # Fixed starting noise, so every epoch's grid follows the same 64 trajectories.
     fixed_x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
@@ -499,7 +509,7 @@ def main(argv=None):
         x0 = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         y = drop_labels(y, n_classes, args.p_uncond) if n_classes else None  # (B, K): some null
         with autocast():
-            loss = diffusion_loss(model, x0, alpha_bar, args.pred, y)
+            loss = diffusion_loss(model_ddp, x0, alpha_bar, args.pred, y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)

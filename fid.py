@@ -392,6 +392,10 @@ class Evaluator:
     data's own classifier ('digits', 'mnist', 'shapes'); and conditional accuracy where such a
     classifier exists."""
 
+    # Building the networks draws their initial weights (replaced by the trained ones) from the global RNG:
+    # forked, so that the training noise does not depend on whether a run was resumed (its RNG restored
+    # before this) or not.
+    @torch.random.fork_rng(devices=[])
     def __init__(self, features, heldout, spec, res, n_real, device, weights=None, crop=None):
         self.model, self.device = None, device
         if features in ("auto", "inception"):
@@ -431,6 +435,7 @@ class Evaluator:
             args.fid_features, heldout, args.data, args.res, args.fid_n_real, device, weights, args.crop
         )
 
+    @common.rank0_first()  # under torchrun rank 0 computes and caches them, the others read the cache
     def _real_activations(self, heldout, path):
         """The held-out images' features, cached at `path` (recomputed if that fails to load)."""
         try:
@@ -453,7 +458,11 @@ class Evaluator:
         worst_path: where to save a 4x4 grid of the 16 samples farthest from any real image."""
         if self.features == "none":
             return {}
-        acts, logits = activations(to_unit_uint8(fake), self.model, device=self.device, with_logits=True)
+        # Under torchrun every rank holds all the samples, scores its share and gathers the others'.
+        rows = common.share(len(fake))
+        mine = to_unit_uint8(fake[rows.start : rows.stop])
+        acts, logits = activations(mine, self.model, device=self.device, with_logits=True)
+        acts, logits = (common.gather(torch.as_tensor(a), len(fake)).numpy() for a in (acts, logits))
         if self.features == "inception" and min(len(acts), self.n_real) < 2048:
             warnings.warn(f"Inception FID of {len(acts)} vs {self.n_real} images (< 2,048) is biased upwards")
         kid_mean, kid_std = kid(acts, self.real_acts, subsets=50)

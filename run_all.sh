@@ -4,6 +4,7 @@
 #   bash run_all.sh --preset smoke              built-in data on the CPU, under 30 minutes
 #   DATA=/data/celeba bash run_all.sh --preset full    the study's settings on a GPU
 #   bash run_all.sh --preset smoke --only 2     one phase (then the report)
+#   NPROC=8 DATA=/data/celeba bash run_all.sh --preset full   every run on 8 GPUs (torchrun, DDP)
 #
 # Every run writes runs/<name>/, and the study ends with runs/REPORT.md (report.py).
 # Re-running the script skips finished runs and resumes unfinished ones (--resume);
@@ -17,13 +18,21 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --preset) PRESET="${2:?--preset needs smoke|full}"; shift 2 ;;
     --only) ONLY="${2:?--only needs a phase number}"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (use --preset smoke|full, --only PHASE)" >&2; exit 2 ;;
   esac
 done
 
 PY="${PYTHON:-python}"
 RUNS="${RUNS:-runs}"
+# NPROC > 1: each training run is launched by torchrun, one process a GPU (or CPU slot), with
+# --batch-size still the global batch. One machine; for several, launch the scripts with
+# torchrun's rendezvous flags yourself (README).
+NPROC="${NPROC:-1}"
+LAUNCH=("$PY")
+if [ "$NPROC" -gt 1 ]; then
+  LAUNCH=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
+fi
 mkdir -p "$RUNS"
 
 case "$PRESET" in
@@ -132,9 +141,9 @@ run() {
     echo "== $name: finished, skipped"
     return 0
   fi
-  echo "== $name: $PY $script $*"
+  echo "== $name: ${LAUNCH[*]} $script $*"
   mkdir -p "$out"
-  { "$PY" "$script" "$@" --out "$out" --resume 2>&1 1>&3 | tee "$out/stderr.log" >&2; } 3>&1
+  { "${LAUNCH[@]}" "$script" "$@" --out "$out" --resume 2>&1 1>&3 | tee "$out/stderr.log" >&2; } 3>&1
   local status=${PIPESTATUS[0]}
   if [ "$status" -eq 0 ]; then
     rm -f "$out/FAILED"

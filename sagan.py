@@ -176,8 +176,11 @@ def init_generator(m):
 def gradient_penalty(critic, real, fake):
     """E[(||grad_x C(x_hat)||_2 - 1)^2] at random interpolates of real and fake
     (Gulrajani et al. eq. 3, without lambda)."""
-    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    B = real.shape[0] * common.world_size()  # under torchrun: the global batch's draws, this rank's rows
+    eps = common.shard(torch.rand(B, 1, 1, 1, device=real.device))
     x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)  # (B, C, H, W)
+    # Under torchrun this gradient (to x_hat) is the rank's own, a norm per image; DDP averages only the
+    # penalty's gradient to the weights, which backward accumulates.
     (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
@@ -346,6 +349,10 @@ def main(argv=None):
     opt_c = torch.optim.Adam(C.parameters(), lr=args.lr_d or args.lr, betas=(0.0, 0.9))
     objects = dict(G=G, C=C, ema=ema, opt_g=opt_g, opt_c=opt_c, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args)
+    # Under torchrun, the steps call these wrappers (gradients averaged over the ranks). The critic runs on
+    # real, fake and interpolated batches before one backward: its spectral-norm vectors (buffers, the same
+    # on every rank) are not re-broadcast between the calls.
+    G_ddp, C_ddp = common.ddp(G, device, args), common.ddp(C, device, args, sync_buffers=False)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
@@ -361,20 +368,20 @@ def main(argv=None):
         for _ in range(n_critic):
             _, x, y = next(real_batches)
             real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
-            z = torch.randn(real.shape[0], args.nz, device=device)
+            z = common.shard(torch.randn(args.batch_size, args.nz, device=device))  # this rank's rows
             with autocast():
                 with torch.no_grad():
                     fake = G(z, y)
                 real, fake = diff_augment(real, args.diffaug), diff_augment(fake, args.diffaug)
-                real_scores, fake_scores = C(real, y).float(), C(fake, y).float()
-            critic = functools.partial(C, y=y)  # the penalty's critic scores under the batch's labels
+                real_scores, fake_scores = C_ddp(real, y).float(), C_ddp(fake, y).float()
+            critic = functools.partial(C_ddp, y=y)  # the penalty's critic scores under the batch's labels
             loss_c, gp = critic_loss(critic, real, fake, real_scores, fake_scores, args.loss)
             opt_c.zero_grad(set_to_none=True)
             scaler.scale(loss_c + args.gp_lambda * gp).backward()
             scaler.step(opt_c)
             scaler.update()
-        with autocast():  # G step, on the last critic batch's labels (fresh z)
-            fake = G(torch.randn(len(y), args.nz, device=device), y)
+        with autocast():  # G step, on the last critic batch's labels (fresh z); C's gradients unused: no DDP
+            fake = G_ddp(common.shard(torch.randn(args.batch_size, args.nz, device=device)), y)
             loss_g = generator_loss(C(diff_augment(fake, args.diffaug), y).float())
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()

@@ -278,6 +278,9 @@ def main(argv=None):
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.5, 0.999))
         objects.update(D=D, opt_d=opt_d)
     step, train_seconds, log = common.start_or_resume(out, objects, args)
+    # Under torchrun, the steps call these wrappers (gradients averaged over the ranks). D runs on inputs
+    # and reconstructions before one backward: its BatchNorm buffers are not re-broadcast between the calls.
+    vae_ddp, D_ddp = common.ddp(vae, device, args), D and common.ddp(D, device, args, sync_buffers=False)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
@@ -291,21 +294,21 @@ def main(argv=None):
         x = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
         adv_on = D is not None and step >= args.adv_start
         with autocast():
-            recon, mu, logvar = vae(x, y)
+            recon, mu, logvar = vae_ddp(x, y)
             terms = dict(mse=F.mse_loss(recon.float(), x), kl=kl_divergence(mu.float(), logvar.float()))
             loss = terms["mse"] + args.beta * terms["kl"]
             if vgg is not None:
                 terms["perceptual"] = vgg(recon, x).float()
                 loss = loss + args.perceptual * terms["perceptual"]
             if adv_on:
-                terms["adv"] = g_adv_loss(D(recon).float())
+                terms["adv"] = g_adv_loss(D(recon).float())  # D's gradients unused here: no DDP
                 loss = loss + args.adv * terms["adv"]
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         if adv_on:  # the PatchGAN learns to tell inputs from their reconstructions
             with autocast():
-                terms["loss_d"] = d_loss(D(x).float(), D(recon.detach()).float())
+                terms["loss_d"] = d_loss(D_ddp(x).float(), D_ddp(recon.detach()).float())
             opt_d.zero_grad(set_to_none=True)
             scaler.scale(terms["loss_d"]).backward()
             scaler.step(opt_d)

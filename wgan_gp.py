@@ -103,9 +103,12 @@ def init_generator(m):
 def gradient_penalty(critic, real, fake):
     """E[(||grad_x C(x_hat)||_2 - 1)^2] at random points x_hat on the lines between
     real and fake samples (eq. 3, without lambda)."""
-    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+    B = real.shape[0] * common.world_size()  # under torchrun: the global batch's draws, this rank's rows
+    eps = common.shard(torch.rand(B, 1, 1, 1, device=real.device))
     x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)  # (B, C, H, W)
-    # create_graph: the penalty is itself differentiated when the critic is updated.
+    # create_graph: the penalty is itself differentiated when the critic is updated. Under torchrun,
+    # DDP averages only what backward accumulates into the weights' .grad: this gradient (to x_hat) stays
+    # the rank's own, as it should (a norm per image); the penalty's gradient to the weights is averaged.
     (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
@@ -273,6 +276,9 @@ def main(argv=None):
     opt_c = torch.optim.Adam(C.parameters(), lr=args.lr_d or args.lr, betas=(0.0, 0.9))
     objects = dict(G=G, C=C, ema=ema, opt_g=opt_g, opt_c=opt_c, scaler=scaler)
     step, train_seconds, log = common.start_or_resume(out, objects, args)
+    # Under torchrun, the steps call these wrappers (gradients averaged over the ranks). The critic runs on
+    # real, fake and interpolated batches before one backward: its buffers are not re-broadcast between.
+    G_ddp, C_ddp = common.ddp(G, device, args), common.ddp(C, device, args, sync_buffers=False)
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
@@ -288,24 +294,25 @@ def main(argv=None):
         for _ in range(n_critic):
             _, x, y = next(real_batches)
             real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
-            z = torch.randn(real.shape[0], args.nz, device=device)
+            z = common.shard(torch.randn(args.batch_size, args.nz, device=device))  # this rank's rows
             with autocast():
                 with torch.no_grad():
                     fake = G(z, y)
                 # With --diffaug the critic (and its penalty) sees augmented images only.
                 real, fake = diff_augment(real, args.diffaug), diff_augment(fake, args.diffaug)
-                (real_scores, real_logits), (fake_scores, _) = C(real), C(fake)
+                (real_scores, real_logits), (fake_scores, _) = C_ddp(real), C_ddp(fake)
                 loss_c = critic_loss(real_scores.float(), fake_scores.float())
                 # AC-GAN: the critic learns to name the labels of real images.
                 cls_c = class_loss(real_logits, y) if n_classes else torch.zeros((), device=device)
             with torch.autocast(device.type, enabled=False):
-                gp = gradient_penalty(lambda x_hat: C(x_hat)[0], real.float(), fake.float())
+                gp = gradient_penalty(lambda x_hat: C_ddp(x_hat)[0], real.float(), fake.float())
             opt_c.zero_grad(set_to_none=True)
             scaler.scale(loss_c + args.gp_lambda * gp + args.ac_weight * cls_c).backward()
             scaler.step(opt_c)
             scaler.update()
-        with autocast():  # G step, on the last critic batch's labels (fresh z)
-            scores, logits = C(diff_augment(G(torch.randn(len(y), args.nz, device=device), y), args.diffaug))
+        with autocast():  # G step, on the last critic batch's labels (fresh z); C's gradients unused: no DDP
+            z = common.shard(torch.randn(args.batch_size, args.nz, device=device))
+            scores, logits = C(diff_augment(G_ddp(z, y), args.diffaug))
             loss_g = generator_loss(scores.float())
             # ...and G learns to make images whose labels the critic names correctly.
             cls_g = class_loss(logits, y) if n_classes else torch.zeros((), device=device)

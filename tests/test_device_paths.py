@@ -111,7 +111,7 @@ def test_deterministic_mode_turns_benchmark_off(monkeypatch):
     monkeypatch.setattr(
         os, "environ", {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
     )
-    args = argparse.Namespace(device="cpu", amp="off", amp_dtype="fp16", deterministic=True)
+    args = argparse.Namespace(device="cpu", amp="off", amp_dtype="fp16", deterministic=True, sync_bn=False)
     try:
         common.setup_device(args)
         assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark

@@ -37,9 +37,10 @@ RUNS = [
 ]
 
 
-def run_all(runs_dir, *args, python=sys.executable):
+def run_all(runs_dir, *args, python=sys.executable, **env_vars):
     # No VGG-16 weights (an empty torch hub dir): step 3.2 must be skipped, saying so.
     env = dict(os.environ, RUNS=str(runs_dir), PYTHON=str(python), TORCH_HOME=str(runs_dir / "torch"))
+    env.update(env_vars)
     env.pop("VGG_WEIGHTS", None)
     return subprocess.run(
         ["bash", str(ROOT / "run_all.sh"), "--preset", "test", *args],
@@ -111,6 +112,24 @@ def test_every_phase_runs_then_skips(tmp_path):
     assert third.returncode == 0 and "== 5_gan: " in third.stdout and "dcgan.py" in third.stdout
     assert third.stdout.count("finished, skipped") == 2  # 5_vae and 5_ddpm
     assert (tmp_path / "5_gan" / "summary.json").is_file()
+
+
+def test_nproc_launches_every_run_through_torchrun(tmp_path):
+    res = run_all(tmp_path, "--only", "4", NPROC="2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in [n for n in RUNS if n.startswith("4.")]:
+        assert (
+            f"== {name}: {sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2"
+            in res.stdout
+        )
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["complete"] and summary["steps"] == 3
+        steps = [
+            json.loads(line)["step"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert steps == [1, 2, 3]  # one process wrote them
+    again = run_all(tmp_path, "--only", "4", NPROC="2")
+    assert again.stdout.count("finished, skipped") == 4
 
 
 def test_failed_runs_are_reported_and_study_goes_on(tmp_path):
