@@ -36,6 +36,7 @@ import common
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
+FID_RESAMPLES = 50  # bootstrap resamples of the generated features behind each FID's interval
 VGG_NAME = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16: LPIPS here, the perceptual loss in vae.py
 VGG_URL = f"https://download.pytorch.org/models/{VGG_NAME}"
 IMAGE_EXTS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's list
@@ -288,6 +289,22 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
+def fid_bootstrap(acts, mu_real, sigma_real, resamples=50, seed=0):
+    """How far FID could move from the draw of the generated samples alone: the standard deviation of
+    the FID of `resamples` bootstrap draws of acts' rows (with replacement, seeded) against the same
+    real statistics. tr sqrt(sigma_real sigma) is the sum of the square roots of the eigenvalues of
+    A sigma A, A = sigma_real^(1/2) computed once: frechet_distance's number, one eigvalsh a resample."""
+    w, V = np.linalg.eigh(sigma_real)
+    A = (V * np.sqrt(w.clip(min=0))) @ V.T
+    rng, fids = np.random.default_rng(seed), []
+    for _ in range(resamples):
+        mu, sigma = stats(acts[rng.integers(0, len(acts), len(acts))])
+        root_trace = np.sqrt(np.linalg.eigvalsh(A @ sigma @ A).clip(min=0)).sum()
+        diff = mu - mu_real
+        fids.append(diff.dot(diff) + np.trace(sigma) + np.trace(sigma_real) - 2 * root_trace)
+    return float(np.std(fids, ddof=1))
+
+
 def kid(acts1, acts2, subsets=100, subset_size=1000, seed=0):
     """Unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 over random subsets -> (mean, std)."""
     acts1, acts2 = np.asarray(acts1, np.float64), np.asarray(acts2, np.float64)
@@ -467,6 +484,9 @@ class Evaluator:
             warnings.warn(f"Inception FID of {len(acts)} vs {self.n_real} images (< 2,048) is biased upwards")
         kid_mean, kid_std = kid(acts, self.real_acts, subsets=50)
         row = dict(features=self.features, fid=frechet_distance(*stats(acts), *self.real_stats))
+        # The metric's own noise: a 95% interval (normal, from the bootstrap's spread) over the samples.
+        row["fid_std"] = fid_bootstrap(acts, *self.real_stats, resamples=FID_RESAMPLES)
+        row.update(fid_lo=row["fid"] - 1.96 * row["fid_std"], fid_hi=row["fid"] + 1.96 * row["fid_std"])
         row.update(kid=kid_mean, kid_std=kid_std, n_fake=len(acts), n_real=self.n_real)
         row.update(diversity=diversity(acts), diversity_real=self.real_diversity)
         if self.vgg is not None:

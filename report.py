@@ -6,10 +6,14 @@
 It reads run folders only (args.json, summary.json, metrics.jsonl, FAILED, SKIPPED and the
 PNGs each script wrote) and imports no model code, so it also reports a study that is still
 running or one whose runs failed. A folder is a run when its name starts with a digit; the
-digit is its phase (5_gan is the phase-5 finalist of the GAN family).
+digit is its phase (5_gan is the phase-5 finalist of the GAN family). A step run with several
+seeds (SEEDS=K in run_all.sh) holds one run a seed in STEP/seed_N/: its cells are the mean +- std
+over them, and each comparison says whether the change is larger than that noise (NOISE_RULE;
+with one seed, the noise is the bootstrap std of its FID over its own samples).
 
-Each phase gets a table (step, model, FID at the last evaluation, params, train time,
-images/s, observed failure), a FID-curve plot and a 16-sample grid per step. Phase 5 adds
+Each phase gets a table (step, model, FID at the last evaluation, its change against the step
+before, params, train time, images/s, observed failure), a FID-curve plot (seeds as a band) and
+a 16-sample grid per step. Phase 5 adds
 KID, IS, diversity, sample time, progression grids, interpolations, the DDPM denoising strip
 and each finalist's 16 worst samples (worst.png: farthest from any held-out image in feature
 space). Phase 6 (conditional) adds the classifier's accuracy on both condition lists, the
@@ -46,6 +50,9 @@ PHASES["7"] = "Phase 7: unpaired translation (CycleGAN), with and without its cy
 STEP_FLAGS = dict(dcgan=("g_arch", "aug"), wgan_gp=("n_critic",), sagan=("loss", "attn_res"))
 STEP_FLAGS.update(vae=("beta", "perceptual", "adv"), ddpm=("schedule", "pred", "base_ch"))
 STEP_FLAGS.update(cyclegan=("disc", "lambda_cycle"))
+# run_all.sh's four phase-1 questions, (before, after): resolution, alignment, augmentation, data
+PHASE1_PAIRS = [("1A_raw_64", "1A_raw_128"), ("1A_raw_64", "1B_aligned_64")]
+PHASE1_PAIRS += [("1B_aligned_64", "1C_aligned_deluxe"), ("1B_aligned_64", "1D_aligned_mix")]
 PROGRESS_AT = (10, 50, 100, 200)  # the full study's 200 epochs; a shorter run shows its share
 
 
@@ -78,8 +85,26 @@ def load_run(folder):
     return run
 
 
+def load_step(folder):
+    """A study step: one run in `folder`, or (SEEDS > 1) one a seed in folder/seed_N/. -> the first
+    seed's run (its args, summary and images stand for the step) with `seeds`: every seed's run."""
+    seeds = sorted((p for p in folder.glob("seed_*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+    if not seeds or (folder / "SKIPPED").is_file():
+        run = load_run(folder)
+        return dict(run, seeds=[run])
+    runs = [load_run(p) for p in seeds]
+    step = dict(runs[0], name=folder.name, seeds=runs)
+    unfinished = [r for r in runs if r["status"] != "complete"]
+    if unfinished:
+        step["status"], step["note"] = (
+            unfinished[0]["status"],
+            f"{unfinished[0]['name']}: {unfinished[0]['note']}",
+        )
+    return step
+
+
 def load_runs(root):
-    return {f.name: load_run(f) for f in sorted(Path(root).iterdir()) if f.is_dir() and f.name[:1].isdigit()}
+    return {f.name: load_step(f) for f in sorted(Path(root).iterdir()) if f.is_dir() and f.name[:1].isdigit()}
 
 
 def last_fid(run):
@@ -87,6 +112,86 @@ def last_fid(run):
     first = (run["args"].get("guidance") or [1.0])[0]
     rows = [r for r in run["fids"] if r.get("guidance", first) == first]
     return rows[-1] if rows else None
+
+
+# ----------------------------------------------------------------------------- seeds and noise
+NOISE_RULE = (
+    "a change holds when it is larger than twice the combined spread, |b - a| > 2 sqrt(s_a^2 + s_b^2), "
+    "s the std over seeds (one seed: the bootstrap std of its FID over its own samples)"
+)
+
+
+def over_seeds(step, value):
+    """value(run) for each seed's run, where it is a finite number."""
+    values = [value(run) for run in step["seeds"]]
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def cell(step, value, spec=".2f"):
+    """A table cell: value(run), or with several seeds their mean +- std."""
+    values = over_seeds(step, value)
+    if len(values) < 2:
+        return fmt(values[0] if values else None, spec)
+    return f"{np.mean(values):{spec}} ± {np.std(values, ddof=1):{spec}}"
+
+
+def fid_noise(step):
+    """(FID, its noise): with seeds, the mean and std of their last FIDs; with one, its FID and the
+    bootstrap std over its samples (None where the run predates it). None without a FID."""
+    rows = [row for row in map(last_fid, step["seeds"]) if row]
+    if not rows:
+        return None
+    if len(rows) > 1:
+        fids = [row["fid"] for row in rows]
+        return float(np.mean(fids)), float(np.std(fids, ddof=1))
+    return rows[0]["fid"], rows[0].get("fid_std")
+
+
+def fid_cell(step):
+    noise = fid_noise(step)
+    if noise is None or noise[1] is None:
+        return fmt(noise and noise[0])
+    return f"{noise[0]:.2f} ± {noise[1]:.2f}" + (" (b)" if len(step["seeds"]) == 1 else "")
+
+
+def change(a, b):
+    """b's FID against a's -> (difference, threshold, holds), or None without both FIDs and spreads."""
+    na, nb = fid_noise(a), fid_noise(b)
+    if na is None or nb is None or na[1] is None or nb[1] is None:
+        return None
+    threshold = 2 * math.hypot(na[1], nb[1])
+    return nb[0] - na[0], threshold, abs(nb[0] - na[0]) > threshold
+
+
+def change_cell(a, b):
+    found = change(a, b) if a else None
+    if found is None:
+        return "n/a"
+    return f"{found[0]:+.2f}" + (" (holds)" if found[2] else " (≈ within noise)")
+
+
+def change_lines(pairs):
+    """One line a comparison the study draws: the FID change and whether it is larger than the noise."""
+    lines = []
+    for a, b in pairs:
+        found = change(a, b)
+        if found is None:
+            lines.append(f"- `{b['name']}` vs `{a['name']}`: no FID with a spread on both sides to compare.")
+            continue
+        verdict = "holds: larger than" if found[2] else "within noise: not larger than"
+        (fa, _), (fb, _) = fid_noise(a), fid_noise(b)
+        lines.append(
+            f"- `{b['name']}` vs `{a['name']}`: FID {fa:.2f} -> {fb:.2f} ({found[0]:+.2f}); {verdict} "
+            f"the noise threshold {found[1]:.2f}."
+        )
+    return lines
+
+
+def diagnoses(step):
+    """The observed failures of the step's run, or of each seed's (named) when there are several."""
+    if len(step["seeds"]) == 1:
+        return diagnose(step)
+    return [f"{run['name']}: {found}" for run in step["seeds"] for found in diagnose(run)]
 
 
 # ----------------------------------------------------------------------------- diagnostics
@@ -133,10 +238,6 @@ def millions(count):
     return "n/a" if count is None else f"{count / 1e6:.2f}M"
 
 
-def minutes(seconds):
-    return "n/a" if seconds is None else f"{seconds / 60:.1f} min"
-
-
 def describe(run):
     """The run's model in a few words: its family, size and the flags its study step changes."""
     if not run["summary"]:
@@ -156,19 +257,44 @@ def evaluated(row):
     return f"{fid_name(row)}, {row['n_fake']} samples vs {row['n_real']} held-out, epoch {row['epoch']:.0f}"
 
 
+def seeds_said(runs):
+    """How the FID cells read: over K seeds, or one seed's bootstrap (b)."""
+    counts = sorted({len(run["seeds"]) for run in runs})
+    if counts == [1]:
+        return "FID ± its bootstrap std over the run's own samples (b; one seed: seed noise not measured)"
+    return (
+        f"mean ± std over {'/'.join(map(str, counts))} seeds (a cell of one seed: ± its bootstrap std, (b))"
+    )
+
+
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
 
 
-def phase_table(runs):
+def last_value(key):
+    return lambda run: (last_fid(run) or {}).get(key)
+
+
+def summary_value(key, scale=1.0):
+    return lambda run: (run["summary"] or {}).get(key) and run["summary"][key] / scale
+
+
+def phase_table(runs, pairs):
+    """The phase's steps; `pairs`: (previous, step) the study compares, for the change column."""
+    previous = {b["name"]: a for a, b in pairs}
     rows = []
     for run in runs:
         s, row = run["summary"] or {}, last_fid(run)
-        cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), fmt(row and row["fid"])]
-        cells += [evaluated(row), millions(s.get("params")), minutes(s.get("train_seconds"))]
-        rows.append(cells + [fmt(s.get("images_per_s"), ".0f"), "; ".join(diagnose(run)) or "none flagged"])
-    return table("step|run|model|FID|evaluated|params|train time|images/s|observed failure".split("|"), rows)
+        cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), fid_cell(run)]
+        cells += [change_cell(previous.get(run["name"]), run), evaluated(row), millions(s.get("params"))]
+        cells += [cell(run, summary_value("train_seconds", 60), ".1f") + " min"]
+        rows.append(
+            cells
+            + [cell(run, summary_value("images_per_s"), ".0f"), "; ".join(diagnoses(run)) or "none flagged"]
+        )
+    header = "step|run|model|FID|change vs previous|evaluated|params|train time|images/s|observed failure"
+    return table(header.split("|"), rows)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -180,16 +306,29 @@ def first16(png):
 
 
 def fid_curves(runs, path):
-    """FID against epoch, one line per run; None when no run has a FID."""
-    runs = [r for r in runs if r["fids"]]
+    """FID against epoch, one line per step (the mean over its seeds, their range as a band); None when
+    no run has a FID."""
+    runs = [r for r in runs if any(seed["fids"] for seed in r["seeds"])]
     if not runs:
         return None
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     for run in runs:
-        epochs, fids = [r["epoch"] for r in run["fids"]], [r["fid"] for r in run["fids"]]
-        ax.plot(epochs, fids, "o-", label=run["name"], ms=3)
-    ax.set(xlabel="epoch", ylabel=fid_name(runs[0]["fids"][-1]), yscale="log")
+        curves = [seed["fids"] for seed in run["seeds"] if seed["fids"]]
+        n = min(map(len, curves))  # the evaluations every seed has made
+        epochs, fids = (
+            [r["epoch"] for r in curves[0][:n]],
+            np.array([[r["fid"] for r in c[:n]] for c in curves]),
+        )
+        label = run["name"] + (f" ({len(curves)} seeds: mean, min-max band)" if len(curves) > 1 else "")
+        line = ax.plot(epochs, fids.mean(0), "o-", label=label, ms=3)[0]
+        if len(curves) > 1:
+            ax.fill_between(epochs, fids.min(0), fids.max(0), color=line.get_color(), alpha=0.2)
+    ax.set(
+        xlabel="epoch",
+        ylabel=fid_name(next(s["fids"][-1] for r in runs for s in r["seeds"] if s["fids"])),
+        yscale="log",
+    )
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -241,7 +380,13 @@ def phase_section(phase, runs, figdir, lines):
             why = f": {result['why']}" if result.get("why") else f", FID {result.get('fid')}"
             lines.append(f"- {step}: winner {result.get('winner') or 'none'}{why}")
         lines.append("")
-    lines += phase_table(runs) + [""]
+    by_name = {run["name"]: run for run in runs}
+    if phase == "1":  # the pipeline's four questions
+        pairs = [(by_name[a], by_name[b]) for a, b in PHASE1_PAIRS if a in by_name and b in by_name]
+    else:  # each step against the one it follows
+        pairs = list(zip(runs, runs[1:]))
+    lines += phase_table(runs, pairs) + ["", f"FID: {seeds_said(runs)}. The changes: {NOISE_RULE}.", ""]
+    lines += change_lines(pairs) + [""]
     curve = fid_curves(runs, figdir / f"phase{phase}_fid.png")
     lines.append(
         f"![FID curves](report/{curve.name})" if curve else "No FID curve: no run of this phase has a FID."
@@ -258,14 +403,19 @@ def phase5_section(runs, figdir, lines):
         s, row = run["summary"] or {}, last_fid(run) or {}
         pick = picks.get(run["name"].split("_", 1)[1], {})
         cells = [f"`{run['name']}`", f"`{pick.get('run', '?')}` ({pick.get('why', '?')})", describe(run)]
-        cells += [fmt(row.get("fid")), fmt(row.get("kid"), ".4g")]
-        cells.append(fmt(row.get("is")) if "is" in row else "n/a (needs Inception weights)")
-        cells.append(f"{fmt(row.get('diversity'), '.3g')} / {fmt(row.get('diversity_real'), '.3g')}")
-        cells.append(fmt(row.get("lpips"), ".3f") if "lpips" in row else "n/a (needs VGG-16 weights)")
-        cells += [millions(s.get("params")), minutes(s.get("train_seconds"))]
+        cells += [fid_cell(run), cell(run, last_value("kid"), ".4g")]
+        cells.append(cell(run, last_value("is")) if "is" in row else "n/a (needs Inception weights)")
+        cells.append(f"{cell(run, last_value('diversity'), '.3g')} / {fmt(row.get('diversity_real'), '.3g')}")
+        cells.append(
+            cell(run, last_value("lpips"), ".3f") if "lpips" in row else "n/a (needs VGG-16 weights)"
+        )
+        cells += [millions(s.get("params")), cell(run, summary_value("train_seconds", 60), ".1f") + " min"]
         rows.append(
             cells
-            + [fmt(s.get("sample_seconds_per_image"), ".4f"), "; ".join(diagnose(run)) or "none flagged"]
+            + [
+                cell(run, summary_value("sample_seconds_per_image"), ".4f"),
+                "; ".join(diagnoses(run)) or "none flagged",
+            ]
         )
     header = (
         "finalist|retrained from|model|FID|KID|IS|diversity (fake / real)|LPIPS diversity|params|train time"
@@ -274,6 +424,8 @@ def phase5_section(runs, figdir, lines):
         [f"## {PHASES['5']}", ""] + table((header + "|sample s/img|observed failure").split("|"), rows) + [""]
     )
     lines += [f"- `{run['name']}`: {evaluated(last_fid(run))}" for run in runs] + [""]
+    lines += [f"FID: {seeds_said(runs)}. Between the families: {NOISE_RULE}.", ""]
+    lines += change_lines([(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]]) + [""]
     curve = fid_curves(runs, figdir / "phase5_fid.png")
     if curve:
         lines += [f"![FID curves](report/{curve.name})"]
@@ -316,11 +468,11 @@ def sweep_figure(run, path):
 def phase6_section(runs, figdir, lines):
     rows = []
     for run in runs:
-        s, row = run["summary"] or {}, last_fid(run) or {}
-        accuracy = [fmt(row.get("acc_test")), fmt(row.get("acc_new_test"))]
-        cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), *accuracy, fmt(row.get("fid"))]
-        cells += [millions(s.get("params")), minutes(s.get("train_seconds"))]
-        rows.append(cells + ["; ".join(diagnose(run)) or "none flagged"])
+        s = run["summary"] or {}
+        accuracy = [cell(run, last_value("acc_test")), cell(run, last_value("acc_new_test"))]
+        cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), *accuracy, fid_cell(run)]
+        cells += [millions(s.get("params")), cell(run, summary_value("train_seconds", 60), ".1f") + " min"]
+        rows.append(cells + ["; ".join(diagnoses(run)) or "none flagged"])
     header = "step|run|model|accuracy test|accuracy new_test|FID|params|train time|observed failure"
     lines += [f"## {PHASES['6']}", "", *table(header.split("|"), rows), ""]
     lines += [f"- `{run['name']}`: {evaluated(last_fid(run))}" for run in runs] + [""]
@@ -358,20 +510,25 @@ def translation_failures(row):
     return found
 
 
-def both_ways(row, key, spec=".2f"):
-    return f"{fmt(row.get(key + '_ab'), spec)} / {fmt(row.get(key + '_ba'), spec)}"
+def last_eval(run):
+    evals = [r for r in run["rows"] if r.get("kind") == "eval"]
+    return evals[-1] if evals else {}
+
+
+def both_ways(run, key, spec=".2f"):
+    ways = [cell(run, lambda seed, k=f"{key}_{way}": last_eval(seed).get(k), spec) for way in ("ab", "ba")]
+    return " / ".join(ways)
 
 
 def phase7_section(runs, figdir, lines):
     rows = []
     for run in runs:
         s = run["summary"] or {}
-        evals = [r for r in run["rows"] if r.get("kind") == "eval"]
-        row = evals[-1] if evals else {}
-        cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), both_ways(row, "acc")]
-        cells += [both_ways(row, "fid", ".1f"), both_ways(row, "cycle", ".3f"), both_ways(row, "sharpness")]
-        cells += [millions(s.get("params")), minutes(s.get("train_seconds"))]
-        rows.append(cells + ["; ".join(diagnose(run) + translation_failures(row)) or "none flagged"])
+        cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), both_ways(run, "acc")]
+        cells += [both_ways(run, "fid", ".1f"), both_ways(run, "cycle", ".3f"), both_ways(run, "sharpness")]
+        cells += [millions(s.get("params")), cell(run, summary_value("train_seconds", 60), ".1f") + " min"]
+        found = diagnoses(run) + [f for seed in run["seeds"] for f in translation_failures(last_eval(seed))]
+        rows.append(cells + ["; ".join(dict.fromkeys(found)) or "none flagged"])
     header = "step|run|model|label kept A->B / B->A|FID A->B / B->A|cycle L1|sharpness|params|train time"
     lines += [f"## {PHASES['7']}", "", *table((header + "|observed failure").split("|"), rows), ""]
     domains = next((r["summary"]["domains"] for r in runs if r["summary"]), ["A", "B"])
@@ -426,12 +583,17 @@ def pick(root, family, candidates):
     path = Path(root) / "phase5.json"
     picks = read_json(path) or {}
     if family not in picks:
-        runs = [load_run(Path(root) / n) for n in candidates if (Path(root) / n).is_dir()]
+        runs = [load_step(Path(root) / n) for n in candidates if (Path(root) / n).is_dir()]
         done = [r for r in runs if r["status"] == "complete"]
-        scored = [r for r in done if r["fids"]]
-        if scored:
-            best = min(scored, key=lambda r: last_fid(r)["fid"])
-            picks[family] = {"run": best["name"], "why": "lowest FID", "fid": last_fid(best)["fid"]}
+        scored = [r for r in done if fid_noise(r)]
+        if scored:  # with seeds, the lowest mean
+            best = min(scored, key=lambda r: fid_noise(r)[0])
+            why = (
+                "lowest FID"
+                if len(best["seeds"]) == 1
+                else f"lowest mean FID over {len(best['seeds'])} seeds"
+            )
+            picks[family] = {"run": best["name"], "why": why, "fid": fid_noise(best)[0]}
         elif done:
             picks[family] = {"run": done[0]["name"], "why": "first finished run: no FID to compare"}
         else:

@@ -5,6 +5,7 @@
 #   DATA=/data/celeba bash run_all.sh --preset full    the study's settings on a GPU
 #   bash run_all.sh --preset smoke --only 2     one phase (then the report)
 #   NPROC=8 DATA=/data/celeba bash run_all.sh --preset full   every run on 8 GPUs (torchrun, DDP)
+#   SEEDS=3 bash run_all.sh --preset smoke --only 4          each step with seeds 0, 1, 2
 #
 # Every run writes runs/<name>/, and the study ends with runs/REPORT.md (report.py).
 # Re-running the script skips finished runs and resumes unfinished ones (--resume);
@@ -18,7 +19,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --preset) PRESET="${2:?--preset needs smoke|full}"; shift 2 ;;
     --only) ONLY="${2:?--only needs a phase number}"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (use --preset smoke|full, --only PHASE)" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +44,7 @@ case "$PRESET" in
     # cores). Small nets taking thousands of steps beat big ones taking hundreds. FID(digits)
     # from 500 samples against the 299 held-out digits.
     DATA="${DATA:-digits}"
+    SEEDS="${SEEDS:-1}"
     MINUTES="${MINUTES:-0.8}"
     COMMON=(--preset cpu --data "$DATA" --device cpu --max-minutes "$MINUTES" --fid-n 500 --fid-features digits)
     FINAL=(--max-minutes "${FINAL_MINUTES:-1.2}")
@@ -77,6 +79,7 @@ case "$PRESET" in
   test)
     # A few steps per run: used by the test suite to walk every phase quickly.
     DATA="${DATA:-digits}"
+    SEEDS="${SEEDS:-1}"
     COMMON=(--preset study --data "$DATA" --device cpu --max-steps 3 --batch-size 16 --aug none
             --fid-features none --log-every 1)
     FINAL=(--max-steps 6)
@@ -103,6 +106,7 @@ case "$PRESET" in
     # Every script's study preset (--preset study: batch 64, fp16 AMP + GradScaler on CUDA,
     # EMA 0.9999, FID every 25 epochs on 5,000 held-out images, 100 epochs) at 64 px.
     : "${DATA:?the full preset needs DATA=/path/to/images (for CelebA, img_align_celeba/)}"
+    SEEDS="${SEEDS:-3}"  # every comparison with error bars: the spread over seeds
     COMMON=(--preset study --data "$DATA" --crop "${CROP:-178}" --res 64)
     FINAL=(--epochs 200)
     GAN=()
@@ -127,8 +131,10 @@ esac
 
 # run NAME SCRIPT FLAGS...: skip a finished run, resume an unfinished one. Every run is
 # recorded (phase 5 retrains the winners with their own flags) but only runs in the
-# phases asked for. A failed run leaves FAILED (exit code and last error line) for
-# the report; its output also goes to stderr.log.
+# phases asked for. SEEDS=K > 1 runs the step K times, --seed 0..K-1, into
+# $RUNS/NAME/seed_N/ (each skipped or resumed on its own); the report gives their mean
+# and spread. A failed run leaves FAILED (exit code and last error line) for the
+# report; its output also goes to stderr.log.
 FAILED=()
 declare -A SCRIPT_OF FLAGS_OF
 run() {
@@ -136,7 +142,16 @@ run() {
   SCRIPT_OF[$name]="$script"
   FLAGS_OF[$name]="$(printf '%q ' "$@")"
   want "$PHASE" || return 0
-  local out="$RUNS/$name"
+  if [ "$SEEDS" -eq 1 ]; then
+    run_one "$name" "$RUNS/$name" "$script" "$@"
+  else
+    for ((seed = 0; seed < SEEDS; seed++)); do
+      run_one "$name/seed_$seed" "$RUNS/$name/seed_$seed" "$script" "$@" --seed "$seed"
+    done
+  fi
+}
+run_one() {
+  local name="$1" out="$2" script="$3"; shift 3
   if [ -f "$out/summary.json" ] && grep -q '"complete": true' "$out/summary.json"; then
     echo "== $name: finished, skipped"
     return 0
@@ -195,9 +210,11 @@ EOF
 import json, sys
 from pathlib import Path
 runs = Path(sys.argv[1])
-def fid(name):
-    path = runs / name / "summary.json"
-    return json.loads(path.read_text())["final"].get("fid") if path.exists() else None
+def fid(name):  # the final FID, the mean over seeds with SEEDS > 1
+    step = runs / name
+    paths = [step / "summary.json"] if (step / "summary.json").exists() else sorted(step.glob("seed_*/summary.json"))
+    fids = [json.loads(p.read_text())["final"].get("fid") for p in paths]
+    return sum(fids) / len(fids) if fids and None not in fids else None
 result = {}
 for step, a, b in [("1A resolution", "1A_raw_64", "1A_raw_128"), ("1B alignment", "1A_raw_64", "1B_aligned_64"),
                    ("1C augmentation", "1B_aligned_64", "1C_aligned_deluxe"), ("1D data", "1B_aligned_64", "1D_aligned_mix")]:
@@ -284,7 +301,7 @@ run 4.3_ddpm_cosine_v   ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --
 run 4.4_ddpm_wide       ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_WIDE[@]}" --schedule cosine --pred v
 
 # ---------------------------------------------------------------------------
-# Phase 5: the cross-family comparison. The best run of each family (lowest FID;
+# Phase 5: the cross-family comparison. The best run of each family (lowest mean FID;
 # without FID, the first finished one) is trained again, longer (FINAL: 200 epochs
 # in the full study) under identical conditions: same data, resolution, batch,
 # budget and evaluation. 2.4 is not a candidate: it changes the resolution.

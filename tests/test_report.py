@@ -141,6 +141,7 @@ def test_report_tables_hold_exactly_the_runs_numbers(runs):
         "`2.1_dcgan`",
         "dcgan 16px (g_arch dcgan, aug none)",
         "12.35",
+        "n/a",  # the phase's first step: nothing to compare with
         "FID(digits), 500 samples vs 299 held-out, epoch 20",
         "0.12M",
         "1.5 min",
@@ -317,3 +318,54 @@ def test_phase7_table_names_what_the_numbers_show(tmp_path):
     assert "collapse B->A: 3/10 classes" in failures and "blur A->B: sharpness 0.50" in failures
     assert "label flips B->A" not in failures
     assert "A = digits, B = mnist" in text and "![7.2_no_cycle](7.2_no_cycle/translate.png)" in text
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    """Phase 4 with three seeds a step (4.4 with one, whose FID carries its bootstrap std)."""
+    root = tmp_path / "runs"
+    steps = {"4.1_ddpm_linear_eps": (30.0, 32.0, 34.0), "4.2_ddpm_cosine_eps": (20.0, 21.0, 22.0)}
+    steps["4.3_ddpm_cosine_v"] = (19.0, 24.0, 21.5)
+    for name, fids in steps.items():
+        for seed, value in enumerate(fids):
+            train = [{"step": s, "loss": 0.1} for s in range(0, 200, 10)]
+            curve = [fid_row(10, value + 10), fid_row(20, value)]
+            make_run(root / name, f"seed_{seed}", "ddpm", {"seed": seed}, fids=curve, train=train)
+    make_run(root, "4.4_ddpm_wide", "ddpm", {}, fids=[fid_row(10, 25.0), fid_row(20, 15.0, fid_std=0.5)])
+    return root
+
+
+def test_report_gives_seed_means_spreads_and_what_is_within_noise(seeded):
+    report.main([str(seeded)])
+    text = (seeded / "REPORT.md").read_text()
+    rows = {
+        l.split("|")[2].strip(): [c.strip() for c in l.strip("|").split("|")]
+        for l in text.splitlines()
+        if l.startswith("| 4.")
+    }
+    # FID: mean +- std over the 3 seeds; one seed: +- its bootstrap std, marked (b).
+    assert rows["`4.1_ddpm_linear_eps`"][3:5] == ["32.00 ± 2.00", "n/a"]
+    # 21 - 32 = -11 against 2 sqrt(2^2 + 1^2) = 4.47: holds.
+    assert rows["`4.2_ddpm_cosine_eps`"][3:5] == ["21.00 ± 1.00", "-11.00 (holds)"]
+    # 21.5 - 21 = +0.5 against 2 sqrt(1^2 + 2.5^2) = 5.39: within noise (though its seed 19 beats all of 4.2).
+    assert rows["`4.3_ddpm_cosine_v`"][3:5] == ["21.50 ± 2.50", "+0.50 (≈ within noise)"]
+    # 15 - 21.5 = -6.5 against 2 sqrt(2.5^2 + 0.5^2) = 5.10: holds.
+    assert rows["`4.4_ddpm_wide`"][3:5] == ["15.00 ± 0.50 (b)", "-6.50 (holds)"]
+    assert rows["`4.1_ddpm_linear_eps`"][7] == "1.5 ± 0.0 min"
+    lines = [l for l in text.splitlines() if l.startswith("- `4.")]
+    assert lines[1] == (
+        "- `4.3_ddpm_cosine_v` vs `4.2_ddpm_cosine_eps`: FID 21.00 -> 21.50 (+0.50); within noise: "
+        "not larger than the noise threshold 5.39."
+    )
+    assert "holds: larger than the noise threshold 4.47" in lines[0]
+    assert "mean ± std over 1/3 seeds" in text and "2 sqrt(s_a^2 + s_b^2)" in text
+    assert Image.open(seeded / "report" / "phase4_fid.png").size[0] > 200
+
+
+def test_pick_takes_the_lowest_mean_over_seeds(seeded):
+    # 4.3 has the single best seed (19.0) but 4.2 the lower mean (21.0 vs 21.5).
+    assert report.pick(
+        seeded, "ddpm", ["4.1_ddpm_linear_eps", "4.2_ddpm_cosine_eps", "4.3_ddpm_cosine_v"]
+    ) == ("4.2_ddpm_cosine_eps")
+    picked = json.loads((seeded / "phase5.json").read_text())["ddpm"]
+    assert picked["why"] == "lowest mean FID over 3 seeds" and picked["fid"] == pytest.approx(21.0)

@@ -132,6 +132,25 @@ def test_nproc_launches_every_run_through_torchrun(tmp_path):
     assert again.stdout.count("finished, skipped") == 4
 
 
+def test_seeds_run_each_step_per_seed_and_skip_each_when_done(tmp_path):
+    res = run_all(tmp_path, "--only", "4", SEEDS="2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in [n for n in RUNS if n.startswith("4.")]:
+        for seed in (0, 1):
+            run = tmp_path / name / f"seed_{seed}"
+            assert json.loads((run / "summary.json").read_text())["complete"], run
+            assert json.loads((run / "args.json").read_text())["seed"] == seed
+        assert not (tmp_path / name / "summary.json").exists()
+    again = run_all(tmp_path, "--only", "4", SEEDS="2")
+    assert again.stdout.count("finished, skipped") == 8
+    assert "== 4.1_ddpm_linear_eps/seed_1: finished, skipped" in again.stdout
+    # The report reads each step's seeds: mean +- std cells.
+    line = next(l for l in (tmp_path / "REPORT.md").read_text().splitlines() if l.startswith("| 4.1 |"))
+    assert (
+        "mean ± std over 2 seeds" in (tmp_path / "REPORT.md").read_text() and "`4.1_ddpm_linear_eps`" in line
+    )
+
+
 def test_failed_runs_are_reported_and_study_goes_on(tmp_path):
     (tmp_path / "4.2_ddpm_cosine_eps").mkdir(parents=True)
     # A corrupt checkpoint makes one run fail at the start (it is resumed and refused) ...
