@@ -280,7 +280,8 @@ def main(argv=None):
     step, train_seconds, log = common.start_or_resume(out, objects, args)
     # Under torchrun, the steps call these wrappers (gradients averaged over the ranks). D runs on inputs
     # and reconstructions before one backward: its BatchNorm buffers are not re-broadcast between the calls.
-    vae_ddp, D_ddp = common.ddp(vae, device, args), D and common.ddp(D, device, args, sync_buffers=False)
+    vae_ddp = common.ddp(vae, device, args)
+    D_ddp = common.ddp(D, device, args, sync_buffers=False) if D is not None else None
     evaluator = fid.Evaluator.for_run(args, heldout, device)
     fixed_z = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(args.seed)).to(device)
     fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
