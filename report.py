@@ -276,6 +276,11 @@ def last_value(key):
     return lambda run: (last_fid(run) or {}).get(key)
 
 
+def minutes_cell(run):
+    text = cell(run, summary_value("train_seconds", 60), ".1f")
+    return text if text == "n/a" else text + " min"
+
+
 def summary_value(key, scale=1.0):
     return lambda run: (run["summary"] or {}).get(key) and run["summary"][key] / scale
 
@@ -288,7 +293,7 @@ def phase_table(runs, pairs):
         s, row = run["summary"] or {}, last_fid(run)
         cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), fid_cell(run)]
         cells += [change_cell(previous.get(run["name"]), run), evaluated(row), millions(s.get("params"))]
-        cells += [cell(run, summary_value("train_seconds", 60), ".1f") + " min"]
+        cells += [minutes_cell(run)]
         rows.append(
             cells
             + [cell(run, summary_value("images_per_s"), ".0f"), "; ".join(diagnoses(run)) or "none flagged"]
@@ -383,8 +388,11 @@ def phase_section(phase, runs, figdir, lines):
     by_name = {run["name"]: run for run in runs}
     if phase == "1":  # the pipeline's four questions
         pairs = [(by_name[a], by_name[b]) for a, b in PHASE1_PAIRS if a in by_name and b in by_name]
-    else:  # each step against the one it follows
-        pairs = list(zip(runs, runs[1:]))
+    else:  # each step against the last one before it with a FID (a skipped 3.2: 3.3 against 3.1)
+        pairs, before = [], None
+        for run in runs:
+            pairs += [(before, run)] if before else []
+            before = run if fid_noise(run) else before
     lines += phase_table(runs, pairs) + ["", f"FID: {seeds_said(runs)}. The changes: {NOISE_RULE}.", ""]
     lines += change_lines(pairs) + [""]
     curve = fid_curves(runs, figdir / f"phase{phase}_fid.png")
@@ -409,7 +417,7 @@ def phase5_section(runs, figdir, lines):
         cells.append(
             cell(run, last_value("lpips"), ".3f") if "lpips" in row else "n/a (needs VGG-16 weights)"
         )
-        cells += [millions(s.get("params")), cell(run, summary_value("train_seconds", 60), ".1f") + " min"]
+        cells += [millions(s.get("params")), minutes_cell(run)]
         rows.append(
             cells
             + [
@@ -471,7 +479,7 @@ def phase6_section(runs, figdir, lines):
         s = run["summary"] or {}
         accuracy = [cell(run, last_value("acc_test")), cell(run, last_value("acc_new_test"))]
         cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), *accuracy, fid_cell(run)]
-        cells += [millions(s.get("params")), cell(run, summary_value("train_seconds", 60), ".1f") + " min"]
+        cells += [millions(s.get("params")), minutes_cell(run)]
         rows.append(cells + ["; ".join(diagnoses(run)) or "none flagged"])
     header = "step|run|model|accuracy test|accuracy new_test|FID|params|train time|observed failure"
     lines += [f"## {PHASES['6']}", "", *table(header.split("|"), rows), ""]
@@ -526,7 +534,7 @@ def phase7_section(runs, figdir, lines):
         s = run["summary"] or {}
         cells = [run["name"].split("_")[0], f"`{run['name']}`", describe(run), both_ways(run, "acc")]
         cells += [both_ways(run, "fid", ".1f"), both_ways(run, "cycle", ".3f"), both_ways(run, "sharpness")]
-        cells += [millions(s.get("params")), cell(run, summary_value("train_seconds", 60), ".1f") + " min"]
+        cells += [millions(s.get("params")), minutes_cell(run)]
         found = diagnoses(run) + [f for seed in run["seeds"] for f in translation_failures(last_eval(seed))]
         rows.append(cells + ["; ".join(dict.fromkeys(found)) or "none flagged"])
     header = "step|run|model|label kept A->B / B->A|FID A->B / B->A|cycle L1|sharpness|params|train time"
