@@ -88,6 +88,11 @@ def write_json(path, obj):
 # model: each takes its share of every batch and DistributedDataParallel averages their gradients. Every
 # rank seeds the same RNG, so each draws the whole batch's noise and keeps its rows (`shard`): N processes
 # draw what one would. Outside torchrun these helpers see one rank and change nothing.
+def under_torchrun():
+    """Started by torchrun with more than one process (before or after `join_torchrun`)."""
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
 def rank():
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -648,7 +653,7 @@ def setup_device(args):
         raise UserError("--device cuda but no CUDA device is available")
     on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if on_cuda else "cpu")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if under_torchrun():
         device = join_torchrun(on_cuda)
     if args.sync_bn and not on_cuda:
         raise UserError("--sync-bn needs GPUs: SyncBatchNorm has no CPU kernel")
@@ -836,7 +841,7 @@ def prepare_run(args, script, model_flags):
             raise UserError(f"--generate samples a trained run, and {out} holds no checkpoint (--out RUN)")
         if args.generate < 1:
             raise UserError(f"--generate N needs N >= 1, got {args.generate}")
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        if under_torchrun():
             raise UserError("--generate runs in one process, not under torchrun")
         saved = json.loads((out / "args.json").read_text())
         vars(args).update({f: saved[f] for f in (*model_flags, "data", "crop") if f in saved})
@@ -1010,14 +1015,13 @@ class TrainClock:
     def stop(self, step):
         self.checked = self.seconds
         self.timed_out = step < self.total and self.checked > self.max_seconds
-        if world_size() == 1:
-            return step >= self.total or bool(self.signalled) or self.timed_out
-        # Under torchrun the ranks stop at the same step (a rank that went on would wait forever in its
-        # next all-reduce): one rank's signal or time-out stops all; they share rank-wide `checked` seconds.
-        flags = torch.tensor([self.checked, self.timed_out, bool(self.signalled)], dtype=torch.float64)
-        dist.all_reduce(flags, dist.ReduceOp.MAX, group=_AGREE)
-        self.checked, self.timed_out = flags[0].item(), bool(flags[1])
-        self.signalled = self.signalled or ("SIGTERM" if flags[2] else None)
+        if world_size() > 1:
+            # Under torchrun the ranks stop at the same step (a rank that went on would wait forever in its
+            # next all-reduce): one rank's signal or time-out stops all; they share the largest `checked`.
+            flags = torch.tensor([self.checked, self.timed_out, bool(self.signalled)], dtype=torch.float64)
+            dist.all_reduce(flags, dist.ReduceOp.MAX, group=_AGREE)
+            self.checked, self.timed_out = flags[0].item(), bool(flags[1])
+            self.signalled = self.signalled or ("SIGTERM" if flags[2] else None)
         return step >= self.total or bool(self.signalled) or self.timed_out
 
     def finish(self):

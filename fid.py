@@ -289,7 +289,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def fid_bootstrap(acts, mu_real, sigma_real, resamples=50, seed=0):
+def fid_bootstrap(acts, mu_real, sigma_real, resamples=FID_RESAMPLES, seed=0):
     """How far FID could move from the draw of the generated samples alone: the standard deviation of
     the FID of `resamples` bootstrap draws of acts' rows (with replacement, seeded) against the same
     real statistics. tr sqrt(sigma_real sigma) is the sum of the square roots of the eigenvalues of
@@ -485,7 +485,7 @@ class Evaluator:
         kid_mean, kid_std = kid(acts, self.real_acts, subsets=50)
         row = dict(features=self.features, fid=frechet_distance(*stats(acts), *self.real_stats))
         # The metric's own noise: a 95% interval (normal, from the bootstrap's spread) over the samples.
-        row["fid_std"] = fid_bootstrap(acts, *self.real_stats, resamples=FID_RESAMPLES)
+        row["fid_std"] = fid_bootstrap(acts, *self.real_stats)
         row.update(fid_lo=row["fid"] - 1.96 * row["fid_std"], fid_hi=row["fid"] + 1.96 * row["fid_std"])
         row.update(kid=kid_mean, kid_std=kid_std, n_fake=len(acts), n_real=self.n_real)
         row.update(diversity=diversity(acts), diversity_real=self.real_diversity)

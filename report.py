@@ -155,19 +155,20 @@ def fid_cell(step):
 
 
 def change(a, b):
-    """b's FID against a's -> (difference, threshold, holds), or None without both FIDs and spreads."""
+    """b's FID against a's -> (FID a, FID b, threshold, holds), or None without both FIDs and spreads."""
     na, nb = fid_noise(a), fid_noise(b)
     if na is None or nb is None or na[1] is None or nb[1] is None:
         return None
     threshold = 2 * math.hypot(na[1], nb[1])
-    return nb[0] - na[0], threshold, abs(nb[0] - na[0]) > threshold
+    return na[0], nb[0], threshold, abs(nb[0] - na[0]) > threshold
 
 
 def change_cell(a, b):
     found = change(a, b) if a else None
     if found is None:
         return "n/a"
-    return f"{found[0]:+.2f}" + (" (holds)" if found[2] else " (≈ within noise)")
+    fa, fb, _, holds = found
+    return f"{fb - fa:+.2f}" + (" (holds)" if holds else " (≈ within noise)")
 
 
 def change_lines(pairs):
@@ -178,11 +179,11 @@ def change_lines(pairs):
         if found is None:
             lines.append(f"- `{b['name']}` vs `{a['name']}`: no FID with a spread on both sides to compare.")
             continue
-        verdict = "holds: larger than" if found[2] else "within noise: not larger than"
-        (fa, _), (fb, _) = fid_noise(a), fid_noise(b)
+        fa, fb, threshold, holds = found
+        verdict = "holds: larger than" if holds else "within noise: not larger than"
         lines.append(
-            f"- `{b['name']}` vs `{a['name']}`: FID {fa:.2f} -> {fb:.2f} ({found[0]:+.2f}); {verdict} "
-            f"the noise threshold {found[1]:.2f}."
+            f"- `{b['name']}` vs `{a['name']}`: FID {fa:.2f} -> {fb:.2f} ({fb - fa:+.2f}); {verdict} "
+            f"the noise threshold {threshold:.2f}."
         )
     return lines
 
@@ -282,7 +283,11 @@ def minutes_cell(run):
 
 
 def summary_value(key, scale=1.0):
-    return lambda run: (run["summary"] or {}).get(key) and run["summary"][key] / scale
+    def value(run):
+        found = (run["summary"] or {}).get(key)
+        return None if found is None else found / scale
+
+    return value
 
 
 def phase_table(runs, pairs):

@@ -6,6 +6,7 @@ rank's own state in OUT/rank_N.pt (the run's ckpt.pt is rank 0's alone), so a te
 the row, which a test compares with the row of one process.
 """
 
+import argparse
 import importlib
 import json
 import sys
@@ -28,7 +29,7 @@ def save_and_keep_rank(out, objects, step, epoch, train_seconds, args):
 
 def evaluate(path):
     """The digits evaluator on 101 fixed images (an odd count: the ranks' shares differ in size)."""
-    common.setup_device(common.add_common_args(common.argparse.ArgumentParser()).parse_args([]))
+    common.setup_device(common.add_common_args(argparse.ArgumentParser()).parse_args([]))
     train, heldout = common.load_dataset("digits", 16).split()
     evaluator = fid.Evaluator("digits", heldout, "digits", 16, 300, "cpu")
     fake = torch.from_numpy(train.images[:101].copy()).permute(0, 3, 1, 2).float() / 127.5 - 1
