@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import common
+import data
 
 # Left eye, right eye, nose tip, left and right mouth corners in a 128x128 frame
 # ("left" as seen in the image). Scaled by size / 128 for other sizes.
@@ -132,7 +133,7 @@ def main(argv=None):
         raise common.UserError(f"{src} is not a folder")
     if args.size < 16:
         raise common.UserError(f"--size must be at least 16, got {args.size}")
-    files = sorted(f for f in src.rglob("*") if f.suffix.lower() in common.IMAGE_EXTS and f.is_file())
+    files = sorted(f for f in src.rglob("*") if f.suffix.lower() in data.IMAGE_EXTS and f.is_file())
     if not files:
         raise common.UserError(f"no images under {src}")
     dst.mkdir(parents=True, exist_ok=True)

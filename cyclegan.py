@@ -48,7 +48,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-import fid
+import data
+from evaluate import Evaluator
 
 
 # ----------------------------------------------------------------------------- model
@@ -213,7 +214,7 @@ def load_domains(args):
     load = dict(res=args.res, crop=args.crop, aug=args.aug)
     if args.data is None:
         names = (args.data_a or "digits", args.data_b or "mnist")
-        domains = [common.load_dataset(spec, **load).split() for spec in names]
+        domains = [data.load_dataset(spec, **load).split() for spec in names]
     else:
         root = Path(args.data)
         if not root.is_dir() or not all((root / f"train{side}").is_dir() for side in "AB"):
@@ -225,22 +226,19 @@ def load_domains(args):
         for side in "AB":
             train, test = root / f"train{side}", root / f"test{side}"
             if test.is_dir():
-                domains.append(
-                    (common.load_dataset(str(train), **load), common.load_dataset(str(test), **load))
-                )
+                domains.append((data.load_dataset(str(train), **load), data.load_dataset(str(test), **load)))
             else:
-                domains.append(common.load_dataset(str(train), **load).split())
+                domains.append(data.load_dataset(str(train), **load).split())
     for (train, test), name in zip(domains, names):
         if len(test) == 0:  # a split holds out a sixth
             raise common.UserError(f"{name}: {len(train)} image(s) leave none held out; give it 6 or more")
     return *domains, names
 
 
-def spread_images(data, n):
-    """n images spread evenly over `data` (every class, where its files come sorted by class), as
-    (x (n, C, H, W) in [-1, 1], labels); all of them when n >= len(data)."""
-    x, y = data.batch(common.spread(len(data), n))
-    return common.to_float(x), y
+def spread_images(domain, n):
+    """n images spread evenly over a domain's images (every class, where its files come sorted by class),
+    as (x (n, C, H, W) in [-1, 1], labels); all of them when n >= len(domain)."""
+    return domain.floats(data.spread(len(domain), n))
 
 
 # ----------------------------------------------------------------------------- sampling and evaluation
@@ -302,8 +300,6 @@ MODEL_FLAGS = ("res", "ngf", "ndf", "n_blocks", "disc", "d_layers", "data_a", "d
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p, resolutions=(16, 32, 64, 128, 256))
-    p.set_defaults(data=None, batch_size=1)  # no --data: the built-in pair; batch 1 as the paper
     a = p.add_argument
     a("--data-a", default=None, help="domain A: any --data spec (with --data-b)")
     a("--data-b", default=None, help="domain B: any --data spec (with --data-a)")
@@ -316,20 +312,19 @@ def parse_args(argv=None):
     a("--lambda-cycle", type=float, default=10.0, help="cycle loss weight (0: off, the ablation)")
     a("--lambda-identity", type=float, default=0.5, help="identity loss weight, times --lambda-cycle")
     a("--pool", type=int, default=50, help="fakes kept for the discriminators (0: off)")
-    args = common.parse_with_preset(p, argv, CPU_PRESET)
+    # No --data: the built-in pair; batch 1 as the paper.
+    args = common.parse_with_preset(p, argv, "cyclegan", CPU_PRESET, data=None, batch_size=1)
     args.n_blocks = args.n_blocks or (6 if args.res <= 128 else 9)
     args.d_layers = args.d_layers or max(1, int(math.log2(args.res)) - 5)
     if args.cond or args.labels:
-        raise common.UserError(
-            "--cond and --labels do not apply: cyclegan.py translates, it is not conditioned"
-        )
+        p.error("--cond and --labels do not apply: cyclegan.py translates, it is not conditioned")
     return args
 
 
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    out, device, autocast, scaler = common.prepare_run(args, "cyclegan", MODEL_FLAGS)
+    out, device, autocast, scaler = common.prepare_run(args, MODEL_FLAGS)
     (train_a, test_a), (train_b, test_b), names = load_domains(args)
     c_a, c_b = train_a.images.shape[-1], train_b.images.shape[-1]
     if c_a != c_b and args.lambda_cycle * args.lambda_identity:
@@ -348,48 +343,44 @@ def main(argv=None):
     for m in (G_AB, G_BA, D_A, D_B):
         m.apply(init_weights)
     ema_ab, ema_ba = common.EMA(G_AB, args.ema), common.EMA(G_BA, args.ema)
-    if args.generate:  # no training: translate N held-out images each way with the EMA generators
-        ckpt = common.load_checkpoint(out / "ckpt.pt")
-        ema_ab.load_state_dict(ckpt["ema_ab"])
-        ema_ba.load_state_dict(ckpt["ema_ba"])
-        folder = Path(args.generate_dir or out / "generated")
-        for way, G, test in (("A2B", ema_ab.module, test_a), ("B2A", ema_ba.module, test_b)):
-            x, labels = spread_images(test, args.generate)
-            labels = labels if len(test.classes) > 1 else None  # labels.csv: the source images' labels
-            common.save_generated(translate(G, x, device), labels, test.classes, folder / way)
-        return folder
     betas = (0.5, 0.999)
     opt_g = torch.optim.Adam([*G_AB.parameters(), *G_BA.parameters()], lr=args.lr, betas=betas)
     opt_d = torch.optim.Adam([*D_A.parameters(), *D_B.parameters()], lr=args.lr, betas=betas)
     pool_a, pool_b = ImagePool(args.pool), ImagePool(args.pool)
     objects = dict(G_AB=G_AB, G_BA=G_BA, D_A=D_A, D_B=D_B, ema_ab=ema_ab, ema_ba=ema_ba, opt_g=opt_g)
     objects.update(opt_d=opt_d, scaler=scaler, pool_a=pool_a, pool_b=pool_b)
-    step, train_seconds, log = common.start_or_resume(out, objects, args)
+    per_epoch = max(1, max(len(train_a), len(train_b)) // args.batch_size)
+    step, clock, log = common.start_or_resume(out, objects, args, args.epochs * per_epoch, "cyclegan")
+    if args.generate:  # no training: translate N held-out images each way with the EMA generators
+        folder = Path(args.generate_dir or out / "generated")
+        for way, G, test in (("A2B", ema_ab.module, test_a), ("B2A", ema_ba.module, test_b)):
+            x, labels = spread_images(test, args.generate)
+            labels = labels if len(test.classes) > 1 else None  # labels.csv: the source images' labels
+            common.save_generated(translate(G, x, device), labels, test.classes, folder / way)
+        return folder
     # Under torchrun the steps call these wrappers (gradients averaged over the ranks). The G step calls
     # the discriminators themselves: frozen there, they have no gradient for DDP to wait for.
     G_AB_ddp, G_BA_ddp = common.ddp(G_AB, device, args), common.ddp(G_BA, device, args)
     D_A_ddp, D_B_ddp = common.ddp(D_A, device, args), common.ddp(D_B, device, args)
     weights, n_real = args.inception_weights, args.fid_n_real
     evaluators = [
-        fid.Evaluator(args.fid_features, test, name, args.res, n_real, device, weights, args.crop)
+        Evaluator(args.fid_features, test, name, args.res, n_real, device, weights, args.crop)
         for test, name in ((test_a, names[0]), (test_b, names[1]))
     ]
     # The same 8 held-out images of each domain in every grid.
     fixed_a, fixed_b = spread_images(test_a, 8)[0], spread_images(test_b, 8)[0]
-    per_epoch = max(1, max(len(train_a), len(train_b)) // args.batch_size)
-    clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "cyclegan")
+    stream_a, stream_b = (
+        data.batches(train_a, args, step, device),
+        data.batches(train_b, args, step, device, args.seed + 1),
+    )
     losses, metrics, eval_step = {}, {}, None
-    stream_a = common.batches(train_a, args.batch_size, args.seed, step, device, args.workers)
-    stream_b = common.batches(train_b, args.batch_size, args.seed + 1, step, device, args.workers)
-    for (_, x_a, _), (_, x_b, _) in zip(stream_a, stream_b):
-        if clock.stop(step):
-            break
+    while not clock.stop(step):
         # Constant, then linearly to 0 over the second half of --epochs (or of --max-minutes, when
         # that bounds the run); --max-steps stops a run without changing its schedule.
         progress = max(step / (args.epochs * per_epoch), clock.checked / clock.max_seconds)
         for group in opt_g.param_groups + opt_d.param_groups:
             group["lr"] = args.lr * lr_factor(progress)
-        real_a, real_b = (common.augment(common.to_float(x), args.aug) for x in (x_a, x_b))  # (B, C, H, W)
+        real_a, real_b = next(stream_a)[0], next(stream_b)[0]  # (B, C, H, W) in [-1, 1], augmented
         # G step (both generators): D's weights are frozen, so no gradient is spent on them.
         D_A.requires_grad_(False)
         D_B.requires_grad_(False)
@@ -416,7 +407,7 @@ def main(argv=None):
         if step % args.log_every == 0 or step == clock.total:
             losses = {f"loss_g_{k}": v.item() for k, v in terms.items()}
             losses.update(loss_d_a=loss_d_a.item(), loss_d_b=loss_d_b.item())
-            common.log_losses(log, clock, out, step, step / per_epoch, losses, scaler)
+            log.train(step, step / per_epoch, losses, scaler)
         if step % per_epoch == 0:  # end of an epoch: grid and evaluation (not training time), checkpoint
             epoch = step // per_epoch
             with clock.paused():
@@ -427,27 +418,23 @@ def main(argv=None):
                     metrics = evaluate(
                         ema_ab.module, ema_ba.module, evaluators, (test_a, test_b), args.fid_n, device
                     )
-                    common.log_eval(log, metrics, step, epoch)  # an "eval" row: no single "fid" here
-                    say_eval(metrics, step)
+                    say_eval(log.eval(metrics, step, epoch), step)  # an "eval" row: no single "fid" here
                     eval_step = step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
-    if clock.signalled:  # out within seconds; the final evaluation waits for --resume
-        return common.exit_signalled(out, clock, "cyclegan", step)
+    if clock.signalled:  # out within seconds: the final evaluation waits for --resume
+        return common.write_summary(out, clock, dict(model="cyclegan", steps=step))
     if eval_step != step:  # the final weights are evaluated unless the last epoch's evaluation saw them
         metrics = evaluate(ema_ab.module, ema_ba.module, evaluators, (test_a, test_b), args.fid_n, device)
-        common.log_eval(log, metrics, step, step / per_epoch)
-        say_eval(metrics, step)
+        say_eval(log.eval(metrics, step, step / per_epoch), step)
     grid, seconds = common.timed(translation_grid, ema_ab.module, ema_ba.module, fixed_a, fixed_b, device)
-    common.save_grid(grid, out / "translate.png")
-    sample_seconds = seconds / (4 * len(fixed_a))  # four translations an image pair
-    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "translate.png")
+    common.save_outputs(out, {"translate.png": grid})
     run = dict(model="cyclegan", domains=list(names), steps=step, epochs=step / per_epoch)
-    run["sample_seconds_per_image"] = sample_seconds
+    run.update(sample_seconds_per_image=seconds / (4 * len(fixed_a)), final={**losses, **metrics})  # 4 a pair
     models = dict(G_AB=G_AB, G_BA=G_BA, D_A=D_A, D_B=D_B)
-    return common.write_summary(out, clock, models, step * args.batch_size, {**losses, **metrics}, **run)
+    return common.write_summary(out, clock, run, models, step * args.batch_size)
 
 
 if __name__ == "__main__":

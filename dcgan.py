@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-import fid
+import data
+from evaluate import Evaluator
 
 
 # ----------------------------------------------------------------------------- model
@@ -82,7 +83,7 @@ class Generator(nn.Module):
 
     def forward(self, z, y=None):
         if self.n_classes:  # the label enters as K more latent dimensions (a linear layer's input)
-            z = torch.cat([z, common.label_vector(y, self.n_classes).to(z.dtype)], 1)
+            z = torch.cat([z, data.label_vector(y, self.n_classes).to(z.dtype)], 1)
         return self.net(z[:, :, None, None])  # (B, C, res, res)
 
 
@@ -106,7 +107,7 @@ class Discriminator(nn.Module):
         h = self.features(x)
         logit = self.out(h).flatten()  # (B,)
         if self.embed is not None:  # + <embed(y), sum of h over positions>: does x match its label?
-            logit = logit + (self.embed(common.label_vector(y, self.n_classes)) * h.sum(dim=(2, 3))).sum(1)
+            logit = logit + (self.embed(data.label_vector(y, self.n_classes)) * h.sum(dim=(2, 3))).sum(1)
         return logit
 
 
@@ -197,35 +198,32 @@ def latent_walk(nz, seed, rows=8, cols=8):
     return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
 
 
-def evaluate(G, evaluator, args, heldout, conditions, out):
-    """FID and friends of --fid-n samples (conditional: labels like the held-out data's), and the
+def evaluate(G, evaluator, args, out):
+    """FID and friends of --fid-n samples (a conditional run's for the evaluator's labels), and the
     accuracy on each condition list (`acc_test`...); {} when FID is off."""
     if evaluator.features == "none":
         return {}
-    labels = common.labels_like(heldout, args.fid_n) if conditions else None
-    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, labels)
+    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, evaluator.labels)
     row = evaluator(fake, out / "worst.png")
-    for name, y in conditions.items():
+    for name, y in evaluator.conditions.items():
         fake = common.generate(G, len(y), args.nz, evaluator.device, args.seed + 5, y)
         row[f"acc_{name}"] = evaluator.accuracy(fake, y)
     return row
 
 
 @torch.no_grad()
-def save_outputs(G, fixed_z, fixed_y, conditions, classes, out, seed):
-    """samples.png, interp.png (a slerp walk a row; one label a row), cond_*.png (one cell a condition),
-    progress.gif -> seconds per sample."""
-    final, seconds = common.timed(G, fixed_z, fixed_y)
-    sample_seconds = seconds / fixed_z.shape[0]
-    common.save_grid(final, out / "samples.png")
-    for name, y in conditions.items():
-        common.save_condition_grid(
-            G(fixed_z[:32], y[:32].to(fixed_z.device)), y[:32], classes, out / f"cond_{name}.png"
-        )
+def save_outputs(G, args, fixed_y, conditions, classes, device, out):
+    """samples.png (the grids' 64 latents), interp.png (a slerp walk a row; one label a row), cond_*.png
+    (one cell a condition), progress.gif -> seconds per sample."""
+    final, seconds = common.timed(common.generate, G, 64, args.nz, device, args.seed, fixed_y)
     walk_y = fixed_y[:8].repeat_interleave(8, 0) if fixed_y is not None else None
-    common.save_grid(G(latent_walk(fixed_z.shape[1], seed).to(fixed_z.device), walk_y), out / "interp.png")
-    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
-    return sample_seconds
+    walk = G(latent_walk(args.nz, args.seed + 1).to(device), walk_y)
+    cells = {
+        name: (common.generate(G, 32, args.nz, device, args.seed, y[:32]), y[:32])
+        for name, y in conditions.items()
+    }
+    common.save_outputs(out, {"samples.png": final, "interp.png": walk}, cells, classes)
+    return seconds / 64
 
 
 # ----------------------------------------------------------------------------- main
@@ -235,7 +233,6 @@ MODEL_FLAGS = ("res", "g_arch", "nz", "ngf", "ndf", "cond")  # a resumed run mus
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p)
     a = p.add_argument
     a("--g-arch", default="dcgan", choices=["dcgan", "upconv", "csp"], help="generator upsampling")
     a("--nz", type=int, default=100, help="latent size")
@@ -246,7 +243,7 @@ def parse_args(argv=None):
     a("--lr-d", type=float, default=None, help="discriminator lr (default --lr)")
     a("--lr-decay", type=float, default=None, metavar="GAMMA", help="both lrs x GAMMA each step")
     a("--diffaug", type=diffaug_policy, default=(), metavar="OPS", help=",".join(DIFFAUG_OPS))
-    args = common.parse_with_preset(p, argv, CPU_PRESET)
+    args = common.parse_with_preset(p, argv, "dcgan", CPU_PRESET)
     if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
         p.error(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
     return args
@@ -255,39 +252,32 @@ def parse_args(argv=None):
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    out, device, autocast, scaler = common.prepare_run(args, "dcgan", MODEL_FLAGS)
-    train, heldout = common.train_and_heldout(args)
+    out, device, autocast, scaler = common.prepare_run(args, MODEL_FLAGS)
+    train, heldout = data.train_and_heldout(args)
     channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
     G = common.place(Generator(args.nz, args.ngf, channels, args.res, n_classes, args.g_arch), device)
     D = common.place(Discriminator(args.ndf, channels, args.res, n_classes), device)
     G.apply(init_weights)
     D.apply(init_weights)
     ema = common.EMA(G, args.ema)
-    if args.generate:  # no training: N images from the finished run's EMA generator
-        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt")["ema"])
-        labels = common.generation_labels(args, heldout)
-        fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
-        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(args.beta1, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d or args.lr, betas=(args.beta1, 0.999))
     objects = dict(G=G, D=D, ema=ema, opt_g=opt_g, opt_d=opt_d, scaler=scaler)
-    step, train_seconds, log = common.start_or_resume(out, objects, args)
+    per_epoch = max(1, len(train) // args.batch_size)
+    step, clock, log = common.start_or_resume(out, objects, args, args.epochs * per_epoch, "dcgan")
+    if args.generate:  # no training: N images from the finished run's EMA generator
+        labels = data.generation_labels(args, heldout, args.generate)
+        fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
+        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     # Under torchrun, the training step calls these wrappers (gradients averaged over the ranks). D runs
     # on the real and the fake batch before one backward: its BatchNorm buffers (never used, D stays in
     # training mode) are not re-broadcast at each call, which would change them in place between the two.
     G_ddp, D_ddp = common.ddp(G, device, args), common.ddp(D, device, args, sync_buffers=False)
-    evaluator = fid.Evaluator.for_run(args, heldout, device)
-    # Fixed noise (and labels), so every epoch's grid shows the same 64 latents.
-    fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
-    conditions = common.condition_lists(heldout, repeats=4) if n_classes else {}  # 4 samples a condition
-    per_epoch = max(1, len(train) // args.batch_size)
-    clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "dcgan")
-    losses, metrics, fid_step = {}, {}, None
-    for _, x, y in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
-        if clock.stop(step):
-            break
-        real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
+    evaluator = Evaluator.for_run(args, heldout, device)
+    fixed_y = data.generation_labels(args, heldout, 64)  # every epoch's grid: the same 64 latents (seed)
+    batches, losses, metrics, fid_step = data.batches(train, args, step, device), {}, {}, None
+    while not clock.stop(step):
+        real, y = next(batches)  # (B, C, H, W) in [-1, 1], augmented
         z = common.shard(torch.randn(args.batch_size, args.nz, device=device))  # this rank's rows
         # D step: maximise log D(x) + log(1 - D(G(z))); with --diffaug D sees every image augmented.
         with autocast():
@@ -312,29 +302,30 @@ def main(argv=None):
         clock.tick()
         if step % args.log_every == 0 or step == clock.total:
             losses = {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
-            common.log_losses(log, clock, out, step, step / per_epoch, losses, scaler)
+            log.train(step, step / per_epoch, losses, scaler)
         if step % per_epoch == 0:  # end of an epoch: grid and FID (not training time), checkpoint
             epoch = step // per_epoch
             with clock.paused():
                 if epoch % args.sample_every == 0:
-                    common.save_grid(ema.module(fixed_z, fixed_y), out / "samples" / f"epoch_{epoch:04d}.png")
+                    grid = common.generate(ema.module, 64, args.nz, device, args.seed, fixed_y)
+                    common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
-                    metrics, fid_step = common.log_eval(log, row, step, epoch), step
+                    metrics, fid_step = (
+                        log.eval(evaluate(ema.module, evaluator, args, out), step, epoch),
+                        step,
+                    )
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
-    if clock.signalled:  # out within seconds; the final evaluation waits for --resume
-        return common.exit_signalled(out, clock, "dcgan", step)
+    if clock.signalled:  # out within seconds: the final evaluation waits for --resume
+        return common.write_summary(out, clock, dict(model="dcgan", steps=step))
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
-        row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
-        metrics = common.log_eval(log, row, step, step / per_epoch)
-    run = dict(model="dcgan", steps=step, epochs=step / per_epoch)
-    outputs = (ema.module, fixed_z, fixed_y, conditions, heldout.classes, out, args.seed + 1)
-    run["sample_seconds_per_image"] = save_outputs(*outputs)
-    final, images = {**losses, **metrics}, step * args.batch_size
-    return common.write_summary(out, clock, dict(G=G, D=D), images, final, **run)
+        metrics = log.eval(evaluate(ema.module, evaluator, args, out), step, step / per_epoch)
+    seconds = save_outputs(ema.module, args, fixed_y, evaluator.conditions, heldout.classes, device, out)
+    run = dict(model="dcgan", steps=step, epochs=step / per_epoch, sample_seconds_per_image=seconds)
+    run["final"] = {**losses, **metrics}
+    return common.write_summary(out, clock, run, dict(G=G, D=D), step * args.batch_size)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ the same blend is applied to v, which is the same thing (eps is linear in v at f
 """
 
 import argparse
+import functools
 import math
 
 import numpy as np
@@ -49,7 +50,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-import fid
+import data
+from evaluate import Evaluator
 
 
 # ----------------------------------------------------------------------------- U-Net
@@ -157,7 +159,7 @@ class UNet(nn.Module):
     def forward(self, x, t, y=None):
         t_emb = self.t_mlp(timestep_embedding(t, self.base_ch))  # (B, 4 * base_ch)
         if y is not None and self.label_embed is not None:
-            t_emb = t_emb + self.label_embed(common.label_vector(y, self.n_classes).to(t_emb.dtype))
+            t_emb = t_emb + self.label_embed(data.label_vector(y, self.n_classes).to(t_emb.dtype))
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:
@@ -212,23 +214,19 @@ def to_x0_eps(out, x_t, alpha_bar_t, pred):
     return a * x_t - s * out, s * x_t + a * out  # from v: x0 = a x_t - s v, eps = s x_t + a v
 
 
-def diffusion_loss(model, x0, alpha_bar, pred, y=None):
-    """L_simple: MSE between the network output and its target at a uniform random t. Under torchrun x0 is
-    this rank's share of the batch: every rank draws t and the noise of the global batch (the same RNG
-    on each) and keeps its rows, so N processes take the step one process would."""
-    B = x0.shape[0] * common.world_size()
-    t = common.shard(torch.randint(0, len(alpha_bar), (B,), device=x0.device))  # (B,)
-    noise = common.shard(torch.randn(B, *x0.shape[1:], device=x0.device))  # (B, C, H, W)
+def diffusion_loss(model, x0, t, noise, alpha_bar, pred, y=None):
+    """Algorithm 1's loss, L_simple (Ho eq. 14): the MSE between the network's output at
+    x_t = q_sample(x0, t, noise) and its target, eps itself or v. The caller draws t ~ U{0..T-1} (B,) and
+    noise ~ N(0, I) like x0."""
     x_t = q_sample(x0, t, noise, alpha_bar)
     target = noise if pred == "eps" else v_target(x0, noise, _at(alpha_bar, t, x0))
     return F.mse_loss(model(x_t, t, y) if y is not None else model(x_t, t), target)
 
 
-def drop_labels(y, n_classes, p_uncond):
-    """Classifier-free guidance's training: each label vector (B, K) becomes the null condition, zero,
-    with probability p_uncond, so the network also learns the unconditional prediction."""
-    keep = common.shard(torch.rand(y.shape[0] * common.world_size(), device=y.device)) >= p_uncond  # (B,)
-    return common.label_vector(y, n_classes) * keep[:, None]
+def drop_labels(y, keep):
+    """Classifier-free guidance's training: the label vectors (B, K) where keep (B,) is False become the
+    null condition, zero, so the network also learns the unconditional prediction."""
+    return y * keep[:, None]
 
 
 def guided(model, x, t, labels, guidance):
@@ -259,168 +257,83 @@ def ddim_timesteps(T, steps, spacing="leading"):
 
 
 @torch.no_grad()
-def ddim_sample(
-    model,
-    shape,
-    alpha_bar,
-    steps,
-    pred,
-    eta=0.0,
-    spacing="leading",
-    x_T=None,
-    generator=None,
-    trajectory=None,
-    device="cpu",
-    labels=None,
-    guidance=1.0,
-):
+def ddim_sample(model, shape, alpha_bar, steps, pred, eta=0.0, spacing="leading", x_T=None):
     """DDIM (Song et al. eq. 12): x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps
     + sigma z, with sigma = eta sqrt((1 - abar_prev) / (1 - abar) (1 - abar / abar_prev)).
     eta = 0 is deterministic. The previous timestep is the next entry of the schedule array;
-    after the last entry, abar_prev = 1. Starts from x_T, or from noise of `shape` drawn on
-    the CPU from `generator` and moved to `device`; everything runs on the noise's device,
-    so any callable model(x, t) works. If `trajectory` is a list, (t, x_t) is appended to it.
-    With `labels`, the network is called with them, guided by `guidance` (see `guided`)."""
-    x = x_T if x_T is not None else torch.randn(shape, generator=generator).to(device)
+    after the last entry, abar_prev = 1. Starts from x_T, or from N(0, I) noise of `shape`; runs on
+    the noise's device, so any callable model(x, t) works (a guided one: see `sample`)."""
+    x = x_T if x_T is not None else torch.randn(shape)
     ts = ddim_timesteps(len(alpha_bar), steps, spacing)
     ab_all = alpha_bar.to(x.device)
     for i, t in enumerate(ts):
         ab = ab_all[t].float()
         ab_prev = ab_all[ts[i + 1]].float() if i + 1 < len(ts) else torch.tensor(1.0, device=x.device)
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = guided(model, x, t_batch, labels, guidance).float()
-        x0, _ = to_x0_eps(out, x, ab, pred)
-        x0 = x0.clamp(-1, 1)
+        out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
+        x0 = to_x0_eps(out, x, ab, pred)[0].clamp(-1, 1)
         eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # re-derived from the clipped x0
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
         x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0 and i + 1 < len(ts):
-            x = x + sigma * torch.randn(x.shape, generator=generator).to(x.device)
-        if trajectory is not None:
-            trajectory.append((t, x.cpu()))
+            x = x + sigma * torch.randn_like(x)
     return x
 
 
 @torch.no_grad()
-def ddpm_sample(
-    model,
-    shape,
-    betas,
-    pred,
-    x_T=None,
-    generator=None,
-    trajectory=None,
-    device="cpu",
-    labels=None,
-    guidance=1.0,
-):
-    """Ancestral sampling through all T steps (Ho eq. 6-7, fixed-small variance beta~_t).
-    Noise, device, `trajectory`, `labels` and `guidance` as in ddim_sample."""
-    x = x_T if x_T is not None else torch.randn(shape, generator=generator).to(device)
+def ddpm_sample(model, shape, betas, pred, x_T=None):
+    """Algorithm 2: ancestral sampling through all T steps (Ho eq. 6-7, fixed-small variance beta~_t).
+    Noise and device as in ddim_sample."""
+    x = x_T if x_T is not None else torch.randn(shape)
     betas = betas.to(x.device)
     alphas = 1 - betas
     alpha_bar = torch.cumprod(alphas, 0)
     for t in reversed(range(len(betas))):
         ab = alpha_bar[t].float()
         ab_prev = (alpha_bar[t - 1] if t > 0 else torch.tensor(1.0, device=x.device)).float()
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = guided(model, x, t_batch, labels, guidance).float()
+        out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).float()
         x0 = to_x0_eps(out, x, ab, pred)[0].clamp(-1, 1)
         # Posterior q(x_{t-1} | x_t, x0): mean is a blend of x0 and x_t (Ho eq. 7).
         coef_x0 = (betas[t] * ab_prev.sqrt() / (1 - ab)).float()
         coef_xt = ((1 - ab_prev) * alphas[t].sqrt() / (1 - ab)).float()
-        mean = coef_x0 * x0 + coef_xt * x
+        x = coef_x0 * x0 + coef_xt * x
         if t > 0:
-            var = (betas[t] * (1 - ab_prev) / (1 - ab)).float()
-            x = mean + var.sqrt() * torch.randn(x.shape, generator=generator).to(x.device)
-        else:
-            x = mean
-        if trajectory is not None:
-            trajectory.append((t, x.cpu()))
+            x = x + (betas[t] * (1 - ab_prev) / (1 - ab)).float().sqrt() * torch.randn_like(x)
     return x
 
 
-def sample(
-    model,
-    shape,
-    args,
-    alpha_bar,
-    betas,
-    generator,
-    device,
-    x_T=None,
-    trajectory=None,
-    labels=None,
-    guidance=1.0,
-):
-    """shape[0] images in [-1, 1] with the sampler the flags choose (the one place that choice is
-    read), 256 at a time, gathered on the CPU; from x_T, or from noise drawn here from `generator`; for
-    `labels` (shape[0] of them) at `guidance`. Under torchrun each rank samples its share of the rows and
-    all get all (with a `trajectory`, every rank samples every row)."""
-    if x_T is None:
-        x_T = torch.randn(shape, generator=generator)  # (N, C, H, W), all of it on every rank
-    rows = common.share(shape[0]) if trajectory is None else range(shape[0])
-    if common.world_size() > 1:  # the sampler's own noise (eta > 0, ancestral): a stream for each rank
-        generator = torch.Generator().manual_seed(generator.initial_seed() * 1000 + common.rank())
-    out = []
-    for i in range(rows.start, rows.stop, 256):
-        j = min(i + 256, rows.stop)
-        x, cond = x_T[i:j].to(device), dict(labels=None if labels is None else labels[i:j], guidance=guidance)
-        if args.sampler == "ddim":
-            ddim = (args.sample_steps, args.pred, args.eta, args.spacing)
-            x = ddim_sample(model, x.shape, alpha_bar, *ddim, x, generator, trajectory, device, **cond)
-        else:
-            x = ddpm_sample(model, x.shape, betas, args.pred, x, generator, trajectory, device, **cond)
-        out.append(x.cpu())
-    x = torch.cat(out)
-    return common.gather(x, shape[0]) if trajectory is None else x
+def sample(sampler, model, x_T, labels=None, guidance=1.0):
+    """Images in [-1, 1] from noise x_T (B, C, H, W) by `sampler` (ddim_sample or ddpm_sample with the
+    run's settings, chosen once in main), the model guided toward `labels` (see `guided`)."""
+    return sampler(functools.partial(guided, model, labels=labels, guidance=guidance), x_T.shape, x_T=x_T)
 
 
-def sample_from(model, x_T, args, alpha_bar, betas, trajectory=None, labels=None):
-    """sample() from fixed starting noise x_T (at the first --guidance); the sampler's own noise
-    (eta > 0, ancestral) is seeded too, so the grids of every epoch are comparable."""
-    generator = torch.Generator().manual_seed(args.seed + 3)
-    cond = dict(labels=labels, guidance=args.guidance[0])
-    return sample(model, x_T.shape, args, alpha_bar, betas, generator, x_T.device, x_T, trajectory, **cond)
-
-
-def evaluate(model, evaluator, args, alpha_bar, betas, heldout, conditions, guidance, out):
-    """FID and friends of --fid-n samples from seeded noise (conditional: labels like the held-out
-    data's, at `guidance`), and the accuracy on each condition list; {} when no feature space is on."""
+def evaluate(model, sampler, shape, evaluator, args, guidance, out):
+    """FID and friends of --fid-n samples from seeded noise (a conditional run's for the evaluator's
+    labels, at `guidance`), and the accuracy on each condition list; {} when no feature space is on."""
     if evaluator.features == "none":
         return {}
-    shape = (heldout.images.shape[-1], args.res, args.res)  # (C, H, W)
-    labels = common.labels_like(heldout, args.fid_n) if conditions else None
-    generator = torch.Generator().manual_seed(args.seed + 2)
-    cond = dict(labels=labels, guidance=guidance)
-    fake = sample(model, (args.fid_n, *shape), args, alpha_bar, betas, generator, evaluator.device, **cond)
+    draw = functools.partial(sample, sampler, model, guidance=guidance)  # draw(x_T, labels)
+    fake = common.generate(draw, args.fid_n, shape, evaluator.device, args.seed + 2, evaluator.labels)
     row = evaluator(fake, out / "worst.png")
-    for name, y in conditions.items():
-        generator = torch.Generator().manual_seed(args.seed + 5)
-        cond = dict(labels=y, guidance=guidance)
-        fake = sample(model, (len(y), *shape), args, alpha_bar, betas, generator, evaluator.device, **cond)
+    for name, y in evaluator.conditions.items():
+        fake = common.generate(draw, len(y), shape, evaluator.device, args.seed + 5, y)
         row[f"acc_{name}"] = evaluator.accuracy(fake, y)
-    return {**row, "guidance": guidance} if conditions else row
+    return {**row, "guidance": guidance} if evaluator.conditions else row
 
 
-def save_outputs(model, fixed_x_T, fixed_y, conditions, classes, args, alpha_bar, betas, out):
-    """The final pictures from the EMA weights: samples.png from the fixed noise, cond_*.png (one cell
-    a condition), denoise.png (one row per sample: x_T, x_t at 9 evenly spaced sampler steps, the
-    last one x_0), progress.gif. Returns the sampling seconds per image."""
-    final, seconds = common.timed(sample_from, model, fixed_x_T, args, alpha_bar, betas, labels=fixed_y)
-    sample_seconds = seconds / fixed_x_T.shape[0]
-    common.save_grid(final, out / "samples.png")
-    for name, y in conditions.items():
-        cells = sample_from(model, fixed_x_T[:32], args, alpha_bar, betas, labels=y[:32])
-        common.save_condition_grid(cells, y[:32], classes, out / f"cond_{name}.png")
-    path, x_T = [], fixed_x_T[:8]
-    strip_y = fixed_y[:8] if fixed_y is not None else None
-    sample_from(model, x_T, args, alpha_bar, betas, trajectory=path, labels=strip_y)
-    keep = np.linspace(0, len(path) - 1, 9).round().astype(int)
-    strip = torch.stack([x_T.cpu()] + [path[i][1] for i in keep], dim=1)  # (8, 10, C, H, W)
-    common.save_grid(strip.flatten(0, 1), out / "denoise.png", nrow=10)
-    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
-    return sample_seconds
+@torch.no_grad()
+def denoising_strip(sampler, model, x_T, labels, guidance):
+    """denoise.png's rows: each x_T, then x_t at 9 evenly spaced sampler steps, the last x_0 -> (B, 10,
+    C, H, W). The sampler hands the (guided) model every x_t on its way: keep them."""
+    path = []
+
+    def watched(x, t):
+        path.append(x.cpu())
+        return guided(model, x, t, labels, guidance)
+
+    path.append(sampler(watched, x_T.shape, x_T=x_T).cpu())  # x_T, x_t..., x_0
+    keep = np.linspace(0, len(path) - 2, 9).round().astype(int) + 1
+    return torch.stack([path[0]] + [path[i] for i in keep], dim=1)
 
 
 # ----------------------------------------------------------------------------- main
@@ -439,7 +352,6 @@ def csv_floats(text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p)
     a = p.add_argument
     a("--T", type=int, default=1000, help="diffusion steps")
     a("--schedule", default="linear", choices=["linear", "cosine"])
@@ -456,8 +368,14 @@ def parse_args(argv=None):
     a("--spacing", default="leading", choices=["leading", "trailing", "linspace"])
     a("--p-uncond", type=float, default=0.1, help="--cond: fraction of labels dropped in training (CFG)")
     a("--guidance", type=csv_floats, default=[1.0], metavar="S", help="CFG scale (0,1,2,4: also scored)")
-    args = common.parse_with_preset(p, argv, CPU_PRESET)
-    default_mult = {16: [1, 2, 2], 32: [1, 2, 2, 2], 64: [1, 2, 2, 4], 128: [1, 1, 2, 3, 4]}
+    args = common.parse_with_preset(p, argv, "ddpm", CPU_PRESET)
+    default_mult = {
+        16: [1, 2, 2],
+        32: [1, 2, 2, 2],
+        64: [1, 2, 2, 4],
+        128: [1, 1, 2, 3, 4],
+        256: [1, 1, 2, 2, 4, 4],
+    }
     args.ch_mult = args.ch_mult or default_mult[args.res]
     args.attn_res = args.attn_res or [args.res // 8, args.res // 4]
     if args.res % 2 ** (len(args.ch_mult) - 1):
@@ -466,50 +384,54 @@ def parse_args(argv=None):
         p.error(f"--sample-steps must be in 1..{args.T}")
     if not 0 <= args.p_uncond < 1:
         p.error(f"--p-uncond must be in [0, 1), got {args.p_uncond}")
+    if args.guidance != [1.0] and not args.cond:  # (--generate: the run's --cond)
+        p.error("--guidance needs a conditional model (trained with --cond)")
     return args
 
 
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    out, device, autocast, scaler = common.prepare_run(args, "ddpm", MODEL_FLAGS)
-    train, heldout = common.train_and_heldout(args)
-    if args.guidance != [1.0] and not args.cond:
-        raise common.UserError("--guidance needs a conditional model (trained with --cond)")
+    out, device, autocast, scaler = common.prepare_run(args, MODEL_FLAGS)
+    train, heldout = data.train_and_heldout(args)
     shape, n_classes = (train.images.shape[-1], args.res, args.res), len(train.classes) if args.cond else 0
     betas = make_betas(args.schedule, args.T)  # float64: cumprod over 1000 steps keeps its precision
     alpha_bar = torch.cumprod(1 - betas, 0).to(device)  # on the device once: no copy (and sync) a step
     unet = (args.base_ch, args.ch_mult, args.num_res_blocks, args.attn_res, args.dropout, args.res, n_classes)
     model = common.place(UNet(shape[0], *unet), device)
     ema = common.EMA(model, args.ema)
-    if args.generate:  # no training: N images from the finished run's EMA weights
-        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt")["ema"])
-        labels, generator = (
-            common.generation_labels(args, heldout),
-            torch.Generator().manual_seed(args.seed + 4),
-        )
-        cond = dict(labels=labels, guidance=args.guidance[0])
-        fake = sample(ema.module, (args.generate, *shape), args, alpha_bar, betas, generator, device, **cond)
-        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     objects = dict(model=model, ema=ema, opt=opt, scaler=scaler)
-    step, train_seconds, log = common.start_or_resume(out, objects, args)
-    model_ddp = common.ddp(model, device, args)  # under torchrun: gradients averaged over the ranks
-    evaluator = fid.Evaluator.for_run(args, heldout, device)
-    # Fixed starting noise, so every epoch's grid follows the same 64 trajectories.
-    fixed_x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
-    conditions = common.condition_lists(heldout, repeats=4) if n_classes else {}  # 4 samples a condition
     per_epoch = max(1, len(train) // args.batch_size)
-    clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "ddpm")
-    losses, metrics, fid_step = {}, {}, None
-    for _, x, y in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
-        if clock.stop(step):
-            break
-        x0 = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
-        y = drop_labels(y, n_classes, args.p_uncond) if n_classes else None  # (B, K): some null
+    step, clock, log = common.start_or_resume(out, objects, args, args.epochs * per_epoch, "ddpm")
+    # The sampler of every output (grids, FID, --generate), chosen once: sampler(model, shape, x_T=...).
+    if args.sampler == "ddim":
+        ddim = dict(steps=args.sample_steps, pred=args.pred, eta=args.eta, spacing=args.spacing)
+        sampler = functools.partial(ddim_sample, alpha_bar=alpha_bar, **ddim)
+    else:
+        sampler = functools.partial(ddpm_sample, betas=betas, pred=args.pred)
+    draw = functools.partial(sample, sampler, ema.module, guidance=args.guidance[0])  # draw(x_T, labels)
+    if args.generate:  # no training: N images from the finished run's EMA weights
+        labels = data.generation_labels(args, heldout, args.generate)
+        fake = common.generate(draw, args.generate, shape, device, args.seed + 4, labels)
+        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
+    model_ddp = common.ddp(model, device, args)  # under torchrun: gradients averaged over the ranks
+    evaluator = Evaluator.for_run(args, heldout, device)
+    fixed_y = data.generation_labels(args, heldout, 64)  # every epoch's grid: the same 64 x_T (seed)
+    batches, losses, metrics, fid_step = data.batches(train, args, step, device), {}, {}, None
+    while not clock.stop(step):
+        x0, y = next(batches)  # (B, C, H, W) in [-1, 1], augmented
+        # Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), a step on L_simple. Under torchrun every rank draws the
+        # global batch's t, eps (and CFG's label drops) from the same RNG and keeps its rows (`shard`).
+        B = args.batch_size
+        if n_classes:  # classifier-free guidance: --p-uncond of the labels become the null condition
+            y = drop_labels(
+                data.label_vector(y, n_classes), common.shard(torch.rand(B, device=device)) >= args.p_uncond
+            )
+        t = common.shard(torch.randint(0, args.T, (B,), device=device))  # (B,)
+        noise = common.shard(torch.randn(B, *shape, device=device))  # (B, C, H, W)
         with autocast():
-            loss = diffusion_loss(model_ddp, x0, alpha_bar, args.pred, y)
+            loss = diffusion_loss(model_ddp, x0, t, noise, alpha_bar, args.pred, y if n_classes else None)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -521,47 +443,41 @@ def main(argv=None):
         clock.tick()
         if step % args.log_every == 0 or step == clock.total:
             losses = {"loss": loss.item()}
-            common.log_losses(log, clock, out, step, step / per_epoch, losses, scaler)
+            log.train(step, step / per_epoch, losses, scaler)
         if step % per_epoch == 0:  # end of an epoch: grid and FID (not training time), checkpoint
             epoch = step // per_epoch
             with clock.paused():
                 if epoch % args.sample_every == 0:
-                    grid = sample_from(ema.module, fixed_x_T, args, alpha_bar, betas, labels=fixed_y)
+                    grid = common.generate(draw, 64, shape, device, args.seed, fixed_y)
                     common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(
-                        ema.module,
-                        evaluator,
-                        args,
-                        alpha_bar,
-                        betas,
-                        heldout,
-                        conditions,
-                        args.guidance[0],
-                        out,
-                    )
-                    metrics, fid_step = common.log_eval(log, row, step, epoch), step
+                    row = evaluate(ema.module, sampler, shape, evaluator, args, args.guidance[0], out)
+                    metrics, fid_step = log.eval(row, step, epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
-    if clock.signalled:  # out within seconds; the final evaluation waits for --resume
-        return common.exit_signalled(out, clock, "ddpm", step)
+    if clock.signalled:  # out within seconds: the final evaluation waits for --resume
+        return common.write_summary(out, clock, dict(model="ddpm", steps=step))
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
-        row = evaluate(
-            ema.module, evaluator, args, alpha_bar, betas, heldout, conditions, args.guidance[0], out
-        )
-        metrics = common.log_eval(log, row, step, step / per_epoch)
+        row = evaluate(ema.module, sampler, shape, evaluator, args, args.guidance[0], out)
+        metrics = log.eval(row, step, step / per_epoch)
     for guidance in args.guidance[1:]:  # --guidance 1,0,2,4: the final weights at each further scale
-        row = evaluate(ema.module, evaluator, args, alpha_bar, betas, heldout, conditions, guidance, out)
-        common.log_eval(log, row, step, step / per_epoch)
-    run = dict(model="ddpm", schedule=args.schedule, pred=args.pred, sampler=args.sampler)
-    run.update(sample_steps=args.sample_steps if args.sampler == "ddim" else args.T, steps=step)
-    run["epochs"] = step / per_epoch
-    outputs = (ema.module, fixed_x_T, fixed_y, conditions, heldout.classes, args, alpha_bar, betas, out)
-    run["sample_seconds_per_image"] = save_outputs(*outputs)
-    final, images = {**losses, **metrics}, step * args.batch_size
-    return common.write_summary(out, clock, dict(model=model), images, final, **run)
+        log.eval(evaluate(ema.module, sampler, shape, evaluator, args, guidance, out), step, step / per_epoch)
+    # The final pictures, from the EMA weights at the first --guidance.
+    final, seconds = common.timed(common.generate, draw, 64, shape, device, args.seed, fixed_y)
+    x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(args.seed))[:8].to(device)
+    strip_y = fixed_y[:8] if fixed_y is not None else None
+    strip = denoising_strip(sampler, ema.module, x_T, strip_y, args.guidance[0])
+    cells = {
+        name: (common.generate(draw, 32, shape, device, args.seed, y[:32]), y[:32])
+        for name, y in evaluator.conditions.items()
+    }
+    common.save_outputs(out, {"samples.png": final, "denoise.png": strip}, cells, heldout.classes)
+    run = dict(model="ddpm", schedule=args.schedule, pred=args.pred, sampler=args.sampler, steps=step)
+    run.update(sample_steps=args.sample_steps if args.sampler == "ddim" else args.T, epochs=step / per_epoch)
+    run.update(sample_seconds_per_image=seconds / 64, final={**losses, **metrics})
+    return common.write_summary(out, clock, run, dict(model=model), step * args.batch_size)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ as pytorch-fid ports it (padding-excluding avg pools, a max pool in the last blo
 its `pt_inception-2015-12-05-6726825d.pth`. KID (Binkowski et al. 2018): unbiased MMD^2 with the
 kernel (x.y / d + 1)^3 over random subsets, better than FID at small sample counts. IS (Salimans
 et al. 2016): exp(E_x KL(p(y|x) || p(y))). Departure, for speed only: BatchNorm folded into the
-convolutions, channels-last. After the library, the study's harness: diversity, LPIPS diversity
-(lpips=False on torchvision's VGG-16, when on disk), worst samples, and `Evaluator`, which scores
-a run's samples with Inception or with a built-in data's classifier (classifiers.py): FID(digits),
-FID(mnist), FID(shapes), and scores conditional samples by that classifier's accuracy.
+convolutions, channels-last. The study's evaluation of a training run (evaluate.py) is built on this
+library; `--features digits|mnist|shapes` scores folders in a built-in classifier's feature space.
 """
 
 import argparse
@@ -28,8 +26,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from scipy import linalg
-from scipy.spatial.distance import cdist, pdist
 
 import classifiers
 import common
@@ -37,8 +33,6 @@ import common
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
 FID_RESAMPLES = 50  # bootstrap resamples of the generated features behind each FID's interval
-VGG_NAME = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16: LPIPS here, the perceptual loss in vae.py
-VGG_URL = f"https://download.pytorch.org/models/{VGG_NAME}"
 IMAGE_EXTS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}  # pytorch-fid's list
 
 
@@ -267,39 +261,47 @@ def stats(acts):
     return acts.mean(axis=0), np.cov(acts, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
-    """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)), as pytorch-fid computes it."""
+def factor(sigma, fallback=True):
+    """L with L L^T = sigma (a covariance): Cholesky's; where sigma is singular (fewer samples than
+    dimensions), None unless `fallback`: then V diag(sqrt(w)) from its eigendecomposition (slower)."""
+    try:
+        return np.linalg.cholesky(sigma)
+    except np.linalg.LinAlgError:
+        if not fallback:
+            return None
+        w, V = np.linalg.eigh(sigma)
+        return V * np.sqrt(w.clip(min=0))  # rounding below zero clipped
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)): pytorch-fid's number, without its
+    sqrtm. Tr (sigma1 sigma2)^(1/2) is the sum of the square roots of the eigenvalues of sigma1 sigma2,
+    and with sigma1 = L L^T those are the eigenvalues of the symmetric L^T sigma2 L (eig(AB) = eig(BA)):
+    real and >= 0, found by one symmetric eigensolver (2048-d: under a second; sqrtm takes seconds),
+    with no imaginary parts to drop."""
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(
             f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}"
         )
+    if (L := factor(sigma1, fallback=False)) is None:  # singular: sigma2 sigma1 has the same eigenvalues
+        sigma1, sigma2 = sigma2, sigma1
+        L = factor(sigma1)
+    root_trace = np.sqrt(np.linalg.eigvalsh(L.T @ sigma2 @ L).clip(min=0)).sum()
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
-        # Singular product (e.g. fewer samples than dimensions): nudge the diagonals.
-        warnings.warn(f"FID: singular product of covariances; adding {eps} to the diagonals")
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in sqrtm")
-        covmean = covmean.real
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * root_trace)
 
 
 def fid_bootstrap(acts, mu_real, sigma_real, resamples=FID_RESAMPLES, seed=0):
     """How far FID could move from the draw of the generated samples alone: the standard deviation of
     the FID of `resamples` bootstrap draws of acts' rows (with replacement, seeded) against the same
-    real statistics. tr sqrt(sigma_real sigma) is the sum of the square roots of the eigenvalues of
-    A sigma A, A = sigma_real^(1/2) computed once: frechet_distance's number, one eigvalsh a resample."""
-    w, V = np.linalg.eigh(sigma_real)
-    A = (V * np.sqrt(w.clip(min=0))) @ V.T
+    real statistics, each by frechet_distance's route with the real covariance factored once."""
+    L = factor(sigma_real)
     rng, fids = np.random.default_rng(seed), []
     for _ in range(resamples):
         mu, sigma = stats(acts[rng.integers(0, len(acts), len(acts))])
-        root_trace = np.sqrt(np.linalg.eigvalsh(A @ sigma @ A).clip(min=0)).sum()
+        root_trace = np.sqrt(np.linalg.eigvalsh(L.T @ sigma @ L).clip(min=0)).sum()
         diff = mu - mu_real
         fids.append(diff.dot(diff) + np.trace(sigma) + np.trace(sigma_real) - 2 * root_trace)
     return float(np.std(fids, ddof=1))
@@ -344,172 +346,6 @@ def load_stats(path):
         raise common.UserError(f"{path} is not a statistics file with mu and sigma ({e})") from None
 
 
-# ----------------------------------------------------------------------------- diversity and LPIPS diversity
-def diversity(acts, n=500):
-    """Mean pairwise Euclidean distance between the first n feature vectors: near 0 when a
-    model repeats itself (mode collapse), compared with the same number on real images."""
-    return float(pdist(np.asarray(acts, np.float64)[:n]).mean())
-
-
-def farthest_from(acts, real_acts, k=16):
-    """Indices of the k rows of acts farthest from their nearest real neighbour: the samples
-    that look least like any training-distribution image, the worst first."""
-    nearest = cdist(acts, real_acts).min(axis=1)
-    return np.argsort(-nearest, kind="stable")[:k]
-
-
-LPIPS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in vgg16().features
-
-
-def lpips_vgg(state_dict, device="cpu"):
-    """VGG-16's convolutional layers up to relu5_3, from torchvision's state dict."""
-    from torchvision.models import vgg16
-
-    vgg = vgg16()
-    vgg.load_state_dict(state_dict)
-    return vgg.features[: LPIPS_TAPS[-1] + 1].eval().requires_grad_(False).to(device)
-
-
-@torch.no_grad()
-def lpips_diversity(images, vgg, pairs=200, seed=0, batch_size=50):
-    """Mean LPIPS distance (Zhang et al. 2018) between random pairs of images in [-1, 1], near 0 under
-    mode collapse: its uncalibrated baseline (lpips=False, every channel weighing 1): each VGG tap
-    unit-normalised over channels, squared differences summed over channels, averaged over positions."""
-    device = next(vgg.parameters()).device
-    i, j = torch.randint(len(images), (2, pairs), generator=torch.Generator().manual_seed(seed))
-    i, j = i[i != j], j[i != j]
-    shift = torch.tensor([-0.030, -0.088, -0.188], device=device).view(1, 3, 1, 1)  # LPIPS's input scaling
-    scale = torch.tensor([0.458, 0.448, 0.450], device=device).view(1, 3, 1, 1)
-
-    def taps(x):
-        x = (x.to(device).float().expand(-1, 3, -1, -1) - shift) / scale  # gray -> RGB
-        out = []
-        for k, layer in enumerate(vgg):
-            x = layer(x)
-            if k in LPIPS_TAPS:
-                out.append(x / (x.norm(dim=1, keepdim=True) + 1e-10))
-        return out
-
-    dists = []
-    for a, b in zip(i.split(batch_size), j.split(batch_size)):
-        pairs = zip(taps(images[a]), taps(images[b]))
-        dists.append(sum(((u - v) ** 2).sum(1).mean((1, 2)) for u, v in pairs))
-    return float(torch.cat(dists).mean())
-
-
-# ----------------------------------------------------------------------------- evaluation during training
-def to_unit_uint8(x):
-    """[-1, 1] -> [0, 1] through save_image's 8-bit rounding: tensors score as their saved PNGs do."""
-    return ((x.float() + 1) / 2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8).float() / 255
-
-
-class Evaluator:
-    """FID, KID, diversity (and LPIPS diversity with VGG-16 on disk) of generated images against
-    the cached held-out features, in one feature space for the run: 'inception', or the built-in
-    data's own classifier ('digits', 'mnist', 'shapes'); and conditional accuracy where such a
-    classifier exists."""
-
-    # Building the networks draws their initial weights (replaced by the trained ones) from the global RNG:
-    # forked, so that the training noise does not depend on whether a run was resumed (its RNG restored
-    # before this) or not.
-    @torch.random.fork_rng(devices=[])
-    def __init__(self, features, heldout, spec, res, n_real, device, weights=None, crop=None):
-        self.model, self.device = None, device
-        if features in ("auto", "inception"):
-            try:  # load once: finding the weights already costs a sha256 of the 100 MB file
-                self.model, features = load_inception(weights, device), "inception"
-            except common.UserError as e:
-                if features == "inception":
-                    raise
-                features = spec if spec in common.CLASSIFIED else "none"
-                warnings.warn(
-                    f"{e}; FID {f'in the {spec} feature space' if features != 'none' else 'skipped'}"
-                )
-        self.features = features
-        if features == "none":
-            return
-        # The data's classifier scores conditional samples, whatever space FID is measured in.
-        own = classifiers.load_classifier(spec, device) if spec in common.CLASSIFIED else None
-        self.model, self.classifier = self.model or classifiers.load_classifier(features, device), own
-        self.n_real = min(n_real, len(heldout))
-        # The device type too: a GPU's convolutions round differently from the CPU's.
-        key = f"{features}_{spec}_{crop}_{res}_{self.n_real}_{torch.device(device).type}"
-        key = key.replace("/", "_").replace(",", "+")[-150:]
-        self.real_acts = self._real_activations(heldout, common.CACHE_DIR / "fid_stats" / f"{key}.npz")
-        self.real_stats = stats(self.real_acts)
-        self.real_diversity = diversity(self.real_acts)
-        try:  # optional: never downloaded for this, and its absence is n/a in the report
-            path = common.find_pretrained(VGG_NAME, VGG_URL, None, "VGG_WEIGHTS", download=False)
-            self.vgg = lpips_vgg(torch.load(path, map_location="cpu", weights_only=True), device)
-        except common.UserError:
-            self.vgg = None
-
-    @classmethod
-    def for_run(cls, args, heldout, device):
-        """The evaluator a training run's flags ask for."""
-        weights = args.inception_weights
-        return cls(
-            args.fid_features, heldout, args.data, args.res, args.fid_n_real, device, weights, args.crop
-        )
-
-    @common.rank0_first()  # under torchrun rank 0 computes and caches them, the others read the cache
-    def _real_activations(self, heldout, path):
-        """The held-out images' features, cached at `path` (recomputed if that fails to load)."""
-        try:
-            with np.load(path) as f:
-                acts = f["acts"]
-            if acts.shape[0] == self.n_real:
-                return acts
-            warnings.warn(f"FID statistics cache {path} has {len(acts)} rows, not {self.n_real}; recomputing")
-        except (OSError, ValueError, KeyError) as e:
-            if path.exists():
-                warnings.warn(f"FID statistics cache {path} is damaged ({e}); recomputing it")
-        spread = common.spread(len(heldout), self.n_real)  # every class of a class-sorted held-out set
-        real = torch.from_numpy(np.array(heldout.images[spread])).permute(0, 3, 1, 2).float() / 255
-        acts = activations(real, self.model, device=self.device)
-        common.atomic_write(path, lambda f: np.savez(f, acts=acts))
-        return acts
-
-    def __call__(self, fake, worst_path=None):
-        """fake: generated images in [-1, 1] (N, C, H, W) -> metrics dict (empty when off).
-        worst_path: where to save a 4x4 grid of the 16 samples farthest from any real image."""
-        if self.features == "none":
-            return {}
-        # Under torchrun every rank holds all the samples, scores its share and gathers the others'.
-        rows = common.share(len(fake))
-        mine = to_unit_uint8(fake[rows.start : rows.stop])
-        acts, logits = activations(mine, self.model, device=self.device, with_logits=True)
-        acts, logits = (common.gather(torch.as_tensor(a), len(fake)).numpy() for a in (acts, logits))
-        if self.features == "inception" and min(len(acts), self.n_real) < 2048:
-            warnings.warn(f"Inception FID of {len(acts)} vs {self.n_real} images (< 2,048) is biased upwards")
-        kid_mean, kid_std = kid(acts, self.real_acts, subsets=50)
-        row = dict(features=self.features, fid=frechet_distance(*stats(acts), *self.real_stats))
-        # The metric's own noise: a 95% interval (normal, from the bootstrap's spread) over the samples.
-        row["fid_std"] = fid_bootstrap(acts, *self.real_stats)
-        row.update(fid_lo=row["fid"] - 1.96 * row["fid_std"], fid_hi=row["fid"] + 1.96 * row["fid_std"])
-        row.update(kid=kid_mean, kid_std=kid_std, n_fake=len(acts), n_real=self.n_real)
-        row.update(diversity=diversity(acts), diversity_real=self.real_diversity)
-        if self.vgg is not None:
-            row["lpips"] = lpips_diversity(fake, self.vgg)
-        if worst_path is not None:
-            common.save_grid(fake[torch.from_numpy(farthest_from(acts, self.real_acts))], worst_path, nrow=4)
-        if self.features == "inception":
-            row["is"], row["is_std"] = inception_score(logits)
-        elif self.features in ("digits", "mnist"):
-            row["classes_covered"], row["class_kl"] = classifiers.class_coverage(logits)
-        return row
-
-    @torch.no_grad()
-    def accuracy(self, fake, labels):
-        """Conditional accuracy (iCLEVR's rule, classifiers.accuracy) of images in [-1, 1] generated for
-        `labels`; None where the data has no classifier (a folder, or FID off)."""
-        if self.features == "none" or self.classifier is None:
-            return None
-        batches = to_unit_uint8(fake).split(500)
-        logits = torch.cat([self.classifier(x.to(self.device))[1].float().cpu() for x in batches])
-        return classifiers.accuracy(logits, labels)
-
-
 # ----------------------------------------------------------------------------- CLI
 def _acts_or_stats(path, args, model):
     """A folder's activations and statistics, or (None, statistics) of a .npz file."""
@@ -531,7 +367,7 @@ def main(argv=None):
     a("--save-stats", action="store_true", help="write the first folder's mu, sigma to the second path")
     a("--batch-size", type=int, default=50)
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a("--features", default="inception", choices=["inception", *common.CLASSIFIED])
+    a("--features", default="inception", choices=["inception", "digits", "mnist", "shapes"])
     a("--inception-weights", default=None, help=f"path to {WEIGHTS_NAME}")
     a("--kid", action="store_true", help="also print KID (folders only)")
     args = p.parse_args(argv)

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 import common
-import fid
+import data
+from evaluate import Evaluator
 
 
 # ----------------------------------------------------------------------------- model
@@ -92,7 +93,7 @@ class ConditionalNorm(nn.Module):
         nn.init.zeros_(self.embed.weight)
 
     def forward(self, x, y):
-        gain, bias = self.embed(common.label_vector(y, self.n_classes).to(x.dtype)).chunk(2, dim=1)  # (B, C)
+        gain, bias = self.embed(data.label_vector(y, self.n_classes).to(x.dtype)).chunk(2, dim=1)  # (B, C)
         return self.norm(x) * (1 + gain[:, :, None, None]) + bias[:, :, None, None]
 
 
@@ -152,7 +153,7 @@ class Critic(nn.Module):
         score = self.net[-1](h).flatten()  # (B,)
         if self.embed is not None:  # + <embed(y), sum of h over positions>: does x match its label?
             score = score + (
-                self.embed(common.label_vector(y, self.n_classes).to(h.dtype)) * h.sum((2, 3))
+                self.embed(data.label_vector(y, self.n_classes).to(h.dtype)) * h.sum((2, 3))
             ).sum(1)
         return score
 
@@ -199,54 +200,6 @@ def generator_loss(fake_scores):
     return -fake_scores.mean()  # the same for WGAN and hinge
 
 
-# ----------------------------------------------------------------------------- DiffAugment
-DIFFAUG_OPS = ("color", "translation", "cutout")
-
-
-def diffaug_policy(text):
-    """argparse type for --diffaug: '' (off) or a comma list of DIFFAUG_OPS."""
-    ops = tuple(o.strip() for o in text.split(",") if o.strip())
-    if bad := [o for o in ops if o not in DIFFAUG_OPS]:
-        raise argparse.ArgumentTypeError(f"unknown DiffAugment op(s) {bad}; choose from {DIFFAUG_OPS}")
-    return ops
-
-
-def diff_augment(x, policy):
-    """DiffAugment (Zhao et al. 2020): random, differentiable augmentation of real *and* fake images
-    (B, C, H, W) in D's and G's steps, so D cannot memorise a small set and G's gradients pass through.
-    As the paper's code: color (brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]),
-    translation (<= 1/8, zero padded), cutout (half the size)."""
-    if not policy:
-        return x
-    B, C, H, W = x.shape
-    rand = functools.partial(torch.rand, device=x.device, dtype=x.dtype)
-    if "color" in policy:
-        x = x + (rand(B, 1, 1, 1) - 0.5)
-        mean = x.mean(dim=1, keepdim=True)
-        x = (x - mean) * (rand(B, 1, 1, 1) * 2) + mean
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * (rand(B, 1, 1, 1) + 0.5) + mean
-    rows = torch.arange(H, device=x.device).view(1, H, 1)  # (1, H, 1)
-    cols = torch.arange(W, device=x.device).view(1, 1, W)  # (1, 1, W)
-    if "translation" in policy:
-        sh, sw = int(H * 0.125 + 0.5), int(W * 0.125 + 0.5)
-        dy = torch.randint(-sh, sh + 1, (B, 1, 1), device=x.device)
-        dx = torch.randint(-sw, sw + 1, (B, 1, 1), device=x.device)
-        # Read pixel (i + dy, j + dx) of a copy padded by one zero pixel: past the border, zeros.
-        src_r = (rows + dy + 1).clamp(0, H + 1)  # (B, H, 1)
-        src_c = (cols + dx + 1).clamp(0, W + 1)  # (B, 1, W)
-        padded = F.pad(x, [1, 1, 1, 1])  # (B, C, H + 2, W + 2)
-        b = torch.arange(B, device=x.device).view(B, 1, 1)
-        x = padded.permute(0, 2, 3, 1)[b, src_r, src_c].permute(0, 3, 1, 2)  # (B, C, H, W)
-    if "cutout" in policy:
-        ch, cw = int(H * 0.5 + 0.5), int(W * 0.5 + 0.5)
-        top = torch.randint(0, H + (1 - ch % 2), (B, 1, 1), device=x.device) - ch // 2
-        left = torch.randint(0, W + (1 - cw % 2), (B, 1, 1), device=x.device) - cw // 2
-        hole = (rows >= top) & (rows < top + ch) & (cols >= left) & (cols < left + cw)  # (B, H, W)
-        x = x * (~hole).unsqueeze(1).to(x.dtype)
-    return x
-
-
 # ----------------------------------------------------------------------------- sampling and evaluation
 def slerp(a, b, t):
     """Slerp between latents a, b (D,) at t (K,) -> (K, D): Gaussian latents lie near a sphere, not a line."""
@@ -265,35 +218,32 @@ def latent_walk(nz, seed, rows=8, cols=8):
     return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
 
 
-def evaluate(G, evaluator, args, heldout, conditions, out):
-    """FID and friends of --fid-n samples (conditional: labels like the held-out data's), and the
+def evaluate(G, evaluator, args, out):
+    """FID and friends of --fid-n samples (a conditional run's for the evaluator's labels), and the
     accuracy on each condition list (`acc_test`...); {} when FID is off."""
     if evaluator.features == "none":
         return {}
-    labels = common.labels_like(heldout, args.fid_n) if conditions else None
-    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, labels)
+    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, evaluator.labels)
     row = evaluator(fake, out / "worst.png")
-    for name, y in conditions.items():
+    for name, y in evaluator.conditions.items():
         fake = common.generate(G, len(y), args.nz, evaluator.device, args.seed + 5, y)
         row[f"acc_{name}"] = evaluator.accuracy(fake, y)
     return row
 
 
 @torch.no_grad()
-def save_outputs(G, fixed_z, fixed_y, conditions, classes, out, seed):
-    """samples.png, interp.png (a slerp walk a row; one label a row), cond_*.png (one cell a condition),
-    progress.gif -> seconds per sample."""
-    final, seconds = common.timed(G, fixed_z, fixed_y)
-    sample_seconds = seconds / fixed_z.shape[0]
-    common.save_grid(final, out / "samples.png")
-    for name, y in conditions.items():
-        common.save_condition_grid(
-            G(fixed_z[:32], y[:32].to(fixed_z.device)), y[:32], classes, out / f"cond_{name}.png"
-        )
+def save_outputs(G, args, fixed_y, conditions, classes, device, out):
+    """samples.png (the grids' 64 latents), interp.png (a slerp walk a row; one label a row), cond_*.png
+    (one cell a condition), progress.gif -> seconds per sample."""
+    final, seconds = common.timed(common.generate, G, 64, args.nz, device, args.seed, fixed_y)
     walk_y = fixed_y[:8].repeat_interleave(8, 0) if fixed_y is not None else None
-    common.save_grid(G(latent_walk(fixed_z.shape[1], seed).to(fixed_z.device), walk_y), out / "interp.png")
-    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
-    return sample_seconds
+    walk = G(latent_walk(args.nz, args.seed + 1).to(device), walk_y)
+    cells = {
+        name: (common.generate(G, 32, args.nz, device, args.seed, y[:32]), y[:32])
+        for name, y in conditions.items()
+    }
+    common.save_outputs(out, {"samples.png": final, "interp.png": walk}, cells, classes)
+    return seconds / 64
 
 
 # ----------------------------------------------------------------------------- main
@@ -303,9 +253,7 @@ MODEL_FLAGS = ("res", "nz", "ngf", "ndf", "attn_res", "cond")  # a resumed run m
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p)
     a = p.add_argument
-    p.set_defaults(lr=1e-4)
     a("--loss", default="wgan-gp", choices=["wgan-gp", "hinge"])
     a("--nz", type=int, default=128, help="latent size")
     a("--ngf", type=int, default=64, help="generator width")
@@ -316,8 +264,7 @@ def parse_args(argv=None):
     a("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR")
     a("--lr-d", type=float, default=None, help="critic lr (default --lr)")
     a("--lr-decay", type=float, default=None, metavar="GAMMA", help="both lrs x GAMMA each step")
-    a("--diffaug", type=diffaug_policy, default=(), metavar="OPS", help=",".join(DIFFAUG_OPS))
-    args = common.parse_with_preset(p, argv, CPU_PRESET)
+    args = common.parse_with_preset(p, argv, "sagan", CPU_PRESET, lr=1e-4)
     sizes = [2**k for k in range(3, int(math.log2(args.res)))]  # feature-map sizes both nets pass through
     if any(r not in sizes for r in args.attn_res):
         p.error(f"--attn-res {args.attn_res}: at --res {args.res} the feature maps are {sizes}")
@@ -331,8 +278,8 @@ def parse_args(argv=None):
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    out, device, autocast, scaler = common.prepare_run(args, "sagan", MODEL_FLAGS)
-    train, heldout = common.train_and_heldout(args)
+    out, device, autocast, scaler = common.prepare_run(args, MODEL_FLAGS)
+    train, heldout = data.train_and_heldout(args)
     channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
     G = common.place(Generator(args.nz, args.ngf, channels, args.res, args.attn_res, n_classes), device)
     G.apply(init_generator)
@@ -340,39 +287,32 @@ def main(argv=None):
         spectrally_normed(Critic(args.ndf, channels, args.res, args.attn_res, n_classes)), device
     )
     ema = common.EMA(G, args.ema)
-    if args.generate:  # no training: N images from the finished run's EMA generator
-        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt")["ema"])
-        labels = common.generation_labels(args, heldout)
-        fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
-        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(0.0, 0.9))
     opt_c = torch.optim.Adam(C.parameters(), lr=args.lr_d or args.lr, betas=(0.0, 0.9))
     objects = dict(G=G, C=C, ema=ema, opt_g=opt_g, opt_c=opt_c, scaler=scaler)
-    step, train_seconds, log = common.start_or_resume(out, objects, args)
+    # Each generator step eats n_critic real batches; epochs count real batches.
+    per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
+    epoch_steps = math.ceil(args.epochs * per_epoch / n_critic)
+    step, clock, log = common.start_or_resume(out, objects, args, epoch_steps, "sagan")
+    if args.generate:  # no training: N images from the finished run's EMA generator
+        labels = data.generation_labels(args, heldout, args.generate)
+        fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
+        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     # Under torchrun, the steps call these wrappers (gradients averaged over the ranks). The critic runs on
     # real, fake and interpolated batches before one backward: its spectral-norm vectors (buffers, the same
     # on every rank) are not re-broadcast between the calls.
     G_ddp, C_ddp = common.ddp(G, device, args), common.ddp(C, device, args, sync_buffers=False)
-    evaluator = fid.Evaluator.for_run(args, heldout, device)
-    fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
-    conditions = common.condition_lists(heldout, repeats=4) if n_classes else {}  # 4 samples a condition
-    # Each generator step eats n_critic real batches; epochs count real batches.
-    per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
-    real_batches = common.batches(train, args.batch_size, args.seed, step * n_critic, device, args.workers)
-    epoch = step * n_critic // per_epoch
-    epoch_steps = math.ceil(args.epochs * per_epoch / n_critic)
-    clock = common.TrainClock(args, train_seconds, epoch_steps, step, "sagan")
+    evaluator = Evaluator.for_run(args, heldout, device)
+    fixed_y = data.generation_labels(args, heldout, 64)  # every epoch's grid: the same 64 latents (seed)
+    real_batches, epoch = data.batches(train, args, step * n_critic, device), step * n_critic // per_epoch
     losses, metrics, fid_step = {}, {}, None
     while not clock.stop(step):
         for _ in range(n_critic):
-            _, x, y = next(real_batches)
-            real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
+            real, y = next(real_batches)  # (B, C, H, W) in [-1, 1], augmented
             z = common.shard(torch.randn(args.batch_size, args.nz, device=device))  # this rank's rows
             with autocast():
                 with torch.no_grad():
                     fake = G(z, y)
-                real, fake = diff_augment(real, args.diffaug), diff_augment(fake, args.diffaug)
                 real_scores, fake_scores = C_ddp(real, y).float(), C_ddp(fake, y).float()
             critic = functools.partial(C_ddp, y=y)  # the penalty's critic scores under the batch's labels
             loss_c, gp = critic_loss(critic, real, fake, real_scores, fake_scores, args.loss)
@@ -382,7 +322,7 @@ def main(argv=None):
             scaler.update()
         with autocast():  # G step, on the last critic batch's labels (fresh z); C's gradients unused: no DDP
             fake = G_ddp(common.shard(torch.randn(args.batch_size, args.nz, device=device)), y)
-            loss_g = generator_loss(C(diff_augment(fake, args.diffaug), y).float())
+            loss_g = generator_loss(C(fake, y).float())
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(loss_g).backward()
         scaler.step(opt_g)
@@ -396,30 +336,29 @@ def main(argv=None):
         if step % args.log_every == 0 or step == clock.total:
             wasserstein = (real_scores.mean() - fake_scores.mean()).item()
             losses = dict(loss_c=loss_c.item(), loss_g=loss_g.item(), gp=gp.item(), wasserstein=wasserstein)
-            common.log_losses(log, clock, out, step, step * n_critic / per_epoch, losses, scaler)
+            log.train(step, step * n_critic / per_epoch, losses, scaler)
         if step * n_critic // per_epoch > epoch:  # an epoch of real batches is done: grid, FID, checkpoint
             epoch = step * n_critic // per_epoch
             with clock.paused():
                 if epoch % args.sample_every == 0:
-                    common.save_grid(ema.module(fixed_z, fixed_y), out / "samples" / f"epoch_{epoch:04d}.png")
+                    grid = common.generate(ema.module, 64, args.nz, device, args.seed, fixed_y)
+                    common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
-                    metrics, fid_step = common.log_eval(log, row, step, step * n_critic / per_epoch), step
+                    row = evaluate(ema.module, evaluator, args, out)
+                    metrics, fid_step = log.eval(row, step, step * n_critic / per_epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, epoch, clock.seconds, args)
-    if clock.signalled:  # out within seconds; the final evaluation waits for --resume
-        return common.exit_signalled(out, clock, "sagan", step)
+    if clock.signalled:  # out within seconds: the final evaluation waits for --resume
+        return common.write_summary(out, clock, dict(model="sagan", steps=step))
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
-        row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
-        metrics = common.log_eval(log, row, step, step * n_critic / per_epoch)
+        metrics = log.eval(evaluate(ema.module, evaluator, args, out), step, step * n_critic / per_epoch)
+    seconds = save_outputs(ema.module, args, fixed_y, evaluator.conditions, heldout.classes, device, out)
     run = dict(model="sagan", steps=step, epochs=step * n_critic / per_epoch)
-    outputs = (ema.module, fixed_z, fixed_y, conditions, heldout.classes, out, args.seed + 1)
-    run["sample_seconds_per_image"] = save_outputs(*outputs)
+    run.update(sample_seconds_per_image=seconds, final={**losses, **metrics})
     # images/s counts the real images the critic read: n_critic batches a generator step.
-    final, images = {**losses, **metrics}, step * n_critic * args.batch_size
-    return common.write_summary(out, clock, dict(G=G, D=C), images, final, **run)
+    return common.write_summary(out, clock, run, dict(G=G, D=C), step * n_critic * args.batch_size)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-import fid
+import data
+from evaluate import Evaluator
 
-VGG_NAME, VGG_URL = fid.VGG_NAME, fid.VGG_URL  # torchvision's ImageNet VGG-16
+VGG_NAME = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16
+VGG_URL = f"https://download.pytorch.org/models/{VGG_NAME}"
 
 
 # ----------------------------------------------------------------------------- model
@@ -79,7 +81,7 @@ class VAE(nn.Module):
     def with_label(self, h, y):
         if not self.n_classes:
             return h
-        return torch.cat([h, common.label_vector(y, self.n_classes).to(h.dtype)], 1)  # (B, D + K)
+        return torch.cat([h, data.label_vector(y, self.n_classes).to(h.dtype)], 1)  # (B, D + K)
 
     def encode(self, x, y=None):
         return self.to_stats(self.with_label(self.encoder(x), y)).chunk(2, dim=1)  # mu, logvar: (B, latent)
@@ -183,49 +185,46 @@ def heldout_mse(vae, data, device, batch_size=256):
     """Mean squared error of reconstructions (from mu, no sampling) of held-out images, in [-1, 1] units."""
     total = 0.0
     for i in range(0, len(data), batch_size):
-        x, y = data.batch(range(i, min(i + batch_size, len(data))))
-        x, y = common.to_float(x.to(device)), y.to(device)
+        x, y = data.floats(range(i, min(i + batch_size, len(data))))
+        x, y = x.to(device), y.to(device)
         total += F.mse_loss(vae.decode(vae.encode(x, y)[0], y), x, reduction="sum").item()
     return total / (len(data) * data.images[0].size)  # per pixel and channel
 
 
-def evaluate(vae, evaluator, heldout, conditions, args, out):
-    """Held-out reconstruction error always; FID and friends of prior samples z ~ N(0, I) (decoded with
-    labels like the held-out data's when conditional) and the accuracy on each condition list."""
+def evaluate(vae, evaluator, heldout, args, out):
+    """Held-out reconstruction error always; FID and friends of prior samples z ~ N(0, I) (decoded for
+    the evaluator's labels when conditional) and the accuracy on each condition list."""
     row = {"heldout_mse": heldout_mse(vae, heldout, evaluator.device)}
     if evaluator.features != "none":
-        labels = common.labels_like(heldout, args.fid_n) if conditions else None
+        labels = evaluator.labels
         prior = common.generate(vae.decode, args.fid_n, vae.latent, evaluator.device, args.seed + 2, labels)
         row.update(evaluator(prior, out / "worst.png"))
-        for name, y in conditions.items():
+        for name, y in evaluator.conditions.items():
             fake = common.generate(vae.decode, len(y), vae.latent, evaluator.device, args.seed + 5, y)
             row[f"acc_{name}"] = evaluator.accuracy(fake, y)
     return row
 
 
 @torch.no_grad()
-def save_outputs(vae, fixed_z, fixed_y, conditions, heldout, out):
-    """samples.png (prior samples), recon.png (rows alternate 8 held-out images and their reconstructions
-    from mu), interp.png (slerps between codes of held-out images, decoded with the first one's label),
-    cond_*.png (one cell a condition), progress.gif -> seconds per sample."""
-    final, seconds = common.timed(vae.decode, fixed_z, fixed_y)
-    sample_seconds = seconds / fixed_z.shape[0]
-    common.save_grid(final, out / "samples.png")
-    for name, y in conditions.items():
-        cells = vae.decode(fixed_z[:32], y[:32].to(fixed_z.device))
-        common.save_condition_grid(cells, y[:32], heldout.classes, out / f"cond_{name}.png")
-    images, labels = heldout.batch(torch.arange(32) % len(heldout))
-    images, labels = common.to_float(images.to(fixed_z.device)), labels.to(fixed_z.device)
+def save_outputs(vae, args, fixed_y, conditions, heldout, device, out):
+    """samples.png (prior samples: the grids' 64 latents), recon.png (rows alternate 8 held-out images
+    and their reconstructions from mu), interp.png (slerps between codes of held-out images, decoded
+    with the first one's label), cond_*.png (one cell a condition), progress.gif -> seconds a sample."""
+    final, seconds = common.timed(common.generate, vae.decode, 64, args.latent, device, args.seed, fixed_y)
+    images, labels = heldout.floats(torch.arange(32) % len(heldout))
+    images, labels = images.to(device), labels.to(device)
     recons = vae.decode(vae.encode(images, labels)[0], labels)
     pairs = torch.stack([images.view(4, 8, *images.shape[1:]), recons.view(4, 8, *images.shape[1:])], 1)
-    common.save_grid(pairs.flatten(0, 2), out / "recon.png")
     mus = vae.encode(images[:16], labels[:16])[0].cpu()
     walk = torch.cat([slerp(mus[i], mus[i + 8], torch.linspace(0, 1, 8)) for i in range(8)])
-    common.save_grid(
-        vae.decode(walk.to(fixed_z.device), labels[:8].repeat_interleave(8, 0)), out / "interp.png"
-    )
-    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
-    return sample_seconds
+    walk = vae.decode(walk.to(device), labels[:8].repeat_interleave(8, 0))
+    grids = {"samples.png": final, "recon.png": pairs.flatten(0, 2), "interp.png": walk}
+    cells = {
+        name: (common.generate(vae.decode, 32, args.latent, device, args.seed, y[:32]), y[:32])
+        for name, y in conditions.items()
+    }
+    common.save_outputs(out, grids, cells, heldout.classes)
+    return seconds / 64
 
 
 # ----------------------------------------------------------------------------- main
@@ -235,9 +234,7 @@ MODEL_FLAGS = ("res", "latent", "width", "ndf", "cond")  # a resumed run must ke
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p)
     a = p.add_argument
-    p.set_defaults(lr=1e-3)
     a("--latent", type=int, default=256)
     a("--width", type=int, default=32, help="encoder/decoder base channels")
     a("--beta", type=float, default=1.0, help="KL weight (1.0 for 3.1, 1e-4 for 3.2/3.3)")
@@ -247,7 +244,7 @@ def parse_args(argv=None):
     a("--adv-start", type=int, default=0, metavar="STEP", help="step at which the PatchGAN starts")
     a("--ndf", type=int, default=64, help="PatchGAN width")
     a("--lr-d", type=float, default=2e-4, help="PatchGAN learning rate")
-    args = common.parse_with_preset(p, argv, CPU_PRESET)
+    args = common.parse_with_preset(p, argv, "vae", CPU_PRESET, lr=1e-3)
     if min(args.beta, args.perceptual, args.adv) < 0:
         p.error("--beta, --perceptual and --adv must be >= 0")
     return args
@@ -256,18 +253,13 @@ def parse_args(argv=None):
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    out, device, autocast, scaler = common.prepare_run(args, "vae", MODEL_FLAGS)
+    out, device, autocast, scaler = common.prepare_run(args, MODEL_FLAGS)
     # Weights first: a missing VGG file is a one-line error before any work is done.
     vgg = VGGPerceptual(load_vgg(args.vgg_weights)).to(device) if args.perceptual else None
-    train, heldout = common.train_and_heldout(args)
+    train, heldout = data.train_and_heldout(args)
     channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
     vae = common.place(VAE(channels, args.res, args.latent, args.width, n_classes), device)
     ema = common.EMA(vae, args.ema)
-    if args.generate:  # no training: N prior samples from the finished run's EMA decoder
-        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt")["ema"])
-        labels = common.generation_labels(args, heldout)
-        fake = common.generate(ema.module.decode, args.generate, args.latent, device, args.seed + 4, labels)
-        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt = torch.optim.Adam(vae.parameters(), lr=args.lr)
     objects, D = dict(vae=vae, ema=ema, opt=opt, scaler=scaler), None
     if args.adv:
@@ -277,22 +269,21 @@ def main(argv=None):
         )
         opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.5, 0.999))
         objects.update(D=D, opt_d=opt_d)
-    step, train_seconds, log = common.start_or_resume(out, objects, args)
+    per_epoch = max(1, len(train) // args.batch_size)
+    step, clock, log = common.start_or_resume(out, objects, args, args.epochs * per_epoch, "vae")
+    if args.generate:  # no training: N prior samples from the finished run's EMA decoder
+        labels = data.generation_labels(args, heldout, args.generate)
+        fake = common.generate(ema.module.decode, args.generate, args.latent, device, args.seed + 4, labels)
+        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     # Under torchrun, the steps call these wrappers (gradients averaged over the ranks). D runs on inputs
     # and reconstructions before one backward: its BatchNorm buffers are not re-broadcast between the calls.
     vae_ddp = common.ddp(vae, device, args)
     D_ddp = common.ddp(D, device, args, sync_buffers=False) if D is not None else None
-    evaluator = fid.Evaluator.for_run(args, heldout, device)
-    fixed_z = torch.randn(64, args.latent, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
-    conditions = common.condition_lists(heldout, repeats=4) if n_classes else {}  # 4 samples a condition
-    per_epoch = max(1, len(train) // args.batch_size)
-    clock = common.TrainClock(args, train_seconds, args.epochs * per_epoch, step, "vae")
-    losses, metrics, eval_step = {}, {}, None
-    for _, x, y in common.batches(train, args.batch_size, args.seed, step, device, args.workers):
-        if clock.stop(step):
-            break
-        x = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
+    evaluator = Evaluator.for_run(args, heldout, device)
+    fixed_y = data.generation_labels(args, heldout, 64)  # every epoch's grid: the same 64 latents (seed)
+    batches, losses, metrics, eval_step = data.batches(train, args, step, device), {}, {}, None
+    while not clock.stop(step):
+        x, y = next(batches)  # (B, C, H, W) in [-1, 1], augmented
         adv_on = D is not None and step >= args.adv_start
         with autocast():
             recon, mu, logvar = vae_ddp(x, y)
@@ -319,29 +310,28 @@ def main(argv=None):
         clock.tick()
         if step % args.log_every == 0 or step == clock.total:
             losses = {"loss": loss.item(), **{name: value.item() for name, value in terms.items()}}
-            common.log_losses(log, clock, out, step, step / per_epoch, losses, scaler)
+            log.train(step, step / per_epoch, losses, scaler)
         if step % per_epoch == 0:  # end of an epoch: grid and evaluation (not training time), checkpoint
             epoch = step // per_epoch
             with clock.paused():
                 if epoch % args.sample_every == 0:
-                    grid = ema.module.decode(fixed_z, fixed_y)
+                    grid = common.generate(ema.module.decode, 64, args.latent, device, args.seed, fixed_y)
                     common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(ema.module, evaluator, heldout, conditions, args, out)
-                    metrics, eval_step = common.log_eval(log, row, step, epoch), step
+                    row = evaluate(ema.module, evaluator, heldout, args, out)
+                    metrics, eval_step = log.eval(row, step, epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, step // per_epoch, clock.seconds, args)
-    if clock.signalled:  # out within seconds; the final evaluation waits for --resume
-        return common.exit_signalled(out, clock, "vae", step)
+    if clock.signalled:  # out within seconds: the final evaluation waits for --resume
+        return common.write_summary(out, clock, dict(model="vae", steps=step))
     if eval_step != step:  # the final weights are evaluated unless the last epoch's evaluation saw them
-        row = evaluate(ema.module, evaluator, heldout, conditions, args, out)
-        metrics = common.log_eval(log, row, step, step / per_epoch)
-    run = dict(model="vae", steps=step, epochs=step / per_epoch)
-    run["sample_seconds_per_image"] = save_outputs(ema.module, fixed_z, fixed_y, conditions, heldout, out)
-    final, images = {**losses, **metrics}, step * args.batch_size
-    return common.write_summary(out, clock, dict(vae=vae, D=D), images, final, **run)
+        metrics = log.eval(evaluate(ema.module, evaluator, heldout, args, out), step, step / per_epoch)
+    seconds = save_outputs(ema.module, args, fixed_y, evaluator.conditions, heldout, device, out)
+    run = dict(model="vae", steps=step, epochs=step / per_epoch, sample_seconds_per_image=seconds)
+    run["final"] = {**losses, **metrics}
+    return common.write_summary(out, clock, run, dict(vae=vae, D=D), step * args.batch_size)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ which the gradient penalty enforces softly (eq. 3):
 As the paper (Algorithm 1): Adam lr 1e-4, betas (0.0, 0.9), lambda 10, no BatchNorm in the
 critic (it would make each sample's score depend on the batch, and the penalty is per sample):
 layer norm instead, as the paper recommends (sec. 4). The generator is DCGAN's (copied from
-dcgan.py so this file reads alone), with a 128-d latent; so are DiffAugment and the TTUR and
-lr-decay flags. Departures: n_critic = 2 critic steps per generator step, not 5 (the study's
-setting: on a fixed time budget, more generator steps won); samples from an EMA of G; the
-penalty is computed in fp32 outside autocast (its double backward underflows in fp16).
+dcgan.py so this file reads alone), with a 128-d latent; so are the TTUR and lr-decay flags
+(DiffAugment is the study's DCGAN experiment: dcgan.py --diffaug). Departures: n_critic = 2
+critic steps per generator step, not 5 (the study's setting: on a fixed time budget, more
+generator steps won); samples from an EMA of G; the penalty is computed in fp32 outside
+autocast (its double backward underflows in fp16).
 
 `--cond` (phase 6): AC-GAN (Odena et al. 2017) on the WGAN-GP critic. The label vector (one-hot,
 or multi-hot for shapes' 1-3 objects) joins z; a class head beside the critic's score names the
@@ -32,7 +33,6 @@ The penalty sees the score alone. `--generate N` draws N images from a finished 
 """
 
 import argparse
-import functools
 import math
 
 import torch
@@ -40,7 +40,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-import fid
+import data
+from evaluate import Evaluator
 
 
 # ----------------------------------------------------------------------------- model
@@ -63,7 +64,7 @@ class Generator(nn.Module):
 
     def forward(self, z, y=None):
         if self.n_classes:  # the label enters as K more latent dimensions (a linear layer's input)
-            z = torch.cat([z, common.label_vector(y, self.n_classes).to(z.dtype)], 1)
+            z = torch.cat([z, data.label_vector(y, self.n_classes).to(z.dtype)], 1)
         return self.net(z[:, :, None, None])  # (B, C, res, res)
 
 
@@ -132,54 +133,6 @@ def class_loss(logits, y):
     return F.binary_cross_entropy_with_logits(logits.float(), y.float(), reduction="sum") / len(y)
 
 
-# ----------------------------------------------------------------------------- DiffAugment
-DIFFAUG_OPS = ("color", "translation", "cutout")
-
-
-def diffaug_policy(text):
-    """argparse type for --diffaug: '' (off) or a comma list of DIFFAUG_OPS."""
-    ops = tuple(o.strip() for o in text.split(",") if o.strip())
-    if bad := [o for o in ops if o not in DIFFAUG_OPS]:
-        raise argparse.ArgumentTypeError(f"unknown DiffAugment op(s) {bad}; choose from {DIFFAUG_OPS}")
-    return ops
-
-
-def diff_augment(x, policy):
-    """DiffAugment (Zhao et al. 2020): random, differentiable augmentation of real *and* fake images
-    (B, C, H, W) in D's and G's steps, so D cannot memorise a small set and G's gradients pass through.
-    As the paper's code: color (brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]),
-    translation (<= 1/8, zero padded), cutout (half the size)."""
-    if not policy:
-        return x
-    B, C, H, W = x.shape
-    rand = functools.partial(torch.rand, device=x.device, dtype=x.dtype)
-    if "color" in policy:
-        x = x + (rand(B, 1, 1, 1) - 0.5)
-        mean = x.mean(dim=1, keepdim=True)
-        x = (x - mean) * (rand(B, 1, 1, 1) * 2) + mean
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * (rand(B, 1, 1, 1) + 0.5) + mean
-    rows = torch.arange(H, device=x.device).view(1, H, 1)  # (1, H, 1)
-    cols = torch.arange(W, device=x.device).view(1, 1, W)  # (1, 1, W)
-    if "translation" in policy:
-        sh, sw = int(H * 0.125 + 0.5), int(W * 0.125 + 0.5)
-        dy = torch.randint(-sh, sh + 1, (B, 1, 1), device=x.device)
-        dx = torch.randint(-sw, sw + 1, (B, 1, 1), device=x.device)
-        # Read pixel (i + dy, j + dx) of a copy padded by one zero pixel: past the border, zeros.
-        src_r = (rows + dy + 1).clamp(0, H + 1)  # (B, H, 1)
-        src_c = (cols + dx + 1).clamp(0, W + 1)  # (B, 1, W)
-        padded = F.pad(x, [1, 1, 1, 1])  # (B, C, H + 2, W + 2)
-        b = torch.arange(B, device=x.device).view(B, 1, 1)
-        x = padded.permute(0, 2, 3, 1)[b, src_r, src_c].permute(0, 3, 1, 2)  # (B, C, H, W)
-    if "cutout" in policy:
-        ch, cw = int(H * 0.5 + 0.5), int(W * 0.5 + 0.5)
-        top = torch.randint(0, H + (1 - ch % 2), (B, 1, 1), device=x.device) - ch // 2
-        left = torch.randint(0, W + (1 - cw % 2), (B, 1, 1), device=x.device) - cw // 2
-        hole = (rows >= top) & (rows < top + ch) & (cols >= left) & (cols < left + cw)  # (B, H, W)
-        x = x * (~hole).unsqueeze(1).to(x.dtype)
-    return x
-
-
 # ----------------------------------------------------------------------------- sampling and evaluation
 def slerp(a, b, t):
     """Slerp between latents a, b (D,) at t (K,) -> (K, D): Gaussian latents lie near a sphere, not a line."""
@@ -198,35 +151,32 @@ def latent_walk(nz, seed, rows=8, cols=8):
     return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
 
 
-def evaluate(G, evaluator, args, heldout, conditions, out):
-    """FID and friends of --fid-n samples (conditional: labels like the held-out data's), and the
+def evaluate(G, evaluator, args, out):
+    """FID and friends of --fid-n samples (a conditional run's for the evaluator's labels), and the
     accuracy on each condition list (`acc_test`...); {} when FID is off."""
     if evaluator.features == "none":
         return {}
-    labels = common.labels_like(heldout, args.fid_n) if conditions else None
-    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, labels)
+    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, evaluator.labels)
     row = evaluator(fake, out / "worst.png")
-    for name, y in conditions.items():
+    for name, y in evaluator.conditions.items():
         fake = common.generate(G, len(y), args.nz, evaluator.device, args.seed + 5, y)
         row[f"acc_{name}"] = evaluator.accuracy(fake, y)
     return row
 
 
 @torch.no_grad()
-def save_outputs(G, fixed_z, fixed_y, conditions, classes, out, seed):
-    """samples.png, interp.png (a slerp walk a row; one label a row), cond_*.png (one cell a condition),
-    progress.gif -> seconds per sample."""
-    final, seconds = common.timed(G, fixed_z, fixed_y)
-    sample_seconds = seconds / fixed_z.shape[0]
-    common.save_grid(final, out / "samples.png")
-    for name, y in conditions.items():
-        common.save_condition_grid(
-            G(fixed_z[:32], y[:32].to(fixed_z.device)), y[:32], classes, out / f"cond_{name}.png"
-        )
+def save_outputs(G, args, fixed_y, conditions, classes, device, out):
+    """samples.png (the grids' 64 latents), interp.png (a slerp walk a row; one label a row), cond_*.png
+    (one cell a condition), progress.gif -> seconds per sample."""
+    final, seconds = common.timed(common.generate, G, 64, args.nz, device, args.seed, fixed_y)
     walk_y = fixed_y[:8].repeat_interleave(8, 0) if fixed_y is not None else None
-    common.save_grid(G(latent_walk(fixed_z.shape[1], seed).to(fixed_z.device), walk_y), out / "interp.png")
-    common.save_gif(out / "samples", out / "progress.gif", fallback=out / "samples.png")
-    return sample_seconds
+    walk = G(latent_walk(args.nz, args.seed + 1).to(device), walk_y)
+    cells = {
+        name: (common.generate(G, 32, args.nz, device, args.seed, y[:32]), y[:32])
+        for name, y in conditions.items()
+    }
+    common.save_outputs(out, {"samples.png": final, "interp.png": walk}, cells, classes)
+    return seconds / 64
 
 
 # ----------------------------------------------------------------------------- main
@@ -236,9 +186,7 @@ MODEL_FLAGS = ("res", "nz", "ngf", "ndf", "cond")  # a resumed run must keep the
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(p)
     a = p.add_argument
-    p.set_defaults(lr=1e-4)
     a("--nz", type=int, default=128, help="latent size")
     a("--ngf", type=int, default=64, help="generator width")
     a("--ndf", type=int, default=64, help="critic width")
@@ -248,8 +196,7 @@ def parse_args(argv=None):
     a("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR")
     a("--lr-d", type=float, default=None, help="critic lr (default --lr)")
     a("--lr-decay", type=float, default=None, metavar="GAMMA", help="both lrs x GAMMA each step")
-    a("--diffaug", type=diffaug_policy, default=(), metavar="OPS", help=",".join(DIFFAUG_OPS))
-    args = common.parse_with_preset(p, argv, CPU_PRESET)
+    args = common.parse_with_preset(p, argv, "wgan_gp", CPU_PRESET, lr=1e-4)
     if args.n_critic < 1:
         p.error(f"--n-critic must be at least 1, got {args.n_critic}")
     if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
@@ -260,46 +207,38 @@ def parse_args(argv=None):
 @common.exits_on_user_error
 def main(argv=None):
     args = parse_args(argv)
-    out, device, autocast, scaler = common.prepare_run(args, "wgan_gp", MODEL_FLAGS)
-    train, heldout = common.train_and_heldout(args)
+    out, device, autocast, scaler = common.prepare_run(args, MODEL_FLAGS)
+    train, heldout = data.train_and_heldout(args)
     channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
     G = common.place(Generator(args.nz, args.ngf, channels, args.res, n_classes), device)
     C = common.place(Critic(args.ndf, channels, args.res, n_classes), device)
     G.apply(init_generator)
     ema = common.EMA(G, args.ema)
-    if args.generate:  # no training: N images from the finished run's EMA generator
-        ema.load_state_dict(common.load_checkpoint(out / "ckpt.pt")["ema"])
-        labels = common.generation_labels(args, heldout)
-        fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
-        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(0.0, 0.9))
     opt_c = torch.optim.Adam(C.parameters(), lr=args.lr_d or args.lr, betas=(0.0, 0.9))
     objects = dict(G=G, C=C, ema=ema, opt_g=opt_g, opt_c=opt_c, scaler=scaler)
-    step, train_seconds, log = common.start_or_resume(out, objects, args)
+    # Each generator step eats n_critic real batches; epochs count real batches.
+    per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
+    epoch_steps = math.ceil(args.epochs * per_epoch / n_critic)
+    step, clock, log = common.start_or_resume(out, objects, args, epoch_steps, "wgan_gp")
+    if args.generate:  # no training: N images from the finished run's EMA generator
+        labels = data.generation_labels(args, heldout, args.generate)
+        fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
+        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
     # Under torchrun, the steps call these wrappers (gradients averaged over the ranks). The critic runs on
     # real, fake and interpolated batches before one backward: its buffers are not re-broadcast between.
     G_ddp, C_ddp = common.ddp(G, device, args), common.ddp(C, device, args, sync_buffers=False)
-    evaluator = fid.Evaluator.for_run(args, heldout, device)
-    fixed_z = torch.randn(64, args.nz, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    fixed_y = common.labels_like(heldout, 64).to(device) if n_classes else None
-    conditions = common.condition_lists(heldout, repeats=4) if n_classes else {}  # 4 samples a condition
-    # Each generator step eats n_critic real batches; epochs count real batches.
-    per_epoch, n_critic = max(1, len(train) // args.batch_size), args.n_critic
-    real_batches = common.batches(train, args.batch_size, args.seed, step * n_critic, device, args.workers)
-    epoch = step * n_critic // per_epoch
-    epoch_steps = math.ceil(args.epochs * per_epoch / n_critic)
-    clock = common.TrainClock(args, train_seconds, epoch_steps, step, "wgan_gp")
+    evaluator = Evaluator.for_run(args, heldout, device)
+    fixed_y = data.generation_labels(args, heldout, 64)  # every epoch's grid: the same 64 latents (seed)
+    real_batches, epoch = data.batches(train, args, step * n_critic, device), step * n_critic // per_epoch
     losses, metrics, fid_step = {}, {}, None
     while not clock.stop(step):
         for _ in range(n_critic):
-            _, x, y = next(real_batches)
-            real = common.augment(common.to_float(x), train.aug)  # (B, C, H, W)
+            real, y = next(real_batches)  # (B, C, H, W) in [-1, 1], augmented
             z = common.shard(torch.randn(args.batch_size, args.nz, device=device))  # this rank's rows
             with autocast():
                 with torch.no_grad():
                     fake = G(z, y)
-                # With --diffaug the critic (and its penalty) sees augmented images only.
-                real, fake = diff_augment(real, args.diffaug), diff_augment(fake, args.diffaug)
                 (real_scores, real_logits), (fake_scores, _) = C_ddp(real), C_ddp(fake)
                 loss_c = critic_loss(real_scores.float(), fake_scores.float())
                 # AC-GAN: the critic learns to name the labels of real images.
@@ -312,7 +251,7 @@ def main(argv=None):
             scaler.update()
         with autocast():  # G step, on the last critic batch's labels (fresh z); C's gradients unused: no DDP
             z = common.shard(torch.randn(args.batch_size, args.nz, device=device))
-            scores, logits = C(diff_augment(G_ddp(z, y), args.diffaug))
+            scores, logits = C(G_ddp(z, y))
             loss_g = generator_loss(scores.float())
             # ...and G learns to make images whose labels the critic names correctly.
             cls_g = class_loss(logits, y) if n_classes else torch.zeros((), device=device)
@@ -333,30 +272,29 @@ def main(argv=None):
             losses = dict(loss_c=c, loss_g=loss_g.item(), gp=gp.item(), wasserstein=-c)
             if n_classes:
                 losses.update(class_c=cls_c.item(), class_g=cls_g.item())
-            common.log_losses(log, clock, out, step, step * n_critic / per_epoch, losses, scaler)
+            log.train(step, step * n_critic / per_epoch, losses, scaler)
         if step * n_critic // per_epoch > epoch:  # an epoch of real batches is done: grid, FID, checkpoint
             epoch = step * n_critic // per_epoch
             with clock.paused():
                 if epoch % args.sample_every == 0:
-                    common.save_grid(ema.module(fixed_z, fixed_y), out / "samples" / f"epoch_{epoch:04d}.png")
+                    grid = common.generate(ema.module, 64, args.nz, device, args.seed, fixed_y)
+                    common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
-                    metrics, fid_step = common.log_eval(log, row, step, step * n_critic / per_epoch), step
+                    row = evaluate(ema.module, evaluator, args, out)
+                    metrics, fid_step = log.eval(row, step, step * n_critic / per_epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
     common.save_training_state(out, objects, step, epoch, clock.seconds, args)
-    if clock.signalled:  # out within seconds; the final evaluation waits for --resume
-        return common.exit_signalled(out, clock, "wgan_gp", step)
+    if clock.signalled:  # out within seconds: the final evaluation waits for --resume
+        return common.write_summary(out, clock, dict(model="wgan_gp", steps=step))
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
-        row = evaluate(ema.module, evaluator, args, heldout, conditions, out)
-        metrics = common.log_eval(log, row, step, step * n_critic / per_epoch)
+        metrics = log.eval(evaluate(ema.module, evaluator, args, out), step, step * n_critic / per_epoch)
+    seconds = save_outputs(ema.module, args, fixed_y, evaluator.conditions, heldout.classes, device, out)
     run = dict(model="wgan_gp", steps=step, epochs=step * n_critic / per_epoch)
-    outputs = (ema.module, fixed_z, fixed_y, conditions, heldout.classes, out, args.seed + 1)
-    run["sample_seconds_per_image"] = save_outputs(*outputs)
+    run.update(sample_seconds_per_image=seconds, final={**losses, **metrics})
     # images/s counts the real images the critic read: n_critic batches a generator step.
-    final, images = {**losses, **metrics}, step * n_critic * args.batch_size
-    return common.write_summary(out, clock, dict(G=G, D=C), images, final, **run)
+    return common.write_summary(out, clock, run, dict(G=G, D=C), step * n_critic * args.batch_size)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import classifiers  # noqa: E402
 import common  # noqa: E402
+import data  # noqa: E402
 
 VARIANTS = dict(
     cycle=["--disc", "patch"],
@@ -59,7 +60,7 @@ def main():
     print(f"\ndigits (A) <-> MNIST (B), {args.minutes:g} minutes of training a variant, this machine's CPU")
     untranslated = []  # the floor: each target classifier on the source images as they are
     for source, target in (("digits", "mnist"), ("mnist", "digits")):
-        test = common.load_dataset(source, 32).split()[1]
+        test = data.load_dataset(source, 32).split()[1]
         x = torch.from_numpy(np.array(test.images)).permute(0, 3, 1, 2).float() / 255  # (N, 1, 32, 32)
         with torch.no_grad():
             logits = classifiers.load_classifier(target)(x)[1]

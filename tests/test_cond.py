@@ -12,6 +12,7 @@ from PIL import Image
 
 import classifiers
 import common
+import data
 import dcgan
 import ddpm
 import fid
@@ -70,40 +71,40 @@ def test_accuracy_single_label_known_answer():
 # ----------------------------------------------------------------------------- the shapes data
 def test_shapes_render_deterministically_with_the_right_colours():
     labels = [0, 11, 23]  # red circle, blue triangle... by label = colour * 3 + shape
-    a = np.asarray(common._draw_shapes(labels, np.random.RandomState(5)))
-    b = np.asarray(common._draw_shapes(labels, np.random.RandomState(5)))
+    a = np.asarray(data._draw_shapes(labels, np.random.RandomState(5)))
+    b = np.asarray(data._draw_shapes(labels, np.random.RandomState(5)))
     assert np.array_equal(a, b)
-    colours = list(common.SHAPE_COLOURS.values())
+    colours = list(data.SHAPE_COLOURS.values())
     for k, colour in enumerate(colours):
         pixels = (np.abs(a.astype(int) - colour).sum(-1) == 0).sum()
         if k in (0, 3, 7):  # red, yellow (label 11 = 3 * 3 + 2), white (23 = 7 * 3 + 2)
-            assert pixels > 50, common.SHAPE_NAMES[3 * k]
+            assert pixels > 50, data.SHAPE_NAMES[3 * k]
         else:
-            assert pixels == 0, common.SHAPE_NAMES[3 * k]
-    assert common.SHAPE_NAMES[11] == "yellow triangle" and common.SHAPE_NAMES[23] == "white triangle"
+            assert pixels == 0, data.SHAPE_NAMES[3 * k]
+    assert data.SHAPE_NAMES[11] == "yellow triangle" and data.SHAPE_NAMES[23] == "white triangle"
 
 
 def test_shapes_set_and_condition_lists():
-    data = common.load_dataset("shapes", 32)
+    data = data.load_dataset("shapes", 32)
     assert data.images.shape == (21_600, 32, 32, 3) and data.labels.shape == (21_600, 24)
     train, heldout = data.split()
     assert len(train) == 18_000 and len(data.classes) == 24
     counts = data.labels.sum(1)
     assert counts.min() == 1 and counts.max() == 3 and data.labels.max() == 1
-    lists = common.shape_conditions()
-    assert lists == common.shape_conditions()  # fixed
+    lists = data.shape_conditions()
+    assert lists == data.shape_conditions()  # fixed
     assert len(lists["test"]) == len(lists["new_test"]) == 32
     in_training = {tuple(np.flatnonzero(row)) for row in data.labels}
     for condition in lists["new_test"]:  # no training image holds a new_test combination
         assert not any(set(condition) <= set(seen) for seen in in_training), condition
     assert sum(tuple(c) in in_training for c in lists["test"]) > 16  # test is drawn like training
-    hot = common.condition_lists(heldout, repeats=2)["new_test"]
+    hot = data.condition_lists(heldout, repeats=2)["new_test"]
     assert hot.shape == (64, 24) and torch.equal(hot[:32], hot[32:])
     assert [sorted(torch.nonzero(row).flatten().tolist()) for row in hot[:32]] == lists["new_test"]
 
 
 def test_shapes_classifier_reads_true_labels_not_shuffled_ones():
-    _, heldout = common.load_dataset("shapes", 32).split()
+    _, heldout = data.load_dataset("shapes", 32).split()
     net = classifiers.load_classifier("shapes")
     x = torch.from_numpy(np.array(heldout.images[:1000])).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
@@ -116,14 +117,14 @@ def test_shapes_classifier_reads_true_labels_not_shuffled_ones():
 
 def test_shapes_cannot_be_mixed():
     with pytest.raises(common.UserError, match="multi-hot"):
-        common.load_dataset("shapes,digits", 16)
+        data.load_dataset("shapes,digits", 16)
 
 
 # ----------------------------------------------------------------------------- each family's conditional form
 def test_label_vector_one_hot_and_multi_hot():
-    assert torch.equal(common.label_vector(torch.tensor([2, 0]), 3), torch.tensor([[0, 0, 1.0], [1.0, 0, 0]]))
+    assert torch.equal(data.label_vector(torch.tensor([2, 0]), 3), torch.tensor([[0, 0, 1.0], [1.0, 0, 0]]))
     hot = torch.tensor([[1, 0, 1]])
-    assert torch.equal(common.label_vector(hot, 3), hot.float())
+    assert torch.equal(data.label_vector(hot, 3), hot.float())
 
 
 def test_acgan_class_head_returns_logits_and_its_losses():
@@ -229,9 +230,9 @@ def test_conditional_run_end_to_end(tmp_path, script, data):
         legend = (out / f"cond_{name}.txt").read_text().splitlines()
         assert len(legend) == 32 and legend[0].startswith("row 1, col 1: ")
     if data == "shapes":
-        first = common.shape_conditions()["test"][0]
+        first = data.shape_conditions()["test"][0]
         legend = (out / "cond_test.txt").read_text().splitlines()
-        assert legend[0].endswith(": " + " + ".join(common.SHAPE_NAMES[i] for i in first))
+        assert legend[0].endswith(": " + " + ".join(data.SHAPE_NAMES[i] for i in first))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("kind") == "fid" and r["features"] == data and "acc_test" in r for r in rows)
 
@@ -294,14 +295,14 @@ def test_generated_folder_reads_like_a_saved_grid_and_with_fid_tools(tmp_path):
     with open(folder / "labels.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows[1]["names"] == " + ".join(
-        common.SHAPE_NAMES[i] for i in common.shape_conditions()["new_test"][1]
+        data.SHAPE_NAMES[i] for i in data.shape_conditions()["new_test"][1]
     )
     # The same 8-bit rounding as the grids: the PNGs are the generator's images through save_image.
     ckpt = common.load_checkpoint(out / "ckpt.pt")
     args = json.loads((out / "args.json").read_text())
     G = dcgan.Generator(args["nz"], args["ngf"], 3, 32, 24, args["g_arch"])
     G.load_state_dict(ckpt["ema"]["module"])
-    labels = common.condition_lists(common.load_dataset("shapes", 32).split()[1])["new_test"][:6]
+    labels = data.condition_lists(data.load_dataset("shapes", 32).split()[1])["new_test"][:6]
     images = common.generate(G.eval(), 6, args["nz"], "cpu", 3 + 4, labels)
     grid_path = tmp_path / "two.png"
     common.save_grid(images[:2], grid_path, nrow=2)
@@ -316,15 +317,15 @@ def test_generated_folder_reads_like_a_saved_grid_and_with_fid_tools(tmp_path):
 
 
 def test_parse_labels_names_indices_lists_and_files(tmp_path):
-    _, heldout = common.load_dataset("shapes", 32).split()
-    one = common.parse_labels("red circle, blue square", heldout)
+    _, heldout = data.load_dataset("shapes", 32).split()
+    one = data.parse_labels("red circle, blue square", heldout)
     assert one.shape == (1, 24) and one[0].nonzero().flatten().tolist() == [0, 7]
     path = tmp_path / "c.json"
     path.write_text(json.dumps([["red circle", 5], "white triangle"]))
-    two = common.parse_labels(str(path), heldout)
+    two = data.parse_labels(str(path), heldout)
     assert [r.nonzero().flatten().tolist() for r in two] == [[0, 5], [23]]
-    _, digits = common.load_dataset("digits", 16).split()
-    assert common.parse_labels("3,5", digits).tolist() == [3, 5]
+    _, digits = data.load_dataset("digits", 16).split()
+    assert data.parse_labels("3,5", digits).tolist() == [3, 5]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -14,8 +14,10 @@ from PIL import Image
 
 import classifiers
 import common
+import data
 import cyclegan
 import dcgan
+import evaluate
 import fid
 
 SMALL = ["--preset", "study", "--res", "16", "--ngf", "4", "--ndf", "4", "--batch-size", "4", "--aug", "none"]
@@ -166,7 +168,7 @@ def test_learning_rate_is_constant_then_linear_to_zero():
 
 # ----------------------------------------------------------------------------- built-in MNIST
 def test_mnist_loads_deterministically_with_its_classifier():
-    a, b = common.load_dataset("mnist", 16), common.load_dataset("mnist", 16)
+    a, b = data.load_dataset("mnist", 16), data.load_dataset("mnist", 16)
     assert a.images.shape == (5000, 16, 16, 1) and np.array_equal(np.asarray(a.images), np.asarray(b.images))
     assert np.bincount(a.labels).tolist() == [500] * 10
     train, heldout = a.split()
@@ -220,12 +222,12 @@ def test_built_in_pair_end_to_end(tmp_path):
     G_AB, G_BA = cyclegan.ResnetGenerator(1, 1, 4, 6), cyclegan.ResnetGenerator(1, 1, 4, 6)
     G_AB.load_state_dict(ckpt["ema_ab"]["module"])
     G_BA.load_state_dict(ckpt["ema_ba"]["module"])
-    _, test_a = common.load_dataset("digits", 16).split()
+    _, test_a = data.load_dataset("digits", 16).split()
     x, labels = cyclegan.spread_images(test_a, 40)
     with torch.no_grad():
         fake_b = G_AB(x)
         cycle = (G_BA(fake_b) - x).abs().mean().item()
-        logits = classifiers.load_classifier("mnist")(fid.to_unit_uint8(fake_b))[1]
+        logits = classifiers.load_classifier("mnist")(evaluate.to_unit_uint8(fake_b))[1]
     assert evals[0]["cycle_ab"] == pytest.approx(cycle, rel=1e-4)
     assert evals[0]["acc_ab"] == pytest.approx(classifiers.accuracy(logits, labels), abs=1e-6)
     # translate.png: 6 rows of 8; its first row is 8 held-out digits as they are, spread over the set.
@@ -283,7 +285,7 @@ def test_generate_translates_held_out_images_both_ways(tmp_path):
         assert all(Image.open(f).size == (16, 16) for f in files)
         with open(out / "generated" / way / "labels.csv") as f:
             got = [int(r["labels"]) for r in csv.DictReader(f)]
-        heldout = common.load_dataset(source, 16).split()[1]
+        heldout = data.load_dataset(source, 16).split()[1]
         assert got == heldout.labels[np.linspace(0, len(heldout) - 1, 5).round().astype(int)].tolist()
 
 

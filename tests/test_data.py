@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import common
+import data
 import dcgan
 
 
 def test_digits_builtin():
-    ds = common.load_dataset("digits", 32, aug="none")
+    ds = data.load_dataset("digits", 32, aug="none")
     assert len(ds) == 1797 and ds.classes == [str(i) for i in range(10)]
     x, y = ds[0]
     assert x.shape == (1, 32, 32) and x.dtype == torch.float32
@@ -18,14 +19,14 @@ def test_digits_builtin():
 
 
 def test_lfw_builtin_rgb_on_request():
-    ds = common.load_dataset("lfw", 64, channels=3)
+    ds = data.load_dataset("lfw", 64, channels=3)
     assert len(ds) == 100
     assert ds[5][0].shape == (3, 64, 64)
 
 
 def test_folder_with_every_case(image_tree):
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
-        ds = common.load_dataset(str(image_tree), 32, cond=True)
+        ds = data.load_dataset(str(image_tree), 32, cond=True)
     # rgb.png, deep.jpg (nested twice), gray.png, rgba.png; corrupt.png skipped, notes.txt ignored
     assert len(ds) == 4
     assert ds.classes == ["cats", "dogs"]
@@ -46,38 +47,38 @@ def test_crop_takes_center(tmp_path):
     img[20:198, :] = 255  # a 178x178 white center inside black top/bottom bands
     (tmp_path / "f").mkdir()
     Image.fromarray(img).save(tmp_path / "f" / "a.png")
-    x = common.load_dataset(str(tmp_path / "f"), 32, channels=1, crop=178)[0][0]
+    x = data.load_dataset(str(tmp_path / "f"), 32, channels=1, crop=178)[0][0]
     assert x.min() > 0.9  # the black bands were cropped away
 
 
 def test_mix_spec_lengths():
-    digits, lfw = common.load_dataset("digits", 32), common.load_dataset("lfw", 32)
-    mix = common.load_dataset("digits,lfw", 32)
+    digits, lfw = data.load_dataset("digits", 32), data.load_dataset("lfw", 32)
+    mix = data.load_dataset("digits,lfw", 32)
     assert len(mix) == len(digits) + len(lfw) == 1897
     assert len(mix.classes) == 11 and mix.labels.max() == 10  # lfw's label follows the 10 digits
 
 
 def test_cache_reuse_reads_no_images(image_tree, monkeypatch):
     with pytest.warns(UserWarning):
-        first = common.load_dataset(str(image_tree), 32)
+        first = data.load_dataset(str(image_tree), 32)
 
     def no_reads(*a, **k):
         raise AssertionError("image file opened although the cache exists")
 
     monkeypatch.setattr(common.Image, "open", no_reads)
-    second = common.load_dataset(str(image_tree), 32)
+    second = data.load_dataset(str(image_tree), 32)
     assert np.array_equal(np.asarray(first.images), np.asarray(second.images))
     # A changed file list is a new cache entry, not a stale hit.
     (image_tree / "dogs" / "new.png").write_bytes((image_tree / "dogs" / "gray.png").read_bytes())
     with pytest.raises(AssertionError, match="image file opened"):
-        common.load_dataset(str(image_tree), 32)
+        data.load_dataset(str(image_tree), 32)
 
 
 def test_split_is_disjoint_and_deterministic():
-    ds = common.load_dataset("digits", 32)
+    ds = data.load_dataset("digits", 32)
     train, held = ds.split()
     assert len(train) + len(held) == len(ds) and len(held) == len(ds) // 6
-    train2, held2 = common.load_dataset("digits", 32).split()
+    train2, held2 = data.load_dataset("digits", 32).split()
     assert np.array_equal(np.asarray(held.images), np.asarray(held2.images))
 
 
@@ -116,7 +117,7 @@ def test_bad_flag_value_exit_2(tmp_path):
 def test_augment_keeps_range_and_shape(mode, channels):
     torch.manual_seed(0)
     x = torch.rand(32, channels, 16, 16) * 2 - 1
-    y = common.augment(x, mode)
+    y = data.augment(x, mode)
     assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
     if mode == "none":
         assert torch.equal(x, y)
@@ -127,20 +128,20 @@ def test_augment_keeps_range_and_shape(mode, channels):
 def test_flip_flips_about_half():
     torch.manual_seed(0)
     x = torch.arange(8.0).view(1, 1, 1, 8).expand(1000, 1, 1, 8) / 8
-    y = common.augment(x, "flip")
+    y = data.augment(x, "flip")
     flipped = (y[:, 0, 0, 0] > y[:, 0, 0, -1]).float().mean()
     assert 0.4 < flipped < 0.6
     assert torch.equal(y[y[:, 0, 0, 0] > 0.5][0], x[0].flip(2))
 
 
 def test_batches_resume_same_order():
-    ds = common.load_dataset("lfw", 32)
-    full = common.batches(ds, 16, seed=3, start_step=0, device="cpu")
+    ds = data.load_dataset("lfw", 32)
+    full = data.batches(ds, 16, seed=3, start_step=0, device="cpu")
     seq = [next(full)[1] for _ in range(9)]  # crosses an epoch boundary (6 batches per epoch)
-    resumed = common.batches(ds, 16, seed=3, start_step=5, device="cpu")
+    resumed = data.batches(ds, 16, seed=3, start_step=5, device="cpu")
     for i in range(5, 9):
         assert torch.equal(next(resumed)[1], seq[i])
     # Worker processes read the same batches in the same order.
-    with_workers = common.batches(ds, 16, seed=3, start_step=0, device="cpu", workers=2)
+    with_workers = data.batches(ds, 16, seed=3, start_step=0, device="cpu", workers=2)
     for i in range(9):
         assert torch.equal(next(with_workers)[1], seq[i])

@@ -15,7 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+import data
 import ddpm
+import evaluate
 import fid
 
 
@@ -100,9 +102,9 @@ def test_fp16_skipped_steps_stop_the_run_only_in_a_row(tmp_path):
 
 
 def test_fid_statistics_cache_is_keyed_by_device_and_crop():
-    held = common.load_dataset("digits", 16, aug="none").split()[1]
-    fid.Evaluator("digits", held, "digits", 16, 50, "cpu")
-    fid.Evaluator("digits", held, "digits", 16, 50, "cpu", crop=6)
+    held = data.load_dataset("digits", 16, aug="none").split()[1]
+    evaluate.Evaluator("digits", held, "digits", 16, 50, "cpu")
+    evaluate.Evaluator("digits", held, "digits", 16, 50, "cpu", crop=6)
     names = sorted(p.name for p in (common.CACHE_DIR / "fid_stats").glob("digits_digits_*_16_50_cpu.npz"))
     assert names == ["digits_digits_6_16_50_cpu.npz", "digits_digits_None_16_50_cpu.npz"]
 
@@ -121,7 +123,7 @@ def test_deterministic_mode_turns_benchmark_off(monkeypatch):
 
 
 def test_a_split_reads_the_cache_per_batch_not_a_copy():
-    data = common.load_dataset("digits", 16)
+    data = data.load_dataset("digits", 16)
     assert isinstance(data.images, np.memmap)
     train, held = data.split()
     assert train.images.base is data.images and held.images.base is data.images  # indices, no copy
@@ -143,7 +145,7 @@ class WorkerPids(torch.utils.data.Dataset):
 
 
 def test_loader_workers_start_once_for_every_epoch():
-    stream = common.batches(WorkerPids(), 4, seed=0, start_step=0, device="cpu", workers=1)
+    stream = data.batches(WorkerPids(), 4, seed=0, start_step=0, device="cpu", workers=1)
     got = [next(stream) for _ in range(6)]  # three epochs of two batches
     assert [epoch for epoch, _, _ in got] == [0, 0, 1, 1, 2, 2]
     pids = {int(x[0]) for _, x, _ in got}
@@ -180,9 +182,9 @@ def test_timed_returns_the_result_and_its_seconds():
 
 
 def test_fid_reference_images_are_spread_over_a_class_sorted_held_out_set():
-    held = common.load_dataset("mnist", 16, aug="none").split()[1]  # MNIST's file is sorted by class
+    held = data.load_dataset("mnist", 16, aug="none").split()[1]  # MNIST's file is sorted by class
     assert held.labels[:100].max() < 2  # its first 100 held-out images are 0s and 1s only
-    evaluator = fid.Evaluator("mnist", held, "mnist", 16, 100, "cpu")
+    evaluator = evaluate.Evaluator("mnist", held, "mnist", 16, 100, "cpu")
     spread = np.linspace(0, len(held) - 1, 100).round().astype(int)
     assert sorted(set(held.labels[spread].tolist())) == list(range(10))
     x = torch.from_numpy(np.array(held.images[spread])).permute(0, 3, 1, 2).float() / 255

@@ -7,6 +7,8 @@ from PIL import Image
 
 import classifiers
 import common
+import data
+import evaluate
 import fid
 
 
@@ -235,7 +237,7 @@ def test_uint8_rounding_matches_saved_png(tmp_path):
     x = torch.rand(3, 3, 8, 8) * 2 - 1
     common.save_grid(x[:1], tmp_path / "one.png", nrow=1)
     png = np.asarray(Image.open(tmp_path / "one.png").convert("RGB"))  # a single image gets no padding
-    ours = (fid.to_unit_uint8(x[:1])[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    ours = (evaluate.to_unit_uint8(x[:1])[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     assert np.array_equal(png, ours)
 
 
@@ -244,7 +246,7 @@ def test_digits_net_accuracy_and_coverage():
     assert accuracy >= 0.97, accuracy
     # Deterministic: the cached copy a training run uses is the same network.
     cached = classifiers.load_classifier("digits")
-    train, held = common.load_dataset("digits", 32, aug="none").split()
+    train, held = data.load_dataset("digits", 32, aug="none").split()
     x = torch.from_numpy(np.array(held.images)).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         f1, logits = model(x)
@@ -261,23 +263,23 @@ def test_digits_net_accuracy_and_coverage():
 
 def test_diversity_and_farthest_closed_forms():
     triangle = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, np.sqrt(3.0)]])  # equilateral, side 2
-    assert fid.diversity(triangle) == pytest.approx(2.0)
-    assert fid.diversity(np.zeros((5, 3))) == 0.0  # a collapsed model repeats one image
+    assert evaluate.diversity(triangle) == pytest.approx(2.0)
+    assert evaluate.diversity(np.zeros((5, 3))) == 0.0  # a collapsed model repeats one image
     acts, real = np.array([[0.0], [10.0], [1.0], [-4.0]]), np.array([[0.0], [2.0]])
     # Distances to the nearest real point: 0, 8, 1, 4 -> worst first.
-    assert list(fid.farthest_from(acts, real, k=3)) == [1, 3, 2]
+    assert list(evaluate.farthest_from(acts, real, k=3)) == [1, 3, 2]
 
 
 def test_evaluator_diversity_and_worst_samples(tmp_path):
-    _, held = common.load_dataset("digits", 16, aug="none").split()
-    evaluate = fid.Evaluator("digits", held, "digits", 16, 5000, "cpu")
+    _, held = data.load_dataset("digits", 16, aug="none").split()
+    evaluate = evaluate.Evaluator("digits", held, "digits", 16, 5000, "cpu")
     real = (
         torch.from_numpy(np.array(held.images[:100])).permute(0, 3, 1, 2).float() / 127.5 - 1
     )  # (100, 1, 16, 16)
     blank = torch.full((16, 1, 16, 16), -1.0)  # black squares: no digit at all
     fake = torch.cat([real, blank])
     row = evaluate(fake, tmp_path / "worst.png")
-    assert row["diversity_real"] == pytest.approx(fid.diversity(evaluate.real_acts))
+    assert row["diversity_real"] == pytest.approx(evaluate.diversity(evaluate.real_acts))
     assert 0.8 < row["diversity"] / row["diversity_real"] < 1.3
     worst = np.asarray(Image.open(tmp_path / "worst.png").convert("L"))
     assert worst.shape == (4 * 18 + 2, 4 * 18 + 2)
@@ -303,7 +305,7 @@ def test_lpips_diversity_matches_lpips_package(vgg_state):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         oracle = lpips.LPIPS(net="vgg", lpips=False, pnet_rand=True, verbose=False).eval()
-    ours = fid.lpips_vgg(vgg_state)
+    ours = evaluate.lpips_vgg(vgg_state)
     for k in range(1, 6):  # the oracle's five slices hold the same layers of vgg16().features
         for idx, layer in getattr(oracle.net, f"slice{k}").named_children():
             layer.load_state_dict(ours[int(idx)].state_dict())
@@ -312,20 +314,20 @@ def test_lpips_diversity_matches_lpips_package(vgg_state):
     keep = i != j
     with torch.no_grad():
         expected = oracle(x[i[keep]], x[j[keep]]).mean().item()
-    assert fid.lpips_diversity(x, ours, pairs=40, seed=0, batch_size=7) == pytest.approx(expected, rel=1e-5)
-    assert fid.lpips_diversity(x[:1].repeat(5, 1, 1, 1), ours) == pytest.approx(0.0, abs=1e-6)
+    assert evaluate.lpips_diversity(x, ours, pairs=40, seed=0, batch_size=7) == pytest.approx(expected, rel=1e-5)
+    assert evaluate.lpips_diversity(x[:1].repeat(5, 1, 1, 1), ours) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_evaluator_adds_lpips_only_when_vgg_weights_exist(tmp_path, monkeypatch, vgg_state):
-    _, held = common.load_dataset("digits", 16, aug="none").split()
+    _, held = data.load_dataset("digits", 16, aug="none").split()
     fake = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache: no VGG
     monkeypatch.delenv("VGG_WEIGHTS", raising=False)
-    assert "lpips" not in fid.Evaluator("digits", held, "digits", 16, 5000, "cpu")(fake)
+    assert "lpips" not in evaluate.Evaluator("digits", held, "digits", 16, 5000, "cpu")(fake)
     torch.save(vgg_state, tmp_path / "vgg.pth")
     monkeypatch.setattr(common, "find_pretrained", lambda name, *a, **k: tmp_path / "vgg.pth")
-    row = fid.Evaluator("digits", held, "digits", 16, 5000, "cpu")(fake)
-    assert row["lpips"] == pytest.approx(fid.lpips_diversity(fake, fid.lpips_vgg(vgg_state)))
+    row = evaluate.Evaluator("digits", held, "digits", 16, 5000, "cpu")(fake)
+    assert row["lpips"] == pytest.approx(evaluate.lpips_diversity(fake, evaluate.lpips_vgg(vgg_state)))
 
 
 def test_cli_two_statistics_files_need_no_network(tmp_path, monkeypatch, capsys):

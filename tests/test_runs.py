@@ -11,8 +11,10 @@ import torch
 
 import classifiers
 import common
+import data
 import dcgan
 import ddpm
+import evaluate
 import fid
 import sagan
 import vae
@@ -187,7 +189,7 @@ def test_garbage_checkpoint_is_called_damaged_not_pickle(tmp_path):
 
 
 def test_truncated_data_cache_is_rebuilt():
-    expected = np.array(common.load_dataset("digits", 16, aug="none").images)  # a copy, not the memmap
+    expected = np.array(data.load_dataset("digits", 16, aug="none").images)  # a copy, not the memmap
     manifest = next(  # the digits' own cache: MNIST's and others' at 16 px may sit beside it
         p
         for p in (common.CACHE_DIR / "data").glob("*.json")
@@ -196,15 +198,15 @@ def test_truncated_data_cache_is_rebuilt():
     npy = manifest.with_suffix(".npy")
     npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])
     with pytest.warns(UserWarning, match="damaged.*rebuilding"):
-        again = common.load_dataset("digits", 16, aug="none")
+        again = data.load_dataset("digits", 16, aug="none")
     assert np.array_equal(expected, np.asarray(again.images))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the rebuilt cache loads quietly
-        common.load_dataset("digits", 16, aug="none")
+        data.load_dataset("digits", 16, aug="none")
 
 
 def test_data_cache_that_disagrees_with_its_manifest_is_rebuilt():
-    expected = np.array(common.load_dataset("lfw", 16, aug="none").images)
+    expected = np.array(data.load_dataset("lfw", 16, aug="none").images)
     manifest = next(
         p
         for p in (common.CACHE_DIR / "data").glob("*.json")
@@ -213,7 +215,7 @@ def test_data_cache_that_disagrees_with_its_manifest_is_rebuilt():
     meta = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**meta, "n": meta["n"] + 1}))
     with pytest.warns(UserWarning, match="does not match its manifest"):
-        again = common.load_dataset("lfw", 16, aug="none")
+        again = data.load_dataset("lfw", 16, aug="none")
     assert np.array_equal(expected, np.asarray(again.images))
 
 
@@ -232,18 +234,18 @@ def test_garbage_digits_net_cache_is_retrained(capsys):
 
 
 def test_damaged_fid_statistics_cache_is_recomputed():
-    held = common.load_dataset("digits", 16, aug="none").split()[1]
-    first = fid.Evaluator("digits", held, "digits", 16, 100, "cpu")
+    held = data.load_dataset("digits", 16, aug="none").split()[1]
+    first = evaluate.Evaluator("digits", held, "digits", 16, 100, "cpu")
     path = next((common.CACHE_DIR / "fid_stats").glob("digits_digits_None_16_100_cpu.npz"))
     with np.load(path) as f:
         assert list(f.keys()) == ["acts"]  # only what is read back
     path.write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="damaged"):
-        again = fid.Evaluator("digits", held, "digits", 16, 100, "cpu")
+        again = evaluate.Evaluator("digits", held, "digits", 16, 100, "cpu")
     assert np.allclose(first.real_acts, again.real_acts)
     np.savez(path, acts=first.real_acts[:10])  # the wrong number of rows for 100 images
     with pytest.warns(UserWarning, match="10 rows, not 100"):
-        fid.Evaluator("digits", held, "digits", 16, 100, "cpu")
+        evaluate.Evaluator("digits", held, "digits", 16, 100, "cpu")
 
 
 def test_resume_is_exact_with_fid_on(tmp_path):

@@ -16,6 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+import data  # noqa: E402
+import evaluate  # noqa: E402
 import fid  # noqa: E402
 
 save_training_state = common.save_training_state
@@ -27,11 +29,11 @@ def save_and_keep_rank(out, objects, step, epoch, train_seconds, args):
     torch.save(dict(state, rng=torch.get_rng_state(), step=step), Path(out) / f"rank_{common.rank()}.pt")
 
 
-def evaluate(path):
+def score_images(path):
     """The digits evaluator on 101 fixed images (an odd count: the ranks' shares differ in size)."""
     common.setup_device(common.add_common_args(argparse.ArgumentParser()).parse_args([]))
-    train, heldout = common.load_dataset("digits", 16).split()
-    evaluator = fid.Evaluator("digits", heldout, "digits", 16, 300, "cpu")
+    train, heldout = data.load_dataset("digits", 16).split()
+    evaluator = evaluate.Evaluator("digits", heldout, "digits", 16, 300, "cpu")
     fake = torch.from_numpy(train.images[:101].copy()).permute(0, 3, 1, 2).float() / 127.5 - 1
     fake = fake + 0.3 * torch.randn(fake.shape, generator=torch.Generator().manual_seed(0))
     row = evaluator(fake.clamp(-1, 1))
@@ -41,7 +43,7 @@ def evaluate(path):
 
 if __name__ == "__main__":
     if sys.argv[1] == "evaluate":
-        evaluate(sys.argv[2])
+        score_images(sys.argv[2])
     else:
         common.save_training_state = save_and_keep_rank
         importlib.import_module(sys.argv[1]).main(sys.argv[2:])

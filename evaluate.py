@@ -1,0 +1,192 @@
+"""The study's evaluation of a training run, on top of fid.py (FID, KID, IS) and classifiers.py (the
+built-in data's classifiers): `Evaluator` scores a run's samples against its held-out images in one
+feature space (Inception when its weights are on disk, else the built-in data's classifier: FID(digits),
+FID(mnist), FID(shapes)), with the FID's bootstrap interval, KID, diversity (a collapse alarm), LPIPS
+diversity (with torchvision's VGG-16 on disk), the samples farthest from any real image, class
+coverage, and the accuracy of conditional samples by the data's classifier (iCLEVR's rule).
+"""
+
+import warnings
+
+import numpy as np
+import torch
+from scipy.spatial.distance import cdist, pdist
+
+import classifiers
+import common
+import data
+import fid
+
+VGG_NAME = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16: LPIPS here, the perceptual loss in vae.py
+VGG_URL = f"https://download.pytorch.org/models/{VGG_NAME}"
+
+
+# ----------------------------------------------------------------------------- diversity and LPIPS diversity
+def diversity(acts, n=500):
+    """Mean pairwise Euclidean distance between the first n feature vectors: near 0 when a
+    model repeats itself (mode collapse), compared with the same number on real images."""
+    return float(pdist(np.asarray(acts, np.float64)[:n]).mean())
+
+
+def farthest_from(acts, real_acts, k=16):
+    """Indices of the k rows of acts farthest from their nearest real neighbour: the samples
+    that look least like any training-distribution image, the worst first."""
+    nearest = cdist(acts, real_acts).min(axis=1)
+    return np.argsort(-nearest, kind="stable")[:k]
+
+
+LPIPS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in vgg16().features
+
+
+def lpips_vgg(state_dict, device="cpu"):
+    """VGG-16's convolutional layers up to relu5_3, from torchvision's state dict."""
+    from torchvision.models import vgg16
+
+    vgg = vgg16()
+    vgg.load_state_dict(state_dict)
+    return vgg.features[: LPIPS_TAPS[-1] + 1].eval().requires_grad_(False).to(device)
+
+
+@torch.no_grad()
+def lpips_diversity(images, vgg, pairs=200, seed=0, batch_size=50):
+    """Mean LPIPS distance (Zhang et al. 2018) between random pairs of images in [-1, 1], near 0 under
+    mode collapse: its uncalibrated baseline (lpips=False, every channel weighing 1): each VGG tap
+    unit-normalised over channels, squared differences summed over channels, averaged over positions."""
+    device = next(vgg.parameters()).device
+    i, j = torch.randint(len(images), (2, pairs), generator=torch.Generator().manual_seed(seed))
+    i, j = i[i != j], j[i != j]
+    shift = torch.tensor([-0.030, -0.088, -0.188], device=device).view(1, 3, 1, 1)  # LPIPS's input scaling
+    scale = torch.tensor([0.458, 0.448, 0.450], device=device).view(1, 3, 1, 1)
+
+    def taps(x):
+        x = (x.to(device).float().expand(-1, 3, -1, -1) - shift) / scale  # gray -> RGB
+        out = []
+        for k, layer in enumerate(vgg):
+            x = layer(x)
+            if k in LPIPS_TAPS:
+                out.append(x / (x.norm(dim=1, keepdim=True) + 1e-10))
+        return out
+
+    dists = []
+    for a, b in zip(i.split(batch_size), j.split(batch_size)):
+        pairs = zip(taps(images[a]), taps(images[b]))
+        dists.append(sum(((u - v) ** 2).sum(1).mean((1, 2)) for u, v in pairs))
+    return float(torch.cat(dists).mean())
+
+
+# ----------------------------------------------------------------------------- evaluation during training
+def to_unit_uint8(x):
+    """[-1, 1] -> [0, 1] through save_image's 8-bit rounding: tensors score as their saved PNGs do."""
+    return ((x.float() + 1) / 2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8).float() / 255
+
+
+class Evaluator:
+    """FID, KID, diversity (and LPIPS diversity with VGG-16 on disk) of generated images against
+    the cached held-out features, in one feature space for the run: 'inception', or the built-in
+    data's own classifier ('digits', 'mnist', 'shapes'); and conditional accuracy where such a
+    classifier exists."""
+
+    # Building the networks draws their initial weights (replaced by the trained ones) from the global RNG:
+    # forked, so that the training noise does not depend on whether a run was resumed (its RNG restored
+    # before this) or not.
+    @torch.random.fork_rng(devices=[])
+    def __init__(self, features, heldout, spec, res, n_real, device, weights=None, crop=None):
+        self.model, self.device = None, device
+        if features in ("auto", "inception"):
+            try:  # load once: finding the weights already costs a sha256 of the 100 MB file
+                self.model, features = fid.load_inception(weights, device), "inception"
+            except common.UserError as e:
+                if features == "inception":
+                    raise
+                features = spec if spec in data.CLASSIFIED else "none"
+                warnings.warn(
+                    f"{e}; FID {f'in the {spec} feature space' if features != 'none' else 'skipped'}"
+                )
+        self.features = features
+        if features == "none":
+            return
+        # The data's classifier scores conditional samples, whatever space FID is measured in.
+        own = classifiers.load_classifier(spec, device) if spec in data.CLASSIFIED else None
+        self.model, self.classifier = self.model or classifiers.load_classifier(features, device), own
+        self.n_real = min(n_real, len(heldout))
+        # The device type too: a GPU's convolutions round differently from the CPU's.
+        key = f"{features}_{spec}_{crop}_{res}_{self.n_real}_{torch.device(device).type}"
+        key = key.replace("/", "_").replace(",", "+")[-150:]
+        self.real_acts = self._real_activations(heldout, common.CACHE_DIR / "fid_stats" / f"{key}.npz")
+        self.real_stats = fid.stats(self.real_acts)
+        self.real_diversity = diversity(self.real_acts)
+        try:  # optional: never downloaded for this, and its absence is n/a in the report
+            path = common.find_pretrained(VGG_NAME, VGG_URL, None, "VGG_WEIGHTS", download=False)
+            self.vgg = lpips_vgg(torch.load(path, map_location="cpu", weights_only=True), device)
+        except common.UserError:
+            self.vgg = None
+
+    @classmethod
+    def for_run(cls, args, heldout, device):
+        """The evaluator a training run's flags ask for. A conditional run's samples are drawn for
+        `labels` (--fid-n of them, like the held-out data's) and for each of `conditions`, the fixed
+        condition lists (4 samples a condition), whose accuracy `accuracy` measures."""
+        weights = args.inception_weights
+        evaluator = cls(
+            args.fid_features, heldout, args.data, args.res, args.fid_n_real, device, weights, args.crop
+        )
+        evaluator.labels = data.labels_like(heldout, args.fid_n) if args.cond else None
+        evaluator.conditions = data.condition_lists(heldout, repeats=4) if args.cond else {}
+        return evaluator
+
+    @common.rank0_first()  # under torchrun rank 0 computes and caches them, the others read the cache
+    def _real_activations(self, heldout, path):
+        """The held-out images' features, cached at `path` (recomputed if that fails to load)."""
+        try:
+            with np.load(path) as f:
+                acts = f["acts"]
+            if acts.shape[0] == self.n_real:
+                return acts
+            warnings.warn(f"FID statistics cache {path} has {len(acts)} rows, not {self.n_real}; recomputing")
+        except (OSError, ValueError, KeyError) as e:
+            if path.exists():
+                warnings.warn(f"FID statistics cache {path} is damaged ({e}); recomputing it")
+        spread = data.spread(len(heldout), self.n_real)  # every class of a class-sorted held-out set
+        real = torch.from_numpy(np.array(heldout.images[spread])).permute(0, 3, 1, 2).float() / 255
+        acts = fid.activations(real, self.model, device=self.device)
+        common.atomic_write(path, lambda f: np.savez(f, acts=acts))
+        return acts
+
+    def __call__(self, fake, worst_path=None):
+        """fake: generated images in [-1, 1] (N, C, H, W) -> metrics dict (empty when off).
+        worst_path: where to save a 4x4 grid of the 16 samples farthest from any real image."""
+        if self.features == "none":
+            return {}
+        # Under torchrun every rank holds all the samples, scores its share and gathers the others'.
+        rows = common.share(len(fake))
+        mine = to_unit_uint8(fake[rows.start : rows.stop])
+        acts, logits = fid.activations(mine, self.model, device=self.device, with_logits=True)
+        acts, logits = (common.gather(torch.as_tensor(a), len(fake)).numpy() for a in (acts, logits))
+        if self.features == "inception" and min(len(acts), self.n_real) < 2048:
+            warnings.warn(f"Inception FID of {len(acts)} vs {self.n_real} images (< 2,048) is biased upwards")
+        kid_mean, kid_std = fid.kid(acts, self.real_acts, subsets=50)
+        row = dict(features=self.features, fid=fid.frechet_distance(*fid.stats(acts), *self.real_stats))
+        # The metric's own noise: a 95% interval (normal, from the bootstrap's spread) over the samples.
+        row["fid_std"] = fid.fid_bootstrap(acts, *self.real_stats)
+        row.update(fid_lo=row["fid"] - 1.96 * row["fid_std"], fid_hi=row["fid"] + 1.96 * row["fid_std"])
+        row.update(kid=kid_mean, kid_std=kid_std, n_fake=len(acts), n_real=self.n_real)
+        row.update(diversity=diversity(acts), diversity_real=self.real_diversity)
+        if self.vgg is not None:
+            row["lpips"] = lpips_diversity(fake, self.vgg)
+        if worst_path is not None:
+            common.save_grid(fake[torch.from_numpy(farthest_from(acts, self.real_acts))], worst_path, nrow=4)
+        if self.features == "inception":
+            row["is"], row["is_std"] = fid.inception_score(logits)
+        elif self.features in ("digits", "mnist"):
+            row["classes_covered"], row["class_kl"] = classifiers.class_coverage(logits)
+        return row
+
+    @torch.no_grad()
+    def accuracy(self, fake, labels):
+        """Conditional accuracy (iCLEVR's rule, classifiers.accuracy) of images in [-1, 1] generated for
+        `labels`; None where the data has no classifier (a folder, or FID off)."""
+        if self.features == "none" or self.classifier is None:
+            return None
+        batches = to_unit_uint8(fake).split(500)
+        logits = torch.cat([self.classifier(x.to(self.device))[1].float().cpu() for x in batches])
+        return classifiers.accuracy(logits, labels)
