@@ -144,10 +144,6 @@ def gather(part, n):
 
 
 # ----------------------------------------------------------------------------- flags and presets
-def csv_ints(text):
-    return [int(v) for v in text.split(",") if v]
-
-
 def add_common_args(parser):
     """The flags every training script shares (`parse_with_preset` adds them)."""
     a = parser.add_argument
@@ -169,11 +165,7 @@ def add_common_args(parser):
     a("--amp-dtype", default="fp16", choices=["fp16", "bf16"])
     a("--device", default="auto", choices=["auto", "cpu", "cuda"])
     a("--deterministic", action="store_true", help="bitwise-repeatable GPU runs and resumes; slower kernels")
-    a(
-        "--sync-bn",
-        action="store_true",
-        help="under torchrun on GPUs: BatchNorm statistics of the global batch",
-    )
+    a("--sync-bn", action="store_true", help="under torchrun on GPUs: BatchNorm over the global batch")
     a("--workers", type=int, default=0, help="data-loading worker processes")
     a("--fid-every", type=int, default=25, help="epochs between FID evaluations (0 = only at the end)")
     a("--fid-n", type=int, default=5000, help="generated images per FID")
@@ -186,11 +178,7 @@ def add_common_args(parser):
     a("--cond", action="store_true", help="class-conditional model (labels from the data)")
     a("--generate", type=int, default=None, metavar="N", help="no training: N images from OUT's checkpoint")
     a("--generate-dir", default=None, help="where --generate writes (default OUT/generated)")
-    a(
-        "--labels",
-        default=None,
-        help="--generate's labels: 3 | 3,5 | 'red circle,blue square' | test | FILE.json",
-    )
+    a("--labels", default=None, help="labels to generate: 3 | 3,5 | 'red circle,blue square' | test | FILE")
     return parser
 
 
@@ -475,7 +463,9 @@ class TrainClock:
 
     @property
     def seconds(self):
-        return self._base + (self._end or time.time()) - (self._start or time.time())
+        if self._start is None:  # not started: the seconds of earlier runs
+            return self._base
+        return self._base + (self._end or time.time()) - self._start
 
     @contextlib.contextmanager
     def paused(self):
@@ -511,7 +501,8 @@ class TrainClock:
 
     def finish(self):
         """Training is over: the clock stops, the bar closes, the signals get their defaults back."""
-        self._start, self._end = self._start or time.time(), time.time()
+        now = time.time()
+        self._start, self._end = self._start or now, now
         self.bar.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -604,6 +595,31 @@ def save_outputs(out, grids, conditions=None, classes=None):
         frames = [Image.open(p).convert("RGB") for p in frames]
         save = functools.partial(frames[0].save, format="GIF", save_all=True, duration=200, loop=0)
         atomic_write(Path(out) / "progress.gif", lambda f: save(f, append_images=frames[1:]))
+
+
+def slerp(a, b, t):
+    """Slerp between latents a, b (D,) at t (K,) -> (K, D): Gaussian latents lie near a sphere, not a line."""
+    a_n, b_n = a / a.norm(), b / b.norm()
+    omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
+    t = t[:, None]
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+@torch.no_grad()
+def save_samples(G, nz, seed, labels, conditions, classes, out):
+    """A generator's final pictures, G(z, y) with z ~ N(0, I) (nz,): samples.png (the 64 latents of the
+    epoch grids, `seed`'s), interp.png (a slerp between two random latents a row, one label a row),
+    cond_*.png and progress.gif (`save_outputs`) -> seconds a sample."""
+    device = next(G.parameters()).device
+    final, seconds = timed(generate, G, 64, nz, device, seed, labels)
+    ends = torch.randn(16, nz, generator=torch.Generator().manual_seed(seed + 1))
+    walk = torch.cat([slerp(ends[i], ends[8 + i], torch.linspace(0, 1, 8)) for i in range(8)])  # (64, nz)
+    walk_y = labels[:8].repeat_interleave(8, 0).to(device) if labels is not None else None
+    cells = {name: (generate(G, 32, nz, device, seed, y[:32]), y[:32]) for name, y in conditions.items()}
+    save_outputs(out, {"samples.png": final, "interp.png": G(walk.to(device), walk_y)}, cells, classes)
+    return seconds / 64
 
 
 def save_generated(x, labels, classes, folder):

@@ -133,6 +133,21 @@ def init_weights(m):
         nn.init.zeros_(m.bias)
 
 
+def networks(args, train_a, train_b):
+    """G_AB, G_BA (ResNet generators), D_A, D_B (PatchGAN or whole-image), N(0, 0.02) init."""
+    c_a, c_b = train_a.images.shape[-1], train_b.images.shape[-1]
+    G_AB, G_BA = (
+        ResnetGenerator(c_in, c_out, args.ngf, args.n_blocks) for c_in, c_out in ((c_a, c_b), (c_b, c_a))
+    )
+    if args.disc == "patch":
+        D_A, D_B = (PatchDiscriminator(c, args.ndf, args.d_layers) for c in (c_a, c_b))
+    else:
+        D_A, D_B = (ImageDiscriminator(c, args.ndf, args.res) for c in (c_a, c_b))
+    for m in (G_AB, G_BA, D_A, D_B):
+        m.apply(init_weights)
+    return G_AB, G_BA, D_A, D_B
+
+
 class ImagePool:
     """A history of generated images (Shrivastava et al. 2017): D learns from a mix of the newest fakes
     and older ones, so G and D do not chase each other in circles. Size 0 passes through; until full,
@@ -232,6 +247,12 @@ def load_domains(args):
     for (train, test), name in zip(domains, names):
         if len(test) == 0:  # a split holds out a sixth
             raise common.UserError(f"{name}: {len(train)} image(s) leave none held out; give it 6 or more")
+    c_a, c_b = (train.images.shape[-1] for train, _ in domains)
+    if c_a != c_b and args.lambda_cycle * args.lambda_identity:
+        raise common.UserError(
+            f"domain A has {c_a} channel(s) and B {c_b}: the identity loss feeds B's images to G_AB, which "
+            "takes A's; pass --lambda-identity 0, or data with equal channels"
+        )
     return *domains, names
 
 
@@ -288,9 +309,21 @@ def evaluate(G_AB, G_BA, evaluators, tests, n, device):
     return {k: v for k, v in row.items() if v is not None}
 
 
+def save_translations(G_AB, G_BA, test_a, test_b, n, device, folder):
+    """--generate: n held-out images of each domain translated, into FOLDER/A2B and FOLDER/B2A (with
+    the source images' labels in labels.csv where the domain has classes)."""
+    for way, G, test in (("A2B", G_AB, test_a), ("B2A", G_BA, test_b)):
+        x, labels = spread_images(test, n)
+        labels = labels if len(test.classes) > 1 else None
+        common.save_generated(translate(G, x, device), labels, test.classes, folder / way)
+    return folder
+
+
 def say_eval(row, step):
+    """Print an evaluation row -> the row."""
     words = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()]
     print(f"step {step}: " + ", ".join(words))
+    return row
 
 
 # ----------------------------------------------------------------------------- main
@@ -317,7 +350,9 @@ def parse_args(argv=None):
     args.n_blocks = args.n_blocks or (6 if args.res <= 128 else 9)
     args.d_layers = args.d_layers or max(1, int(math.log2(args.res)) - 5)
     if args.cond or args.labels:
-        p.error("--cond and --labels do not apply: cyclegan.py translates, it is not conditioned")
+        raise common.UserError(
+            "--cond and --labels do not apply: cyclegan.py translates, it is not conditioned"
+        )
     return args
 
 
@@ -326,22 +361,7 @@ def main(argv=None):
     args = parse_args(argv)
     out, device, autocast, scaler = common.prepare_run(args, MODEL_FLAGS)
     (train_a, test_a), (train_b, test_b), names = load_domains(args)
-    c_a, c_b = train_a.images.shape[-1], train_b.images.shape[-1]
-    if c_a != c_b and args.lambda_cycle * args.lambda_identity:
-        raise common.UserError(
-            f"domain A has {c_a} channel(s) and B {c_b}: the identity loss feeds B's images to G_AB, which "
-            "takes A's; pass --lambda-identity 0, or data with equal channels"
-        )
-    G_AB, G_BA = (
-        common.place(ResnetGenerator(c_in, c_out, args.ngf, args.n_blocks), device)
-        for c_in, c_out in ((c_a, c_b), (c_b, c_a))
-    )
-    if args.disc == "patch":
-        D_A, D_B = (common.place(PatchDiscriminator(c, args.ndf, args.d_layers), device) for c in (c_a, c_b))
-    else:
-        D_A, D_B = (common.place(ImageDiscriminator(c, args.ndf, args.res), device) for c in (c_a, c_b))
-    for m in (G_AB, G_BA, D_A, D_B):
-        m.apply(init_weights)
+    G_AB, G_BA, D_A, D_B = (common.place(m, device) for m in networks(args, train_a, train_b))
     ema_ab, ema_ba = common.EMA(G_AB, args.ema), common.EMA(G_BA, args.ema)
     betas = (0.5, 0.999)
     opt_g = torch.optim.Adam([*G_AB.parameters(), *G_BA.parameters()], lr=args.lr, betas=betas)
@@ -353,26 +373,20 @@ def main(argv=None):
     step, clock, log = common.start_or_resume(out, objects, args, args.epochs * per_epoch, "cyclegan")
     if args.generate:  # no training: translate N held-out images each way with the EMA generators
         folder = Path(args.generate_dir or out / "generated")
-        for way, G, test in (("A2B", ema_ab.module, test_a), ("B2A", ema_ba.module, test_b)):
-            x, labels = spread_images(test, args.generate)
-            labels = labels if len(test.classes) > 1 else None  # labels.csv: the source images' labels
-            common.save_generated(translate(G, x, device), labels, test.classes, folder / way)
-        return folder
+        return save_translations(ema_ab.module, ema_ba.module, test_a, test_b, args.generate, device, folder)
     # Under torchrun the steps call these wrappers (gradients averaged over the ranks). The G step calls
     # the discriminators themselves: frozen there, they have no gradient for DDP to wait for.
     G_AB_ddp, G_BA_ddp = common.ddp(G_AB, device, args), common.ddp(G_BA, device, args)
     D_A_ddp, D_B_ddp = common.ddp(D_A, device, args), common.ddp(D_B, device, args)
-    weights, n_real = args.inception_weights, args.fid_n_real
-    evaluators = [
-        Evaluator(args.fid_features, test, name, args.res, n_real, device, weights, args.crop)
-        for test, name in ((test_a, names[0]), (test_b, names[1]))
+    tests, weights = (test_a, test_b), args.inception_weights
+    evaluators = [  # each domain's held-out images, in its own feature space
+        Evaluator(args.fid_features, test, name, args.res, args.fid_n_real, device, weights, args.crop)
+        for test, name in zip(tests, names)
     ]
     # The same 8 held-out images of each domain in every grid.
     fixed_a, fixed_b = spread_images(test_a, 8)[0], spread_images(test_b, 8)[0]
-    stream_a, stream_b = (
-        data.batches(train_a, args, step, device),
-        data.batches(train_b, args, step, device, args.seed + 1),
-    )
+    stream_a = data.batches(train_a, args, step, device)
+    stream_b = data.batches(train_b, args, step, device, args.seed + 1)  # its own order
     losses, metrics, eval_step = {}, {}, None
     while not clock.stop(step):
         # Constant, then linearly to 0 over the second half of --epochs (or of --max-minutes, when
@@ -414,12 +428,9 @@ def main(argv=None):
                 if epoch % args.sample_every == 0:
                     grid = translation_grid(ema_ab.module, ema_ba.module, fixed_a, fixed_b, device)
                     common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
-                if args.fid_every and epoch % args.fid_every == 0:
-                    metrics = evaluate(
-                        ema_ab.module, ema_ba.module, evaluators, (test_a, test_b), args.fid_n, device
-                    )
-                    say_eval(log.eval(metrics, step, epoch), step)  # an "eval" row: no single "fid" here
-                    eval_step = step
+                if args.fid_every and epoch % args.fid_every == 0:  # an "eval" row: no single "fid" here
+                    row = evaluate(ema_ab.module, ema_ba.module, evaluators, tests, args.fid_n, device)
+                    metrics, eval_step = say_eval(log.eval(row, step, epoch), step), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
@@ -427,14 +438,15 @@ def main(argv=None):
     if clock.signalled:  # out within seconds: the final evaluation waits for --resume
         return common.write_summary(out, clock, dict(model="cyclegan", steps=step))
     if eval_step != step:  # the final weights are evaluated unless the last epoch's evaluation saw them
-        metrics = evaluate(ema_ab.module, ema_ba.module, evaluators, (test_a, test_b), args.fid_n, device)
-        say_eval(log.eval(metrics, step, step / per_epoch), step)
+        row = evaluate(ema_ab.module, ema_ba.module, evaluators, tests, args.fid_n, device)
+        metrics = say_eval(log.eval(row, step, step / per_epoch), step)
     grid, seconds = common.timed(translation_grid, ema_ab.module, ema_ba.module, fixed_a, fixed_b, device)
     common.save_outputs(out, {"translate.png": grid})
     run = dict(model="cyclegan", domains=list(names), steps=step, epochs=step / per_epoch)
     run.update(sample_seconds_per_image=seconds / (4 * len(fixed_a)), final={**losses, **metrics})  # 4 a pair
-    models = dict(G_AB=G_AB, G_BA=G_BA, D_A=D_A, D_B=D_B)
-    return common.write_summary(out, clock, run, models, step * args.batch_size)
+    return common.write_summary(
+        out, clock, run, dict(G_AB=G_AB, G_BA=G_BA, D_A=D_A, D_B=D_B), step * args.batch_size
+    )
 
 
 if __name__ == "__main__":

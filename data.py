@@ -5,6 +5,7 @@ labels and the fixed condition lists of conditional runs; the training batches a
 Pixels are in [-1, 1] everywhere past the cache. No model or training plumbing lives here.
 """
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -423,3 +424,37 @@ def augment(x, mode):
             gray = x.mean(dim=1, keepdim=True)
             x = (x - gray) * saturation + gray
     return x.clamp(-1, 1)
+
+
+# ----------------------------------------------------------------------------- CLI
+@common.exits_on_user_error
+def main(argv=None):
+    """python data.py SPEC DST: a dataset's images as PNG files, a folder that every script reads
+    (--data DST), align.py aligns and fid.py scores; one sub-folder a class when there are several.
+    DST/labels.csv (file, label) is written last: a folder holding it is complete."""
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    p.add_argument("spec", help="any --data spec: digits | mnist | lfw | shapes | folder | mix")
+    p.add_argument("dst", help="the folder to write")
+    p.add_argument("--res", type=int, default=64, help="image side in pixels")
+    p.add_argument("--crop", type=int, default=None, help="center-crop N px before resizing")
+    p.add_argument("--split", default="all", choices=["all", "train", "heldout"], help="which images")
+    args = p.parse_args(argv)
+    images = load_dataset(args.spec, args.res, crop=args.crop, aug="none")
+    images = {"all": images, "train": images.split()[0], "heldout": images.split()[1]}[args.split]
+    dst, rows = Path(args.dst), ["file,label\n"]
+    for i in tqdm(range(len(images)), desc=f"writing {dst}", disable=len(images) < 500):
+        label = images.labels[i]
+        name = images.classes[label].replace("/", "_") if np.ndim(label) == 0 else None
+        file = f"{name}/{i:06d}.png" if name is not None and len(images.classes) > 1 else f"{i:06d}.png"
+        pixels = np.asarray(images.images[i])
+        (dst / file).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(dst / file)
+        names = name if name is not None else " + ".join(images.classes[k] for k in np.flatnonzero(label))
+        rows.append(f'{file},"{names}"\n')
+    common.atomic_write(dst / "labels.csv", lambda f: f.write("".join(rows).encode()))
+    print(f"wrote {len(images)} images to {dst}")
+    return dst
+
+
+if __name__ == "__main__":
+    main()

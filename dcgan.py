@@ -180,52 +180,6 @@ def diff_augment(x, policy):
     return x
 
 
-# ----------------------------------------------------------------------------- sampling and evaluation
-def slerp(a, b, t):
-    """Slerp between latents a, b (D,) at t (K,) -> (K, D): Gaussian latents lie near a sphere, not a line."""
-    a_n, b_n = a / a.norm(), b / b.norm()
-    omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
-    t = t[:, None]
-    if omega.abs() < 1e-6:
-        return (1 - t) * a + t * b
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-
-
-def latent_walk(nz, seed, rows=8, cols=8):
-    """(rows * cols, nz) latents: each row a slerp path between two random N(0, I) latents."""
-    ends = torch.randn(2 * rows, nz, generator=torch.Generator().manual_seed(seed))
-    t = torch.linspace(0, 1, cols)
-    return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
-
-
-def evaluate(G, evaluator, args, out):
-    """FID and friends of --fid-n samples (a conditional run's for the evaluator's labels), and the
-    accuracy on each condition list (`acc_test`...); {} when FID is off."""
-    if evaluator.features == "none":
-        return {}
-    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, evaluator.labels)
-    row = evaluator(fake, out / "worst.png")
-    for name, y in evaluator.conditions.items():
-        fake = common.generate(G, len(y), args.nz, evaluator.device, args.seed + 5, y)
-        row[f"acc_{name}"] = evaluator.accuracy(fake, y)
-    return row
-
-
-@torch.no_grad()
-def save_outputs(G, args, fixed_y, conditions, classes, device, out):
-    """samples.png (the grids' 64 latents), interp.png (a slerp walk a row; one label a row), cond_*.png
-    (one cell a condition), progress.gif -> seconds per sample."""
-    final, seconds = common.timed(common.generate, G, 64, args.nz, device, args.seed, fixed_y)
-    walk_y = fixed_y[:8].repeat_interleave(8, 0) if fixed_y is not None else None
-    walk = G(latent_walk(args.nz, args.seed + 1).to(device), walk_y)
-    cells = {
-        name: (common.generate(G, 32, args.nz, device, args.seed, y[:32]), y[:32])
-        for name, y in conditions.items()
-    }
-    common.save_outputs(out, {"samples.png": final, "interp.png": walk}, cells, classes)
-    return seconds / 64
-
-
 # ----------------------------------------------------------------------------- main
 CPU_PRESET = dict(ngf=32, ndf=32)  # with common.CPU_PRESET: 16 px digits, 5 minutes
 MODEL_FLAGS = ("res", "g_arch", "nz", "ngf", "ndf", "cond")  # a resumed run must keep these
@@ -310,10 +264,8 @@ def main(argv=None):
                     grid = common.generate(ema.module, 64, args.nz, device, args.seed, fixed_y)
                     common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    metrics, fid_step = (
-                        log.eval(evaluate(ema.module, evaluator, args, out), step, epoch),
-                        step,
-                    )
+                    row = evaluator.score_generator(ema.module, args.nz, args.seed + 2, out / "worst.png")
+                    metrics, fid_step = log.eval(row, step, epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
     clock.finish()
@@ -321,8 +273,10 @@ def main(argv=None):
     if clock.signalled:  # out within seconds: the final evaluation waits for --resume
         return common.write_summary(out, clock, dict(model="dcgan", steps=step))
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
-        metrics = log.eval(evaluate(ema.module, evaluator, args, out), step, step / per_epoch)
-    seconds = save_outputs(ema.module, args, fixed_y, evaluator.conditions, heldout.classes, device, out)
+        row = evaluator.score_generator(ema.module, args.nz, args.seed + 2, out / "worst.png")
+        metrics = log.eval(row, step, step / per_epoch)
+    conditions, classes = evaluator.conditions, heldout.classes  # the final pictures, from the EMA weights
+    seconds = common.save_samples(ema.module, args.nz, args.seed, fixed_y, conditions, classes, out)
     run = dict(model="dcgan", steps=step, epochs=step / per_epoch, sample_seconds_per_image=seconds)
     run["final"] = {**losses, **metrics}
     return common.write_summary(out, clock, run, dict(G=G, D=D), step * args.batch_size)

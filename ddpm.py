@@ -301,24 +301,26 @@ def ddpm_sample(model, shape, betas, pred, x_T=None):
     return x
 
 
+def choose_sampler(args, alpha_bar, betas):
+    """The sampler the flags ask for, chosen once for every output: sampler(model, shape, x_T=...)."""
+    if args.sampler == "ddim":
+        ddim = dict(steps=args.sample_steps, pred=args.pred, eta=args.eta, spacing=args.spacing)
+        return functools.partial(ddim_sample, alpha_bar=alpha_bar, **ddim)
+    return functools.partial(ddpm_sample, betas=betas, pred=args.pred)
+
+
 def sample(sampler, model, x_T, labels=None, guidance=1.0):
-    """Images in [-1, 1] from noise x_T (B, C, H, W) by `sampler` (ddim_sample or ddpm_sample with the
-    run's settings, chosen once in main), the model guided toward `labels` (see `guided`)."""
+    """Images in [-1, 1] from noise x_T (B, C, H, W) by `sampler` (`choose_sampler`'s), the model guided
+    toward `labels` (see `guided`)."""
     return sampler(functools.partial(guided, model, labels=labels, guidance=guidance), x_T.shape, x_T=x_T)
 
 
 def evaluate(model, sampler, shape, evaluator, args, guidance, out):
     """FID and friends of --fid-n samples from seeded noise (a conditional run's for the evaluator's
     labels, at `guidance`), and the accuracy on each condition list; {} when no feature space is on."""
-    if evaluator.features == "none":
-        return {}
     draw = functools.partial(sample, sampler, model, guidance=guidance)  # draw(x_T, labels)
-    fake = common.generate(draw, args.fid_n, shape, evaluator.device, args.seed + 2, evaluator.labels)
-    row = evaluator(fake, out / "worst.png")
-    for name, y in evaluator.conditions.items():
-        fake = common.generate(draw, len(y), shape, evaluator.device, args.seed + 5, y)
-        row[f"acc_{name}"] = evaluator.accuracy(fake, y)
-    return {**row, "guidance": guidance} if evaluator.conditions else row
+    row = evaluator.score_generator(draw, shape, args.seed + 2, out / "worst.png")
+    return {**row, "guidance": guidance} if row and evaluator.conditions else row
 
 
 @torch.no_grad()
@@ -336,11 +338,32 @@ def denoising_strip(sampler, model, x_T, labels, guidance):
     return torch.stack([path[0]] + [path[i] for i in keep], dim=1)
 
 
+def save_outputs(sampler, model, args, shape, fixed_y, conditions, classes, out):
+    """The final pictures from the EMA weights at the first --guidance: samples.png (the grids' 64 x_T),
+    denoise.png (8 of them on their way), cond_*.png (one cell a condition) -> seconds a sample."""
+    device = next(model.parameters()).device
+    draw = functools.partial(sample, sampler, model, guidance=args.guidance[0])  # draw(x_T, labels)
+    final, seconds = common.timed(common.generate, draw, 64, shape, device, args.seed, fixed_y)
+    x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(args.seed))[:8].to(device)
+    strip_y = fixed_y[:8] if fixed_y is not None else None
+    strip = denoising_strip(sampler, model, x_T, strip_y, args.guidance[0])
+    cells = {
+        name: (common.generate(draw, 32, shape, device, args.seed, y[:32]), y[:32])
+        for name, y in conditions.items()
+    }
+    common.save_outputs(out, {"samples.png": final, "denoise.png": strip}, cells, classes)
+    return seconds / 64
+
+
 # ----------------------------------------------------------------------------- main
 # With common.CPU_PRESET (16 px digits, 5 minutes): the small U-Net of the CPU first look.
 CPU_PRESET = dict(base_ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_res=[8], dropout=0.0, lr=1e-3)
 CPU_PRESET.update(sample_steps=20)
 MODEL_FLAGS = ("res", "T", "schedule", "pred", "base_ch", "ch_mult", "num_res_blocks", "attn_res", "cond")
+
+
+def csv_ints(text):
+    return [int(v) for v in text.split(",") if v]
 
 
 def csv_floats(text):
@@ -357,9 +380,9 @@ def parse_args(argv=None):
     a("--schedule", default="linear", choices=["linear", "cosine"])
     a("--pred", default="eps", choices=["eps", "v"])
     a("--base-ch", type=int, default=128)
-    a("--ch-mult", type=common.csv_ints, default=None, help="default by res: 1,2,2 (16), 1,2,2,2 (32) ...")
+    a("--ch-mult", type=csv_ints, default=None, help="default by res: 1,2,2 (16), 1,2,2,2 (32) ...")
     a("--num-res-blocks", type=int, default=2)
-    a("--attn-res", type=common.csv_ints, default=None, help="default: res/8 and res/4 (8,16 at 64)")
+    a("--attn-res", type=csv_ints, default=None, help="default: res/8 and res/4 (8,16 at 64)")
     a("--dropout", type=float, default=0.1)
     a("--grad-clip", type=float, default=1.0)
     a("--sampler", default="ddim", choices=["ddim", "ddpm"], help="for every output: grids, FID, samples")
@@ -404,12 +427,7 @@ def main(argv=None):
     objects = dict(model=model, ema=ema, opt=opt, scaler=scaler)
     per_epoch = max(1, len(train) // args.batch_size)
     step, clock, log = common.start_or_resume(out, objects, args, args.epochs * per_epoch, "ddpm")
-    # The sampler of every output (grids, FID, --generate), chosen once: sampler(model, shape, x_T=...).
-    if args.sampler == "ddim":
-        ddim = dict(steps=args.sample_steps, pred=args.pred, eta=args.eta, spacing=args.spacing)
-        sampler = functools.partial(ddim_sample, alpha_bar=alpha_bar, **ddim)
-    else:
-        sampler = functools.partial(ddpm_sample, betas=betas, pred=args.pred)
+    sampler = choose_sampler(args, alpha_bar, betas)  # of every output: grids, FID, --generate
     draw = functools.partial(sample, sampler, ema.module, guidance=args.guidance[0])  # draw(x_T, labels)
     if args.generate:  # no training: N images from the finished run's EMA weights
         labels = data.generation_labels(args, heldout, args.generate)
@@ -420,18 +438,17 @@ def main(argv=None):
     fixed_y = data.generation_labels(args, heldout, 64)  # every epoch's grid: the same 64 x_T (seed)
     batches, losses, metrics, fid_step = data.batches(train, args, step, device), {}, {}, None
     while not clock.stop(step):
-        x0, y = next(batches)  # (B, C, H, W) in [-1, 1], augmented
-        # Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), a step on L_simple. Under torchrun every rank draws the
-        # global batch's t, eps (and CFG's label drops) from the same RNG and keeps its rows (`shard`).
-        B = args.batch_size
+        x0, labels = next(batches)  # (B, C, H, W) in [-1, 1], augmented
+        # Algorithm 1. Under torchrun every rank draws the global batch's t, eps (and CFG's label drops)
+        # from the same RNG and keeps its rows (`shard`): N processes take the step one process takes.
+        B, y = args.batch_size, None
         if n_classes:  # classifier-free guidance: --p-uncond of the labels become the null condition
-            y = drop_labels(
-                data.label_vector(y, n_classes), common.shard(torch.rand(B, device=device)) >= args.p_uncond
-            )
-        t = common.shard(torch.randint(0, args.T, (B,), device=device))  # (B,)
-        noise = common.shard(torch.randn(B, *shape, device=device))  # (B, C, H, W)
+            keep = common.shard(torch.rand(B, device=device)) >= args.p_uncond  # (B,)
+            y = drop_labels(data.label_vector(labels, n_classes), keep)  # (B, K)
+        t = common.shard(torch.randint(0, args.T, (B,), device=device))  # t ~ U{0..T-1} (B,)
+        noise = common.shard(torch.randn(B, *shape, device=device))  # eps ~ N(0, I) (B, C, H, W)
         with autocast():
-            loss = diffusion_loss(model_ddp, x0, t, noise, alpha_bar, args.pred, y if n_classes else None)
+            loss = diffusion_loss(model_ddp, x0, t, noise, alpha_bar, args.pred, y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -464,19 +481,12 @@ def main(argv=None):
         metrics = log.eval(row, step, step / per_epoch)
     for guidance in args.guidance[1:]:  # --guidance 1,0,2,4: the final weights at each further scale
         log.eval(evaluate(ema.module, sampler, shape, evaluator, args, guidance, out), step, step / per_epoch)
-    # The final pictures, from the EMA weights at the first --guidance.
-    final, seconds = common.timed(common.generate, draw, 64, shape, device, args.seed, fixed_y)
-    x_T = torch.randn(64, *shape, generator=torch.Generator().manual_seed(args.seed))[:8].to(device)
-    strip_y = fixed_y[:8] if fixed_y is not None else None
-    strip = denoising_strip(sampler, ema.module, x_T, strip_y, args.guidance[0])
-    cells = {
-        name: (common.generate(draw, 32, shape, device, args.seed, y[:32]), y[:32])
-        for name, y in evaluator.conditions.items()
-    }
-    common.save_outputs(out, {"samples.png": final, "denoise.png": strip}, cells, heldout.classes)
+    seconds = save_outputs(
+        sampler, ema.module, args, shape, fixed_y, evaluator.conditions, heldout.classes, out
+    )
     run = dict(model="ddpm", schedule=args.schedule, pred=args.pred, sampler=args.sampler, steps=step)
     run.update(sample_steps=args.sample_steps if args.sampler == "ddim" else args.T, epochs=step / per_epoch)
-    run.update(sample_seconds_per_image=seconds / 64, final={**losses, **metrics})
+    run.update(sample_seconds_per_image=seconds, final={**losses, **metrics})
     return common.write_summary(out, clock, run, dict(model=model), step * args.batch_size)
 
 

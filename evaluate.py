@@ -130,9 +130,23 @@ class Evaluator:
         evaluator = cls(
             args.fid_features, heldout, args.data, args.res, args.fid_n_real, device, weights, args.crop
         )
-        evaluator.labels = data.labels_like(heldout, args.fid_n) if args.cond else None
+        evaluator.n_fake, evaluator.labels = (
+            args.fid_n,
+            data.labels_like(heldout, args.fid_n) if args.cond else None,
+        )
         evaluator.conditions = data.condition_lists(heldout, repeats=4) if args.cond else {}
         return evaluator
+
+    def score_generator(self, G, shape, seed, worst_path=None):
+        """The run's evaluation of a generator G(noise, labels) (a GAN's G, a VAE's decoder, a DDPM's
+        sampler; noise N(0, I) of `shape` a sample, seeded): FID and friends of `n_fake` samples (for
+        `labels`), and the accuracy of the samples of each condition list (`acc_test`...); {} when off."""
+        if self.features == "none":
+            return {}
+        row = self(common.generate(G, self.n_fake, shape, self.device, seed, self.labels), worst_path)
+        for name, y in self.conditions.items():
+            row[f"acc_{name}"] = self.accuracy(common.generate(G, len(y), shape, self.device, seed + 3, y), y)
+        return row
 
     @common.rank0_first()  # under torchrun rank 0 computes and caches them, the others read the cache
     def _real_activations(self, heldout, path):

@@ -2,6 +2,7 @@
 
   python report.py runs                                  # runs/REPORT.md + runs/report/*.png
   python report.py runs --pick gan 2.1_dcgan 2.2_wgan_gp # phase 5: print (and keep) the best run
+  python report.py runs --phase1                         # phase 1: the winners, into runs/phase1.json
 
 It reads run folders only (args.json, summary.json, metrics.jsonl, FAILED, SKIPPED and the
 PNGs each script wrote) and imports no model code, so it also reports a study that is still
@@ -50,9 +51,10 @@ PHASES["7"] = "Phase 7: unpaired translation (CycleGAN), with and without its cy
 STEP_FLAGS = dict(dcgan=("g_arch", "aug"), wgan_gp=("n_critic",), sagan=("loss", "attn_res"))
 STEP_FLAGS.update(vae=("beta", "perceptual", "adv"), ddpm=("schedule", "pred", "base_ch"))
 STEP_FLAGS.update(cyclegan=("disc", "lambda_cycle"))
-# run_all.sh's four phase-1 questions, (before, after): resolution, alignment, augmentation, data
-PHASE1_PAIRS = [("1A_raw_64", "1A_raw_128"), ("1A_raw_64", "1B_aligned_64")]
-PHASE1_PAIRS += [("1B_aligned_64", "1C_aligned_deluxe"), ("1B_aligned_64", "1D_aligned_mix")]
+# run_all.sh's four phase-1 questions, each (before, after)
+PHASE1_PAIRS = {"1A resolution": ("1A_raw_64", "1A_raw_128"), "1B alignment": ("1A_raw_64", "1B_aligned_64")}
+PHASE1_PAIRS["1C augmentation"] = ("1B_aligned_64", "1C_aligned_deluxe")
+PHASE1_PAIRS["1D data"] = ("1B_aligned_64", "1D_aligned_mix")
 PROGRESS_AT = (10, 50, 100, 200)  # the full study's 200 epochs; a shorter run shows its share
 
 
@@ -392,7 +394,7 @@ def phase_section(phase, runs, figdir, lines):
         lines.append("")
     by_name = {run["name"]: run for run in runs}
     if phase == "1":  # the pipeline's four questions
-        pairs = [(by_name[a], by_name[b]) for a, b in PHASE1_PAIRS if a in by_name and b in by_name]
+        pairs = [(by_name[a], by_name[b]) for a, b in PHASE1_PAIRS.values() if a in by_name and b in by_name]
     else:  # each step against the last one before it with a FID (a skipped 3.2: 3.3 against 3.1)
         pairs, before = [], None
         for run in runs:
@@ -590,6 +592,23 @@ def write_report(root):
     return out
 
 
+def phase1_winners(root):
+    """Phase 1's decision: for each question the run with the lower final FID (the mean over seeds)
+    -> ROOT/phase1.json, each line printed; no winner where a run has no FID."""
+    result = {}
+    for question, (a, b) in PHASE1_PAIRS.items():
+        steps = [load_step(Path(root) / n) if (Path(root) / n).is_dir() else None for n in (a, b)]
+        fids = [fid_noise(s) if s and s["status"] == "complete" else None for s in steps]
+        if None in fids:
+            result[question] = {"winner": None, "why": "no FID (Inception weights missing, or a run failed)"}
+        else:
+            winner = a if fids[0][0] <= fids[1][0] else b
+            result[question] = {"winner": winner, "fid": {a: fids[0][0], b: fids[1][0]}}
+        print(f"phase 1 {question}: {result[question]}")
+    (Path(root) / "phase1.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def pick(root, family, candidates):
     """The best finished candidate (lowest last FID; without FIDs the first finished one),
     chosen once and kept in phase5.json so that a re-run retrains the same model."""
@@ -619,10 +638,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Write REPORT.md from a study's run folders.")
     p.add_argument("runs", nargs="?", default="runs", help="the folder run_all.sh wrote (default runs)")
     p.add_argument("--pick", nargs="+", metavar=("FAMILY", "RUN"), help="print the best of these runs")
+    p.add_argument("--phase1", action="store_true", help="decide phase 1 (RUNS/phase1.json) and stop")
     args = p.parse_args(argv)
     if not Path(args.runs).is_dir():
         print(f"report.py: no such folder: {args.runs}", file=sys.stderr)
         sys.exit(2)
+    if args.phase1:
+        return phase1_winners(args.runs)
     if args.pick:
         best = pick(args.runs, args.pick[0], args.pick[1:])
         if best is None:

@@ -129,18 +129,17 @@ case "$PRESET" in
   *) echo "run_all.sh: unknown preset $PRESET (smoke, full or test)" >&2; exit 2 ;;
 esac
 
-# run NAME SCRIPT FLAGS...: skip a finished run, resume an unfinished one. Every run is
-# recorded (phase 5 retrains the winners with their own flags) but only runs in the
-# phases asked for. SEEDS=K > 1 runs the step K times, --seed 0..K-1, into
+# run NAME SCRIPT FLAGS...: skip a finished run, resume an unfinished one. Every step's
+# command is recorded in $RUNS/.commands/NAME (phase 5 retrains the winners with their own
+# flags) but only runs in the phases asked for. SEEDS=K > 1 runs the step K times, --seed 0..K-1, into
 # $RUNS/NAME/seed_N/ (each skipped or resumed on its own); the report gives their mean
 # and spread. A failed run leaves FAILED (exit code and last error line) for the
 # report; its output also goes to stderr.log.
 FAILED=()
-declare -A SCRIPT_OF FLAGS_OF
 run() {
   local name="$1" script="$2"; shift 2
-  SCRIPT_OF[$name]="$script"
-  FLAGS_OF[$name]="$(printf '%q ' "$@")"
+  # The step's command, one NUL-ended word each (quoting kept): phase 5 retrains a pick with it.
+  mkdir -p "$RUNS/.commands" && printf '%s\0' "$script" "$@" > "$RUNS/.commands/$name"
   want "$PHASE" || return 0
   if [ "$SEEDS" -eq 1 ]; then
     run_one "$name" "$RUNS/$name" "$script" "$@"
@@ -184,18 +183,9 @@ want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 # faces, and the comparison says so instead of guessing.
 PHASE=1
 if want 1; then
-  if [ "$PRESET" != full ] && [ ! -f "$FACES/.complete" ]; then
-    "$PY" - "$FACES" <<'EOF'
-import sys
-from pathlib import Path
-from PIL import Image
-from skimage.data import lfw_subset
-out = Path(sys.argv[1])
-out.mkdir(parents=True, exist_ok=True)
-for i, face in enumerate(lfw_subset()[:100]):  # 25x25 floats in [0, 1]
-    Image.fromarray((face * 255).round().astype("uint8")).resize((128, 128), Image.BICUBIC).save(out / f"{i:03d}.png")
-(out / ".complete").write_text("")
-EOF
+  if [ "$PRESET" != full ] && [ ! -f "$FACES/labels.csv" ]; then
+    # The 100 built-in LFW faces (25x25) upscaled to 128 px, as files: MTCNN needs faces that size.
+    "$PY" data.py lfw "$FACES" --res 128 || FAILED+=("1_faces")
   fi
   ALIGNED="$RUNS/data/aligned_128"
   echo "== aligning $FACES -> $ALIGNED (resumable; done files are skipped)"
@@ -206,26 +196,7 @@ EOF
     run 1B_aligned_64     dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug flip
     run 1C_aligned_deluxe dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug deluxe
     run 1D_aligned_mix    dcgan.py "${P1[@]}" --data "$ALIGNED,$FACES" --res 64 --aug flip
-    "$PY" - "$RUNS" <<'EOF'
-import json, sys
-from pathlib import Path
-runs = Path(sys.argv[1])
-def fid(name):  # the final FID, the mean over seeds with SEEDS > 1
-    step = runs / name
-    paths = [step / "summary.json"] if (step / "summary.json").exists() else sorted(step.glob("seed_*/summary.json"))
-    fids = [json.loads(p.read_text())["final"].get("fid") for p in paths]
-    return sum(fids) / len(fids) if fids and None not in fids else None
-result = {}
-for step, a, b in [("1A resolution", "1A_raw_64", "1A_raw_128"), ("1B alignment", "1A_raw_64", "1B_aligned_64"),
-                   ("1C augmentation", "1B_aligned_64", "1C_aligned_deluxe"), ("1D data", "1B_aligned_64", "1D_aligned_mix")]:
-    fa, fb = fid(a), fid(b)
-    if fa is None or fb is None:
-        result[step] = {"winner": None, "why": "no FID (Inception weights missing, or a run failed)"}
-    else:
-        result[step] = {"winner": a if fa <= fb else b, "fid": {a: fa, b: fb}}
-    print(f"phase 1 {step}: {result[step]}")
-(runs / "phase1.json").write_text(json.dumps(result, indent=2) + "\n")
-EOF
+    "$PY" report.py "$RUNS" --phase1 || FAILED+=("1_decision")  # the winners, into phase1.json
   else
     echo "== align.py failed; phase 1 runs skipped" >&2
     FAILED+=("1_align")
@@ -315,7 +286,8 @@ if want 5; then
       ddpm) candidates=(4.1_ddpm_linear_eps 4.2_ddpm_cosine_eps 4.3_ddpm_cosine_v 4.4_ddpm_wide) ;;
     esac
     if best=$("$PY" report.py "$RUNS" --pick "$family" "${candidates[@]}"); then
-      eval "run 5_$family ${SCRIPT_OF[$best]} ${FLAGS_OF[$best]} $(printf '%q ' "${FINAL[@]}")"
+      mapfile -d '' step < "$RUNS/.commands/$best"  # its script and flags, as phase 2-4 ran it
+      run "5_$family" "${step[@]}" "${FINAL[@]}"
     else
       echo "== 5_$family: no finished $family run to retrain" >&2
       FAILED+=("5_$family")

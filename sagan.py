@@ -174,11 +174,10 @@ def init_generator(m):
 
 
 # ----------------------------------------------------------------------------- losses
-def gradient_penalty(critic, real, fake):
-    """E[(||grad_x C(x_hat)||_2 - 1)^2] at random interpolates of real and fake
-    (Gulrajani et al. eq. 3, without lambda)."""
-    B = real.shape[0] * common.world_size()  # under torchrun: the global batch's draws, this rank's rows
-    eps = common.shard(torch.rand(B, 1, 1, 1, device=real.device))
+def gradient_penalty(critic, real, fake, eps=None):
+    """E[(||grad_x C(x_hat)||_2 - 1)^2] at random interpolates x_hat = eps x + (1 - eps) G(z) of real and
+    fake, eps ~ U[0, 1] (B, 1, 1, 1) (Gulrajani et al. eq. 3, without lambda)."""
+    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device) if eps is None else eps
     x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)  # (B, C, H, W)
     # Under torchrun this gradient (to x_hat) is the rank's own, a norm per image; DDP averages only the
     # penalty's gradient to the weights, which backward accumulates.
@@ -186,69 +185,25 @@ def gradient_penalty(critic, real, fake):
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def critic_loss(C, real, fake, real_scores, fake_scores, loss):
-    """The critic's loss and, for wgan-gp, the gradient penalty (0 for hinge; add it
-    times lambda). The penalty runs in fp32 outside autocast: see wgan_gp.py."""
-    if loss == "hinge":  # SAGAN eq. 5: push real scores above 1 and fake scores below -1
-        return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean(), real_scores.new_zeros(())
-    with torch.autocast(real.device.type, enabled=False):
-        gp = gradient_penalty(C, real.float(), fake.float())
-    return fake_scores.mean() - real_scores.mean(), gp  # WGAN: minus the Wasserstein estimate
+def critic_loss(real_scores, fake_scores, loss):
+    """The critic's loss: WGAN's E[C(G(z))] - E[C(x)] (minus the Wasserstein estimate; the gradient
+    penalty is added apart), or SAGAN's hinge (eq. 5): real scores pushed above 1, fake below -1."""
+    if loss == "hinge":
+        return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
+    return fake_scores.mean() - real_scores.mean()
 
 
 def generator_loss(fake_scores):
     return -fake_scores.mean()  # the same for WGAN and hinge
 
 
-# ----------------------------------------------------------------------------- sampling and evaluation
-def slerp(a, b, t):
-    """Slerp between latents a, b (D,) at t (K,) -> (K, D): Gaussian latents lie near a sphere, not a line."""
-    a_n, b_n = a / a.norm(), b / b.norm()
-    omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
-    t = t[:, None]
-    if omega.abs() < 1e-6:
-        return (1 - t) * a + t * b
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-
-
-def latent_walk(nz, seed, rows=8, cols=8):
-    """(rows * cols, nz) latents: each row a slerp path between two random N(0, I) latents."""
-    ends = torch.randn(2 * rows, nz, generator=torch.Generator().manual_seed(seed))
-    t = torch.linspace(0, 1, cols)
-    return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
-
-
-def evaluate(G, evaluator, args, out):
-    """FID and friends of --fid-n samples (a conditional run's for the evaluator's labels), and the
-    accuracy on each condition list (`acc_test`...); {} when FID is off."""
-    if evaluator.features == "none":
-        return {}
-    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, evaluator.labels)
-    row = evaluator(fake, out / "worst.png")
-    for name, y in evaluator.conditions.items():
-        fake = common.generate(G, len(y), args.nz, evaluator.device, args.seed + 5, y)
-        row[f"acc_{name}"] = evaluator.accuracy(fake, y)
-    return row
-
-
-@torch.no_grad()
-def save_outputs(G, args, fixed_y, conditions, classes, device, out):
-    """samples.png (the grids' 64 latents), interp.png (a slerp walk a row; one label a row), cond_*.png
-    (one cell a condition), progress.gif -> seconds per sample."""
-    final, seconds = common.timed(common.generate, G, 64, args.nz, device, args.seed, fixed_y)
-    walk_y = fixed_y[:8].repeat_interleave(8, 0) if fixed_y is not None else None
-    walk = G(latent_walk(args.nz, args.seed + 1).to(device), walk_y)
-    cells = {
-        name: (common.generate(G, 32, args.nz, device, args.seed, y[:32]), y[:32])
-        for name, y in conditions.items()
-    }
-    common.save_outputs(out, {"samples.png": final, "interp.png": walk}, cells, classes)
-    return seconds / 64
-
-
 # ----------------------------------------------------------------------------- main
 CPU_PRESET = dict(ngf=32, ndf=32, attn_res=[8])  # with common.CPU_PRESET: 16 px digits, 5 minutes
 MODEL_FLAGS = ("res", "nz", "ngf", "ndf", "attn_res", "cond")  # a resumed run must keep these
+
+
+def csv_ints(text):
+    return [int(v) for v in text.split(",") if v]
 
 
 def parse_args(argv=None):
@@ -258,7 +213,7 @@ def parse_args(argv=None):
     a("--nz", type=int, default=128, help="latent size")
     a("--ngf", type=int, default=64, help="generator width")
     a("--ndf", type=int, default=64, help="critic width")
-    a("--attn-res", type=common.csv_ints, default=[16], help="sizes with self-attention: 16,32")
+    a("--attn-res", type=csv_ints, default=[16], help="sizes with self-attention: 16,32")
     a("--n-critic", type=int, default=2, help="critic steps per generator step")
     a("--gp-lambda", type=float, default=10.0, help="gradient penalty weight (--loss wgan-gp)")
     a("--lr-g", type=float, default=None, help="generator lr (default --lr); TTUR")
@@ -314,8 +269,13 @@ def main(argv=None):
                 with torch.no_grad():
                     fake = G(z, y)
                 real_scores, fake_scores = C_ddp(real, y).float(), C_ddp(fake, y).float()
-            critic = functools.partial(C_ddp, y=y)  # the penalty's critic scores under the batch's labels
-            loss_c, gp = critic_loss(critic, real, fake, real_scores, fake_scores, args.loss)
+            loss_c, gp = critic_loss(real_scores, fake_scores, args.loss), torch.zeros((), device=device)
+            if (
+                args.loss == "wgan-gp"
+            ):  # the penalty, in fp32 (see wgan_gp.py), scored under the batch's labels
+                eps = common.shard(torch.rand(args.batch_size, 1, 1, 1, device=device))
+                with torch.autocast(device.type, enabled=False):
+                    gp = gradient_penalty(functools.partial(C_ddp, y=y), real.float(), fake.float(), eps)
             opt_c.zero_grad(set_to_none=True)
             scaler.scale(loss_c + args.gp_lambda * gp).backward()
             scaler.step(opt_c)
@@ -344,7 +304,7 @@ def main(argv=None):
                     grid = common.generate(ema.module, 64, args.nz, device, args.seed, fixed_y)
                     common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(ema.module, evaluator, args, out)
+                    row = evaluator.score_generator(ema.module, args.nz, args.seed + 2, out / "worst.png")
                     metrics, fid_step = log.eval(row, step, step * n_critic / per_epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
@@ -353,8 +313,10 @@ def main(argv=None):
     if clock.signalled:  # out within seconds: the final evaluation waits for --resume
         return common.write_summary(out, clock, dict(model="sagan", steps=step))
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
-        metrics = log.eval(evaluate(ema.module, evaluator, args, out), step, step * n_critic / per_epoch)
-    seconds = save_outputs(ema.module, args, fixed_y, evaluator.conditions, heldout.classes, device, out)
+        row = evaluator.score_generator(ema.module, args.nz, args.seed + 2, out / "worst.png")
+        metrics = log.eval(row, step, step * n_critic / per_epoch)
+    conditions, classes = evaluator.conditions, heldout.classes  # the final pictures, from the EMA weights
+    seconds = common.save_samples(ema.module, args.nz, args.seed, fixed_y, conditions, classes, out)
     run = dict(model="sagan", steps=step, epochs=step * n_critic / per_epoch)
     run.update(sample_seconds_per_image=seconds, final={**losses, **metrics})
     # images/s counts the real images the critic read: n_critic batches a generator step.

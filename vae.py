@@ -181,28 +181,21 @@ def slerp(a, b, t):
 
 
 @torch.no_grad()
-def heldout_mse(vae, data, device, batch_size=256):
+def heldout_mse(vae, heldout, device, batch_size=256):
     """Mean squared error of reconstructions (from mu, no sampling) of held-out images, in [-1, 1] units."""
     total = 0.0
-    for i in range(0, len(data), batch_size):
-        x, y = data.floats(range(i, min(i + batch_size, len(data))))
+    for i in range(0, len(heldout), batch_size):
+        x, y = heldout.floats(range(i, min(i + batch_size, len(heldout))))
         x, y = x.to(device), y.to(device)
         total += F.mse_loss(vae.decode(vae.encode(x, y)[0], y), x, reduction="sum").item()
-    return total / (len(data) * data.images[0].size)  # per pixel and channel
+    return total / (len(heldout) * heldout.images[0].size)  # per pixel and channel
 
 
 def evaluate(vae, evaluator, heldout, args, out):
     """Held-out reconstruction error always; FID and friends of prior samples z ~ N(0, I) (decoded for
     the evaluator's labels when conditional) and the accuracy on each condition list."""
     row = {"heldout_mse": heldout_mse(vae, heldout, evaluator.device)}
-    if evaluator.features != "none":
-        labels = evaluator.labels
-        prior = common.generate(vae.decode, args.fid_n, vae.latent, evaluator.device, args.seed + 2, labels)
-        row.update(evaluator(prior, out / "worst.png"))
-        for name, y in evaluator.conditions.items():
-            fake = common.generate(vae.decode, len(y), vae.latent, evaluator.device, args.seed + 5, y)
-            row[f"acc_{name}"] = evaluator.accuracy(fake, y)
-    return row
+    return {**row, **evaluator.score_generator(vae.decode, vae.latent, args.seed + 2, out / "worst.png")}
 
 
 @torch.no_grad()

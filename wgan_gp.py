@@ -101,11 +101,10 @@ def init_generator(m):
 
 
 # ----------------------------------------------------------------------------- losses
-def gradient_penalty(critic, real, fake):
-    """E[(||grad_x C(x_hat)||_2 - 1)^2] at random points x_hat on the lines between
-    real and fake samples (eq. 3, without lambda)."""
-    B = real.shape[0] * common.world_size()  # under torchrun: the global batch's draws, this rank's rows
-    eps = common.shard(torch.rand(B, 1, 1, 1, device=real.device))
+def gradient_penalty(critic, real, fake, eps=None):
+    """E[(||grad_x C(x_hat)||_2 - 1)^2] at the points x_hat = eps x + (1 - eps) G(z) on the lines between
+    real and fake samples, eps ~ U[0, 1] (B, 1, 1, 1) (eq. 3, without lambda)."""
+    eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device) if eps is None else eps
     x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)  # (B, C, H, W)
     # create_graph: the penalty is itself differentiated when the critic is updated. Under torchrun,
     # DDP averages only what backward accumulates into the weights' .grad: this gradient (to x_hat) stays
@@ -131,52 +130,6 @@ def class_loss(logits, y):
     if y.dim() == 1:
         return F.cross_entropy(logits.float(), y)
     return F.binary_cross_entropy_with_logits(logits.float(), y.float(), reduction="sum") / len(y)
-
-
-# ----------------------------------------------------------------------------- sampling and evaluation
-def slerp(a, b, t):
-    """Slerp between latents a, b (D,) at t (K,) -> (K, D): Gaussian latents lie near a sphere, not a line."""
-    a_n, b_n = a / a.norm(), b / b.norm()
-    omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
-    t = t[:, None]
-    if omega.abs() < 1e-6:
-        return (1 - t) * a + t * b
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-
-
-def latent_walk(nz, seed, rows=8, cols=8):
-    """(rows * cols, nz) latents: each row a slerp path between two random N(0, I) latents."""
-    ends = torch.randn(2 * rows, nz, generator=torch.Generator().manual_seed(seed))
-    t = torch.linspace(0, 1, cols)
-    return torch.cat([slerp(ends[i], ends[rows + i], t) for i in range(rows)])
-
-
-def evaluate(G, evaluator, args, out):
-    """FID and friends of --fid-n samples (a conditional run's for the evaluator's labels), and the
-    accuracy on each condition list (`acc_test`...); {} when FID is off."""
-    if evaluator.features == "none":
-        return {}
-    fake = common.generate(G, args.fid_n, args.nz, evaluator.device, args.seed + 2, evaluator.labels)
-    row = evaluator(fake, out / "worst.png")
-    for name, y in evaluator.conditions.items():
-        fake = common.generate(G, len(y), args.nz, evaluator.device, args.seed + 5, y)
-        row[f"acc_{name}"] = evaluator.accuracy(fake, y)
-    return row
-
-
-@torch.no_grad()
-def save_outputs(G, args, fixed_y, conditions, classes, device, out):
-    """samples.png (the grids' 64 latents), interp.png (a slerp walk a row; one label a row), cond_*.png
-    (one cell a condition), progress.gif -> seconds per sample."""
-    final, seconds = common.timed(common.generate, G, 64, args.nz, device, args.seed, fixed_y)
-    walk_y = fixed_y[:8].repeat_interleave(8, 0) if fixed_y is not None else None
-    walk = G(latent_walk(args.nz, args.seed + 1).to(device), walk_y)
-    cells = {
-        name: (common.generate(G, 32, args.nz, device, args.seed, y[:32]), y[:32])
-        for name, y in conditions.items()
-    }
-    common.save_outputs(out, {"samples.png": final, "interp.png": walk}, cells, classes)
-    return seconds / 64
 
 
 # ----------------------------------------------------------------------------- main
@@ -243,8 +196,9 @@ def main(argv=None):
                 loss_c = critic_loss(real_scores.float(), fake_scores.float())
                 # AC-GAN: the critic learns to name the labels of real images.
                 cls_c = class_loss(real_logits, y) if n_classes else torch.zeros((), device=device)
-            with torch.autocast(device.type, enabled=False):
-                gp = gradient_penalty(lambda x_hat: C_ddp(x_hat)[0], real.float(), fake.float())
+            eps = common.shard(torch.rand(args.batch_size, 1, 1, 1, device=device))  # where the penalty looks
+            with torch.autocast(device.type, enabled=False):  # fp32: its double backward underflows in fp16
+                gp = gradient_penalty(lambda x_hat: C_ddp(x_hat)[0], real.float(), fake.float(), eps)
             opt_c.zero_grad(set_to_none=True)
             scaler.scale(loss_c + args.gp_lambda * gp + args.ac_weight * cls_c).backward()
             scaler.step(opt_c)
@@ -280,7 +234,7 @@ def main(argv=None):
                     grid = common.generate(ema.module, 64, args.nz, device, args.seed, fixed_y)
                     common.save_grid(grid, out / "samples" / f"epoch_{epoch:04d}.png")
                 if args.fid_every and epoch % args.fid_every == 0:
-                    row = evaluate(ema.module, evaluator, args, out)
+                    row = evaluator.score_generator(ema.module, args.nz, args.seed + 2, out / "worst.png")
                     metrics, fid_step = log.eval(row, step, step * n_critic / per_epoch), step
             if epoch % args.ckpt_every == 0:
                 common.save_training_state(out, objects, step, epoch, clock.seconds, args)
@@ -289,8 +243,10 @@ def main(argv=None):
     if clock.signalled:  # out within seconds: the final evaluation waits for --resume
         return common.write_summary(out, clock, dict(model="wgan_gp", steps=step))
     if fid_step != step:  # the final weights are evaluated unless the last epoch's FID saw them
-        metrics = log.eval(evaluate(ema.module, evaluator, args, out), step, step * n_critic / per_epoch)
-    seconds = save_outputs(ema.module, args, fixed_y, evaluator.conditions, heldout.classes, device, out)
+        row = evaluator.score_generator(ema.module, args.nz, args.seed + 2, out / "worst.png")
+        metrics = log.eval(row, step, step * n_critic / per_epoch)
+    conditions, classes = evaluator.conditions, heldout.classes  # the final pictures, from the EMA weights
+    seconds = common.save_samples(ema.module, args.nz, args.seed, fixed_y, conditions, classes, out)
     run = dict(model="wgan_gp", steps=step, epochs=step * n_critic / per_epoch)
     run.update(sample_seconds_per_image=seconds, final={**losses, **metrics})
     # images/s counts the real images the critic read: n_critic batches a generator step.

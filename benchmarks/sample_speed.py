@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import common  # noqa: E402
 import ddpm  # noqa: E402
 
 
@@ -25,9 +24,9 @@ def main():
     p.add_argument("--res", type=int, default=16)
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--base-ch", type=int, default=32)
-    p.add_argument("--ch-mult", type=common.csv_ints, default=[1, 2, 2])
+    p.add_argument("--ch-mult", type=ddpm.csv_ints, default=[1, 2, 2])
     p.add_argument("--num-res-blocks", type=int, default=1)
-    p.add_argument("--attn-res", type=common.csv_ints, default=[8])
+    p.add_argument("--attn-res", type=ddpm.csv_ints, default=[8])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--T", type=int, default=1000)
     args = p.parse_args()

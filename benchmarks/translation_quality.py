@@ -24,7 +24,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import classifiers  # noqa: E402
-import common  # noqa: E402
 import data  # noqa: E402
 
 VARIANTS = dict(

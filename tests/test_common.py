@@ -1,3 +1,5 @@
+import argparse
+import json
 import math
 
 import pytest
@@ -92,23 +94,24 @@ def test_missing_checkpoint_is_user_error(tmp_path):
 def test_slerp_end_points_and_norm():
     torch.manual_seed(0)
     a, b = torch.randn(64), torch.randn(64)
-    path = dcgan.slerp(a, b, torch.linspace(0, 1, 5))
+    path = common.slerp(a, b, torch.linspace(0, 1, 5))
     assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
     # For equal-norm ends, slerp stays on the sphere where a straight line dips inside.
     b = b * a.norm() / b.norm()
-    mid = dcgan.slerp(a, b, torch.tensor([0.5]))[0]
+    mid = common.slerp(a, b, torch.tensor([0.5]))[0]
     assert math.isclose(mid.norm().item(), a.norm().item(), rel_tol=1e-4)
 
 
-def test_check_finite_names_step_and_checkpoint(tmp_path):
-    with pytest.raises(common.UserError, match=r"step 12.*ckpt\.pt"):
-        common.check_finite(12, tmp_path, loss=float("nan"))
-    common.check_finite(12, tmp_path, loss=1.0)
+def test_a_nonfinite_loss_names_step_and_checkpoint(tmp_path):
+    clock = argparse.Namespace(bar=argparse.Namespace(set_postfix=lambda *a, **k: None))
+    log = common.MetricsLog(tmp_path / "metrics.jsonl", clock)
+    with pytest.raises(common.UserError, match=rf"loss is nan at step 12.*{tmp_path / 'ckpt.pt'}"):
+        log.train(12, 0, {"loss": float("nan")})
+    log.train(13, 0, {"loss": 1.0})
+    assert [json.loads(r)["step"] for r in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [13]
 
 
 def test_amp_policy_auto_is_off_on_cpu():
-    import argparse
-
     args = common.add_common_args(argparse.ArgumentParser()).parse_args(["--device", "cpu"])
     device, autocast, scaler = common.setup_device(args)
     amp, dtype = autocast.keywords["enabled"], autocast.keywords["dtype"]
@@ -203,9 +206,26 @@ def test_diffaug_policy_parses_and_rejects():
         dcgan.diffaug_policy("color,blur")
 
 
-def test_latent_walk_rows_run_between_two_latents():
-    z = dcgan.latent_walk(16, seed=3)
+class Recorder(nn.Module):
+    """A stand-in generator: keeps every latent batch it is given, draws blank 4x4 images."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.seen = nn.Parameter(torch.zeros(1)), []
+
+    def forward(self, z, y=None):
+        self.seen.append(z.clone())
+        return torch.zeros(len(z), 1, 4, 4) + self.w
+
+
+def test_save_samples_draws_the_grids_latents_and_walks_between_two_latents_a_row(tmp_path):
+    G = Recorder()
+    common.save_samples(G, 16, 3, None, {}, None, tmp_path)
+    samples, z = G.seen  # samples.png's latents, then interp.png's
+    assert torch.equal(samples, torch.randn(64, 16, generator=torch.Generator().manual_seed(3)))
     assert z.shape == (64, 16)
-    ends = torch.randn(16, 16, generator=torch.Generator().manual_seed(3))
+    ends = torch.randn(16, 16, generator=torch.Generator().manual_seed(4))
     assert torch.allclose(z[0], ends[0], atol=1e-5) and torch.allclose(z[7], ends[8], atol=1e-5)
     assert torch.allclose(z[56], ends[7], atol=1e-5) and torch.allclose(z[63], ends[15], atol=1e-5)
+    for name in ("samples.png", "interp.png", "progress.gif"):
+        assert (tmp_path / name).is_file(), name

@@ -2,6 +2,7 @@
 conditional form, classifier-free guidance, --generate and --labels, and the bad inputs."""
 
 import csv
+import functools
 import json
 
 import numpy as np
@@ -31,13 +32,13 @@ SMALL = {  # the smallest networks of each script, for runs of a few steps
 }
 
 
-def cond_flags(script, data, out, steps=3):
-    res = "16" if data == "digits" else "32"
+def cond_flags(script, spec, out, steps=3):
+    res = "16" if spec == "digits" else "32"
     flags = [
         "--preset",
         "study",
         "--data",
-        data,
+        spec,
         "--res",
         res,
         "--cond",
@@ -47,7 +48,7 @@ def cond_flags(script, data, out, steps=3):
         "none",
     ]
     flags += ["--max-steps", str(steps), "--fid-n", "16", "--fid-n-real", "64", "--log-every", "1"]
-    return flags + ["--fid-features", data, "--out", str(out)] + SMALL[script]
+    return flags + ["--fid-features", spec, "--out", str(out)] + SMALL[script]
 
 
 # ----------------------------------------------------------------------------- the metric
@@ -85,16 +86,16 @@ def test_shapes_render_deterministically_with_the_right_colours():
 
 
 def test_shapes_set_and_condition_lists():
-    data = data.load_dataset("shapes", 32)
-    assert data.images.shape == (21_600, 32, 32, 3) and data.labels.shape == (21_600, 24)
-    train, heldout = data.split()
-    assert len(train) == 18_000 and len(data.classes) == 24
-    counts = data.labels.sum(1)
-    assert counts.min() == 1 and counts.max() == 3 and data.labels.max() == 1
+    shapes = data.load_dataset("shapes", 32)
+    assert shapes.images.shape == (21_600, 32, 32, 3) and shapes.labels.shape == (21_600, 24)
+    train, heldout = shapes.split()
+    assert len(train) == 18_000 and len(shapes.classes) == 24
+    counts = shapes.labels.sum(1)
+    assert counts.min() == 1 and counts.max() == 3 and shapes.labels.max() == 1
     lists = data.shape_conditions()
     assert lists == data.shape_conditions()  # fixed
     assert len(lists["test"]) == len(lists["new_test"]) == 32
-    in_training = {tuple(np.flatnonzero(row)) for row in data.labels}
+    in_training = {tuple(np.flatnonzero(row)) for row in shapes.labels}
     for condition in lists["new_test"]:  # no training image holds a new_test combination
         assert not any(set(condition) <= set(seen) for seen in in_training), condition
     assert sum(tuple(c) in in_training for c in lists["test"]) > 16  # test is drawn like training
@@ -199,42 +200,54 @@ def test_guidance_zero_and_one_reduce_to_the_unconditional_and_conditional_predi
         assert torch.allclose(ddpm.guided(model, x, t, y, 3.0), u + 3.0 * (c - u), atol=1e-6)
         alpha_bar = torch.cumprod(1 - ddpm.make_betas("cosine", 50), 0)
         x_T = torch.randn(2, 1, 16, 16)
+        sampler = functools.partial(ddpm.ddim_sample, alpha_bar=alpha_bar, steps=5, pred="v")
         plain = ddpm.ddim_sample(model, None, alpha_bar, 5, "v", x_T=x_T)
-        guided0 = ddpm.ddim_sample(model, None, alpha_bar, 5, "v", x_T=x_T, labels=y, guidance=0.0)
-        guided2 = ddpm.ddim_sample(model, None, alpha_bar, 5, "v", x_T=x_T, labels=y, guidance=2.0)
+        guided0, guided2 = (ddpm.sample(sampler, model, x_T, y, s) for s in (0.0, 2.0))
+        assert torch.equal(
+            ddpm.sample(sampler, model, x_T, y, 1.0),
+            ddpm.ddim_sample(lambda x, t: model(x, t, y), None, alpha_bar, 5, "v", x_T=x_T),
+        )
     assert torch.equal(plain, guided0) and not torch.allclose(plain, guided2)
 
 
 def test_label_dropping_makes_the_null_condition():
     torch.manual_seed(0)
     y = torch.randint(0, 10, (4000,))
-    dropped = ddpm.drop_labels(y, 10, 0.1)
+    keep = torch.rand(4000) >= 0.1
+    dropped = ddpm.drop_labels(data.label_vector(y, 10), keep)
     null = dropped.sum(1) == 0
-    assert 0.08 < null.float().mean() < 0.12
+    assert torch.equal(null, ~keep) and 0.08 < null.float().mean() < 0.12
     assert torch.equal(dropped[~null].argmax(1), y[~null])
-    assert torch.equal(ddpm.drop_labels(y, 10, 0.0), F.one_hot(y, 10).float())
+    assert torch.equal(
+        ddpm.drop_labels(data.label_vector(y, 10), torch.ones(4000, dtype=torch.bool)),
+        F.one_hot(y, 10).float(),
+    )
+    multi = torch.randint(0, 2, (5, 24))  # multi-hot rows (shapes) are label vectors as they are
+    assert torch.equal(
+        ddpm.drop_labels(data.label_vector(multi, 24), keep[:5]), multi.float() * keep[:5, None]
+    )
 
 
 # ----------------------------------------------------------------------------- every script, end to end
-@pytest.mark.parametrize("data", ["digits", "shapes"])
+@pytest.mark.parametrize("spec", ["digits", "shapes"])
 @pytest.mark.parametrize("script", list(SCRIPTS))
-def test_conditional_run_end_to_end(tmp_path, script, data):
+def test_conditional_run_end_to_end(tmp_path, script, spec):
     out = tmp_path / "run"
-    summary = SCRIPTS[script].main(cond_flags(script, data, out))
+    summary = SCRIPTS[script].main(cond_flags(script, spec, out))
     final = summary["final"]
-    lists = ["test"] if data == "digits" else ["test", "new_test"]
+    lists = ["test"] if spec == "digits" else ["test", "new_test"]
     for name in lists:
         assert isinstance(final[f"acc_{name}"], float) and 0 <= final[f"acc_{name}"] <= 1
-        res = 16 if data == "digits" else 32
+        res = 16 if spec == "digits" else 32
         assert Image.open(out / f"cond_{name}.png").size == (8 * (res + 2) + 2, 4 * (res + 2) + 2)
         legend = (out / f"cond_{name}.txt").read_text().splitlines()
         assert len(legend) == 32 and legend[0].startswith("row 1, col 1: ")
-    if data == "shapes":
+    if spec == "shapes":
         first = data.shape_conditions()["test"][0]
         legend = (out / "cond_test.txt").read_text().splitlines()
         assert legend[0].endswith(": " + " + ".join(data.SHAPE_NAMES[i] for i in first))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("kind") == "fid" and r["features"] == data and "acc_test" in r for r in rows)
+    assert any(r.get("kind") == "fid" and r["features"] == spec and "acc_test" in r for r in rows)
 
 
 def test_ddpm_guidance_sweep_scores_each_scale(tmp_path):
@@ -294,9 +307,7 @@ def test_generated_folder_reads_like_a_saved_grid_and_with_fid_tools(tmp_path):
     folder = out / "generated"
     with open(folder / "labels.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows[1]["names"] == " + ".join(
-        data.SHAPE_NAMES[i] for i in data.shape_conditions()["new_test"][1]
-    )
+    assert rows[1]["names"] == " + ".join(data.SHAPE_NAMES[i] for i in data.shape_conditions()["new_test"][1])
     # The same 8-bit rounding as the grids: the PNGs are the generator's images through save_image.
     ckpt = common.load_checkpoint(out / "ckpt.pt")
     args = json.loads((out / "args.json").read_text())

@@ -14,11 +14,10 @@ from PIL import Image
 
 import classifiers
 import common
-import data
 import cyclegan
+import data
 import dcgan
 import evaluate
-import fid
 
 SMALL = ["--preset", "study", "--res", "16", "--ngf", "4", "--ndf", "4", "--batch-size", "4", "--aug", "none"]
 SMALL += ["--log-every", "1", "--fid-n", "40", "--fid-n-real", "60"]

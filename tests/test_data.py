@@ -1,3 +1,4 @@
+import argparse
 import json
 
 import numpy as np
@@ -135,13 +136,17 @@ def test_flip_flips_about_half():
 
 
 def test_batches_resume_same_order():
-    ds = data.load_dataset("lfw", 32)
-    full = data.batches(ds, 16, seed=3, start_step=0, device="cpu")
-    seq = [next(full)[1] for _ in range(9)]  # crosses an epoch boundary (6 batches per epoch)
-    resumed = data.batches(ds, 16, seed=3, start_step=5, device="cpu")
+    ds = data.load_dataset("lfw", 32, aug="none")
+    args = argparse.Namespace(batch_size=16, seed=3, workers=0)
+    full = data.batches(ds, args, 0, device="cpu")
+    seq = [next(full)[0] for _ in range(9)]  # crosses an epoch boundary (6 batches per epoch)
+    resumed = data.batches(ds, args, 5, device="cpu")
     for i in range(5, 9):
-        assert torch.equal(next(resumed)[1], seq[i])
+        assert torch.equal(next(resumed)[0], seq[i])
     # Worker processes read the same batches in the same order.
-    with_workers = data.batches(ds, 16, seed=3, start_step=0, device="cpu", workers=2)
+    with_workers = data.batches(ds, argparse.Namespace(batch_size=16, seed=3, workers=2), 0, device="cpu")
     for i in range(9):
-        assert torch.equal(next(with_workers)[1], seq[i])
+        assert torch.equal(next(with_workers)[0], seq[i])
+    # The batches are the data's images in [-1, 1]: the first is batch_order's first 16, read sorted.
+    first = np.sort(next(data.batch_order(len(ds), 16, 3, 0))[1])
+    assert torch.equal(seq[0], torch.stack([ds[i][0] for i in first]))

@@ -228,27 +228,30 @@ def test_samplers_take_any_callable_and_the_noise_device():
     x_T = torch.randn(2, 1, 4, 4)
     out = ddpm.ddim_sample(plain, None, alpha_bar, 10, "v", x_T=x_T)
     assert torch.allclose(out, x0, atol=1e-4)
-    out = ddpm.ddpm_sample(
-        plain, (2, 1, 4, 4), ddpm.make_betas("cosine", 100), "v", generator=torch.Generator().manual_seed(0)
-    )
+    torch.manual_seed(0)
+    out = ddpm.ddpm_sample(plain, (2, 1, 4, 4), ddpm.make_betas("cosine", 100), "v")
     assert out.shape == (2, 1, 4, 4) and torch.allclose(out, x0, atol=5e-3)
 
 
 @pytest.mark.parametrize("sampler, steps", [("ddim", 7), ("ddpm", 50)])
 def test_every_output_uses_the_chosen_sampler(sampler, steps):
-    """sample() is the one place the sampler is chosen; grids, FID, samples.png and the
-    denoise strip all go through it."""
+    """choose_sampler is the one place the sampler is chosen: grids, FID and samples.png (through
+    sample) and the denoise strip all run what it returns."""
     import argparse
 
     betas = ddpm.make_betas("linear", 50)
     alpha_bar = torch.cumprod(1 - betas, 0)
     x0 = torch.rand(3, 1, 4, 4) * 1.8 - 0.9
     oracle = Oracle(x0, alpha_bar, "eps")
-    args = argparse.Namespace(
-        sampler=sampler, sample_steps=7, pred="eps", eta=0.0, spacing="trailing", seed=0, guidance=[1.0]
-    )
-    path = []
-    out = ddpm.sample_from(oracle, torch.randn(3, 1, 4, 4), args, alpha_bar, betas, trajectory=path)
-    assert len(oracle.seen) == len(path) == steps and torch.allclose(out, x0, atol=5e-3)
+    args = argparse.Namespace(sampler=sampler, sample_steps=7, pred="eps", eta=0.0, spacing="trailing")
+    chosen, x_T = ddpm.choose_sampler(args, alpha_bar, betas), torch.randn(3, 1, 4, 4)
+    torch.manual_seed(0)
+    out = ddpm.sample(chosen, oracle, x_T)
+    assert len(oracle.seen) == steps and torch.allclose(out, x0, atol=5e-3)
     if sampler == "ddim":
         assert oracle.seen == ddpm.ddim_timesteps(50, 7, "trailing")  # --spacing is honoured too
+    oracle.seen.clear()
+    torch.manual_seed(0)
+    strip = ddpm.denoising_strip(chosen, oracle, x_T, None, 1.0)  # x_T, 9 steps on the way, x_0
+    assert len(oracle.seen) == steps and strip.shape == (3, 10, 1, 4, 4)
+    assert torch.equal(strip[:, 0], x_T) and torch.equal(strip[:, -1], out)

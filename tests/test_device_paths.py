@@ -4,6 +4,7 @@ steps do not stop a run, FID's cache keys carry the device and the crop (and its
 spread over the held-out set), the cache is read per batch, the loader's workers start once."""
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -22,7 +23,7 @@ import fid
 
 
 def resume_args():
-    return argparse.Namespace(resume=True)
+    return argparse.Namespace(resume=True, generate=None, max_steps=None, max_minutes=None)
 
 
 def test_resume_reads_the_checkpoint_onto_the_cpu(tmp_path, monkeypatch):
@@ -42,8 +43,9 @@ def test_resume_reads_the_checkpoint_onto_the_cpu(tmp_path, monkeypatch):
     torch.manual_seed(0)
     fresh = nn.Linear(2, 2)
     fresh_opt = torch.optim.Adam(fresh.parameters())
-    step, seconds, _ = common.start_or_resume(tmp_path, dict(model=fresh, opt=fresh_opt), resume_args())
-    assert seen == ["cpu"] and (step, seconds) == (5, 9.0)
+    step, clock, _ = common.start_or_resume(tmp_path, dict(model=fresh, opt=fresh_opt), resume_args(), 9, "t")
+    clock.finish()
+    assert seen == ["cpu"] and (step, clock.seconds) == (5, 9.0)
     assert torch.equal(torch.get_rng_state(), expected_rng)
     assert torch.equal(fresh.weight, model.weight)
     # Adam's step count stays a CPU tensor: reading it costs no GPU sync.
@@ -55,12 +57,14 @@ def test_a_scaler_saved_disabled_resumes_enabled(tmp_path):
     assert off.state_dict() == {}  # what an AMP-off run (CPU, bf16) saves
     common.save_training_state(tmp_path, dict(scaler=off), 3, 0, 1.0, argparse.Namespace())
     on = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
-    assert common.start_or_resume(tmp_path, dict(scaler=on), resume_args())[0] == 3
+    step, clock, _ = common.start_or_resume(tmp_path, dict(scaler=on), resume_args(), 9, "t")
+    clock.finish()
+    assert step == 3
     assert on.get_scale() == 1024.0  # starts from its initial scale
     # An enabled scaler's state still round-trips.
     saved = torch.amp.GradScaler("cpu", enabled=True, init_scale=8.0)
     common.save_training_state(tmp_path, dict(scaler=saved), 4, 0, 1.0, argparse.Namespace())
-    common.start_or_resume(tmp_path, dict(scaler=on), resume_args())
+    common.start_or_resume(tmp_path, dict(scaler=on), resume_args(), 9, "t")[1].finish()
     assert on.get_scale() == 8.0
 
 
@@ -84,21 +88,21 @@ def test_attention_takes_the_fused_kernels_layout(monkeypatch):
 
 def test_fp16_skipped_steps_stop_the_run_only_in_a_row(tmp_path):
     clock = argparse.Namespace(bar=argparse.Namespace(set_postfix=lambda *a, **k: None))
-    log = common.MetricsLog(tmp_path / "metrics.jsonl")
+    log = common.MetricsLog(tmp_path / "metrics.jsonl", clock)
     scaler = torch.amp.GradScaler("cpu", enabled=True)
     inf = {"loss": float("inf")}
     for step in (1, 2):  # GradScaler skips these steps by design: logged, training goes on
-        common.log_losses(log, clock, tmp_path, step, 0, inf, scaler)
-    common.log_losses(log, clock, tmp_path, 3, 0, {"loss": 1.0}, scaler)  # a finite row resets the count
+        log.train(step, 0, inf, scaler)
+    log.train(3, 0, {"loss": 1.0}, scaler)  # a finite row resets the count
     for step in (4, 5):
-        common.log_losses(log, clock, tmp_path, step, 0, inf, scaler)
+        log.train(step, 0, inf, scaler)
     with pytest.raises(common.UserError, match="loss is inf at step 6"):
-        common.log_losses(log, clock, tmp_path, 6, 0, inf, scaler)
+        log.train(6, 0, inf, scaler)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     # Without a scaler (fp32, bf16) the first non-finite loss stops the run.
     with pytest.raises(common.UserError, match="at step 1"):
-        common.log_losses(common.MetricsLog(tmp_path / "m2.jsonl"), clock, tmp_path, 1, 0, inf, None)
+        common.MetricsLog(tmp_path / "m2.jsonl", clock).train(1, 0, inf, None)
 
 
 def test_fid_statistics_cache_is_keyed_by_device_and_crop():
@@ -123,32 +127,35 @@ def test_deterministic_mode_turns_benchmark_off(monkeypatch):
 
 
 def test_a_split_reads_the_cache_per_batch_not_a_copy():
-    data = data.load_dataset("digits", 16)
-    assert isinstance(data.images, np.memmap)
-    train, held = data.split()
-    assert train.images.base is data.images and held.images.base is data.images  # indices, no copy
+    whole = data.load_dataset("digits", 16)
+    assert isinstance(whole.images, np.memmap)
+    train, held = whole.split()
+    assert train.images.base is whole.images and held.images.base is whole.images  # indices, no copy
     x, y = train.batch(np.array([5, 0, 3]))
     rows = np.sort(train.images.index[[5, 0, 3]])
-    assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), np.asarray(data.images)[rows])
-    assert np.array_equal(y.numpy(), data.labels[rows])
-    assert np.array_equal(np.asarray(held.images), np.asarray(data.images)[held.images.index])
+    assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), np.asarray(whole.images)[rows])
+    assert np.array_equal(y.numpy(), whole.labels[rows])
+    assert np.array_equal(np.asarray(held.images), np.asarray(whole.images)[held.images.index])
 
 
 class WorkerPids(torch.utils.data.Dataset):
-    """Each batch says which process read it."""
+    """Each batch says (in its labels) which process read it."""
+
+    aug = "none"
 
     def __len__(self):
         return 8
 
     def __getitem__(self, idx):
-        return torch.full((len(idx),), os.getpid()), torch.zeros(len(idx))
+        return torch.zeros(len(idx), 1, 1, 1, dtype=torch.uint8), torch.full((len(idx),), os.getpid())
 
 
 def test_loader_workers_start_once_for_every_epoch():
-    stream = data.batches(WorkerPids(), 4, seed=0, start_step=0, device="cpu", workers=1)
+    args = argparse.Namespace(batch_size=4, seed=0, workers=1)
+    stream = data.batches(WorkerPids(), args, 0, device="cpu")
     got = [next(stream) for _ in range(6)]  # three epochs of two batches
-    assert [epoch for epoch, _, _ in got] == [0, 0, 1, 1, 2, 2]
-    pids = {int(x[0]) for _, x, _ in got}
+    assert [epoch for epoch, _ in itertools.islice(data.batch_order(8, 4, 0, 0), 6)] == [0, 0, 1, 1, 2, 2]
+    pids = {int(y[0]) for _, y in got}
     assert len(pids) == 1 and pids != {os.getpid()}  # one worker process read all three epochs
 
 

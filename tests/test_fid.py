@@ -272,21 +272,21 @@ def test_diversity_and_farthest_closed_forms():
 
 def test_evaluator_diversity_and_worst_samples(tmp_path):
     _, held = data.load_dataset("digits", 16, aug="none").split()
-    evaluate = evaluate.Evaluator("digits", held, "digits", 16, 5000, "cpu")
+    evaluator = evaluate.Evaluator("digits", held, "digits", 16, 5000, "cpu")
     real = (
         torch.from_numpy(np.array(held.images[:100])).permute(0, 3, 1, 2).float() / 127.5 - 1
     )  # (100, 1, 16, 16)
     blank = torch.full((16, 1, 16, 16), -1.0)  # black squares: no digit at all
     fake = torch.cat([real, blank])
-    row = evaluate(fake, tmp_path / "worst.png")
-    assert row["diversity_real"] == pytest.approx(evaluate.diversity(evaluate.real_acts))
+    row = evaluator(fake, tmp_path / "worst.png")
+    assert row["diversity_real"] == pytest.approx(evaluate.diversity(evaluator.real_acts))
     assert 0.8 < row["diversity"] / row["diversity_real"] < 1.3
     worst = np.asarray(Image.open(tmp_path / "worst.png").convert("L"))
     assert worst.shape == (4 * 18 + 2, 4 * 18 + 2)
     # Every image in the worst grid is one of the 16 blank ones (black inside the white padding).
     cells = [worst[2 + 18 * i : 18 * (i + 1), 2 + 18 * j : 18 * (j + 1)] for i in range(4) for j in range(4)]
     assert all(c.max() == 0 for c in cells)
-    collapsed = evaluate(real[:1].repeat(50, 1, 1, 1))
+    collapsed = evaluator(real[:1].repeat(50, 1, 1, 1))
     assert collapsed["diversity"] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -314,7 +314,9 @@ def test_lpips_diversity_matches_lpips_package(vgg_state):
     keep = i != j
     with torch.no_grad():
         expected = oracle(x[i[keep]], x[j[keep]]).mean().item()
-    assert evaluate.lpips_diversity(x, ours, pairs=40, seed=0, batch_size=7) == pytest.approx(expected, rel=1e-5)
+    assert evaluate.lpips_diversity(x, ours, pairs=40, seed=0, batch_size=7) == pytest.approx(
+        expected, rel=1e-5
+    )
     assert evaluate.lpips_diversity(x[:1].repeat(5, 1, 1, 1), ours) == pytest.approx(0.0, abs=1e-6)
 
 

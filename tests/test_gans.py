@@ -49,15 +49,22 @@ def test_wasserstein_and_hinge_losses():
     assert wgan_gp.critic_loss(real, fake).item() == pytest.approx(-1.5 - 1.25)
     assert wgan_gp.generator_loss(fake).item() == pytest.approx(1.5)
     # hinge: relu(1 - real) = [0, 0.5], relu(1 + fake) = [0, 1]
-    # sagan's critic_loss takes the critic and its inputs too: wgan-gp adds the penalty there.
+    assert sagan.critic_loss(real, fake, "hinge").item() == pytest.approx(0.25 + 0.5)
+    assert sagan.critic_loss(real, fake, "wgan-gp").item() == pytest.approx(-2.75)
     w = torch.full((2,), 1.5)  # a linear critic with ||grad|| = 1.5 * sqrt(2) everywhere
     x_real, x_fake = torch.randn(2, 1, 1, 2), torch.randn(2, 1, 1, 2)
-    loss, gp = sagan.critic_loss(Linear(w), x_real, x_fake, real, fake, "hinge")
-    assert loss.item() == pytest.approx(0.25 + 0.5) and gp.item() == 0.0
-    loss, gp = sagan.critic_loss(Linear(w), x_real, x_fake, real, fake, "wgan-gp")
-    assert loss.item() == pytest.approx(-2.75) and gp.item() == pytest.approx(
-        (1.5 * 2**0.5 - 1) ** 2, rel=1e-5
-    )
+    gp = sagan.gradient_penalty(Linear(w), x_real, x_fake)
+    assert gp.item() == pytest.approx((1.5 * 2**0.5 - 1) ** 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("module", [wgan_gp, sagan])
+def test_gradient_penalty_looks_at_the_given_interpolation_points(module):
+    """x_hat = eps x + (1 - eps) G(z): a critic whose gradient norm is |x_hat|-dependent tells where."""
+    critic = lambda x: 0.5 * (x.flatten(1) ** 2).sum(1)  # grad = x_hat, its norm |x_hat|
+    real, fake = torch.full((3, 1, 1, 4), 2.0), torch.zeros(3, 1, 1, 4)
+    eps = torch.tensor([0.0, 0.25, 1.0]).view(3, 1, 1, 1)  # |x_hat| = 4 eps: 0, 1, 4
+    gp = module.gradient_penalty(critic, real, fake, eps)
+    assert gp.item() == pytest.approx(((0 - 1) ** 2 + (1 - 1) ** 2 + (4 - 1) ** 2) / 3)
 
 
 def test_wgan_critic_has_no_batchnorm():
@@ -190,8 +197,9 @@ def test_wgan_gp_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("module", [wgan_gp, sagan])
 def test_resume_matches_uninterrupted(tmp_path, module):
-    # 7 steps = 14 critic batches crosses an epoch (10 batches) mid-step; resume at step 3.
-    flags = TINY + ["--diffaug", "translation,cutout"]
+    # 7 steps = 14 critic batches crosses an epoch (10 batches) mid-step; resume at step 3. The deluxe
+    # augmentation draws from the RNG as each batch is read: the resumed run must read the same draws.
+    flags = TINY + ["--aug", "deluxe"]
     a, b = tmp_path / "a", tmp_path / "b"
     module.main(flags + ["--max-steps", "7", "--out", str(a)])
     module.main(flags + ["--max-steps", "3", "--out", str(b)])
@@ -238,7 +246,7 @@ def test_sagan_end_to_end(tmp_path, res, extra):
         (sagan, ["--loss", "bce"], "invalid choice"),
         (sagan, ["--cond"], "at least 2 classes"),  # TINY's lfw has one label
         (wgan_gp, ["--n-critic", "0"], "--n-critic"),
-        (wgan_gp, ["--diffaug", "zoom"], "unknown DiffAugment"),
+        (wgan_gp, ["--lr-decay", "1.5"], "--lr-decay must be in (0, 1]"),
         (wgan_gp, ["--data", "/no/such/folder"], "error:"),
     ],
 )

@@ -60,7 +60,7 @@ def test_every_phase_runs_then_skips(tmp_path):
         assert (tmp_path / name / grid).is_file(), name
     assert "3.2_vae_perceptual: skipped: VGG-16 weights" in first.stdout
     # Phase 1 aligned the built-in faces once and says why it names no winner (no Inception FID here).
-    assert "aligned: 100" in first.stdout and (tmp_path / "data" / "aligned_128" / "000.png").is_file()
+    assert "aligned: 100" in first.stdout and (tmp_path / "data" / "aligned_128" / "000000.png").is_file()
     phase1 = json.loads((tmp_path / "phase1.json").read_text())
     assert set(phase1) == {"1A resolution", "1B alignment", "1C augmentation", "1D data"}
     assert all(v["winner"] is None and "no FID" in v["why"] for v in phase1.values())

@@ -15,7 +15,6 @@ import data
 import dcgan
 import ddpm
 import evaluate
-import fid
 import sagan
 import vae
 import wgan_gp

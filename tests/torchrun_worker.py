@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import data  # noqa: E402
 import evaluate  # noqa: E402
-import fid  # noqa: E402
 
 save_training_state = common.save_training_state
 
