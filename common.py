@@ -451,8 +451,6 @@ class TrainClock:
         self._base, self._start, self._end = seconds, None, None  # the clock starts at the first `stop`
         self.max_seconds = args.max_minutes * 60 if args.max_minutes else math.inf
         self.signalled, self.timed_out = None, False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
         self.by_time = args.max_minutes is not None and args.max_steps is None
         fmt = "{l_bar}{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}{postfix}]" if self.by_time else None
         total, initial = (args.max_minutes, seconds / 60) if self.by_time else (self.total, step)
@@ -486,8 +484,12 @@ class TrainClock:
         self.bar.update(min(self.seconds / 60, self.bar.total) - self.bar.n if self.by_time else 1)
 
     def stop(self, step):
-        """Stop before this step? Asked before each step (the first ask starts the clock)."""
-        self._start = self._start or time.time()
+        """Stop before this step? Asked before each step; the first ask starts the clock, and from then
+        on a SIGINT/SIGTERM finishes the step in flight, then stops."""
+        if self._start is None:
+            self._start = time.time()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
         self.checked = self.seconds
         self.timed_out = step < self.total and self.checked > self.max_seconds
         if world_size() > 1:

@@ -193,10 +193,11 @@ def gan_loss(logits, real, kind):
     raise ValueError(f"unknown GAN loss {kind!r}")
 
 
-def generator_loss(G_AB, G_BA, D_A, D_B, real_a, real_b, kind, lambda_cycle, lambda_identity):
-    """-> (fake_a, fake_b, terms): the adversarial terms (both generators fool their discriminator),
-    the cycle loss (eq. 2, both ways) and, when weighted, the identity loss; terms["total"] is
-    gan + lambda_cycle (cycle + lambda_identity identity), the authors' weighting."""
+def generator_loss(generators, discriminators, real_a, real_b, kind, lambda_cycle, lambda_identity):
+    """-> (fake_a, fake_b, terms) for (G_AB, G_BA) and (D_A, D_B): the adversarial terms (both generators
+    fool their discriminator), the cycle loss (eq. 2, both ways) and, when weighted, the identity loss;
+    terms["total"] is gan + lambda_cycle (cycle + lambda_identity identity), the authors' weighting."""
+    (G_AB, G_BA), (D_A, D_B) = generators, discriminators
     fake_b, fake_a = G_AB(real_a), G_BA(real_b)  # (B, C_b, H, W), (B, C_a, H, W)
     terms = {"gan": gan_loss(D_B(fake_b), True, kind) + gan_loss(D_A(fake_a), True, kind)}
     terms["cycle"] = F.l1_loss(G_BA(fake_b), real_a) + F.l1_loss(G_AB(fake_a), real_b)
@@ -399,8 +400,10 @@ def main(argv=None):
         D_A.requires_grad_(False)
         D_B.requires_grad_(False)
         with autocast():
-            loss_flags = (args.gan_loss, args.lambda_cycle, args.lambda_identity)
-            fake_a, fake_b, terms = generator_loss(G_AB_ddp, G_BA_ddp, D_A, D_B, real_a, real_b, *loss_flags)
+            weights = (args.lambda_cycle, args.lambda_identity)
+            fake_a, fake_b, terms = generator_loss(
+                (G_AB_ddp, G_BA_ddp), (D_A, D_B), real_a, real_b, args.gan_loss, *weights
+            )
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(terms["total"]).backward()
         scaler.step(opt_g)

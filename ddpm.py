@@ -21,7 +21,10 @@ Presets (--preset auto: study on CUDA, cpu elsewhere; a flag given explicitly wi
 
 Forward process: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Ho eq. 4). The network predicts
 eps or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 and is trained with plain MSE on that target
-(Ho's L_simple, eq. 14). Sampling and FID always use the EMA weights.
+(Ho's L_simple, eq. 14): Algorithm 1 is the training step in main() (draw t and eps, then
+`diffusion_loss`); Algorithm 2 is `ddpm_sample`, and `ddim_sample` its deterministic shortcut.
+The sampler is chosen once (`choose_sampler`); every output (grids, FID, --generate) calls it
+through `sample`, always with the EMA weights.
 
 Departures from the papers: AdamW instead of Adam; no learning-rate warm-up (the CPU runs
 are short); the U-Net's output conv starts at zero; GroupNorm uses 32 groups only where

@@ -129,16 +129,14 @@ case "$PRESET" in
   *) echo "run_all.sh: unknown preset $PRESET (smoke, full or test)" >&2; exit 2 ;;
 esac
 
-# run NAME SCRIPT FLAGS...: skip a finished run, resume an unfinished one. Every step's
-# command is recorded in $RUNS/.commands/NAME (phase 5 retrains the winners with their own
-# flags) but only runs in the phases asked for. SEEDS=K > 1 runs the step K times, --seed 0..K-1, into
-# $RUNS/NAME/seed_N/ (each skipped or resumed on its own); the report gives their mean
-# and spread. A failed run leaves FAILED (exit code and last error line) for the
-# report; its output also goes to stderr.log.
+# run NAME SCRIPT FLAGS...: skip a finished run, resume an unfinished one; only the phases asked
+# for run, but every step's command is kept in $RUNS/.commands/NAME, a NUL-ended word each
+# (phase 5 retrains a pick with it). SEEDS=K > 1 runs the step K times, --seed 0..K-1, into
+# $RUNS/NAME/seed_N/ (each skipped or resumed on its own). A failed run leaves FAILED (exit
+# code and last error line) for the report; its output also goes to stderr.log.
 FAILED=()
 run() {
   local name="$1" script="$2"; shift 2
-  # The step's command, one NUL-ended word each (quoting kept): phase 5 retrains a pick with it.
   mkdir -p "$RUNS/.commands" && printf '%s\0' "$script" "$@" > "$RUNS/.commands/$name"
   want "$PHASE" || return 0
   if [ "$SEEDS" -eq 1 ]; then

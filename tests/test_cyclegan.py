@@ -137,7 +137,7 @@ def test_cycle_identity_and_gan_terms_on_hand_made_generators():
     # Each generator adds 0.5: a round trip is off by 1 (cycle 1 + 1), a target image by 0.5 (identity
     # 0.5 + 0.5); D says 0 everywhere, so LSGAN's (0 - 1)^2 is 1 for each generator.
     fake_a, fake_b, t = cyclegan.generator_loss(
-        Shift(0.5), Shift(0.5), zeros_d, zeros_d, a, b, "lsgan", 10, 0.5
+        (Shift(0.5), Shift(0.5)), (zeros_d, zeros_d), a, b, "lsgan", 10, 0.5
     )
     assert torch.allclose(fake_b, a + 0.5) and torch.allclose(fake_a, b + 0.5)
     assert t["cycle"].item() == pytest.approx(2.0)
@@ -145,10 +145,10 @@ def test_cycle_identity_and_gan_terms_on_hand_made_generators():
     assert t["gan"].item() == pytest.approx(2.0)
     assert t["total"].item() == pytest.approx(2.0 + 10 * 2.0 + 10 * 0.5 * 1.0)
     # A perfect round trip: no cycle or identity loss; no cycle weight: no identity term at all.
-    _, _, t = cyclegan.generator_loss(nn.Identity(), nn.Identity(), zeros_d, zeros_d, a, b, "bce", 10, 0.5)
+    _, _, t = cyclegan.generator_loss((nn.Identity(),) * 2, (zeros_d, zeros_d), a, b, "bce", 10, 0.5)
     assert t["cycle"].item() == t["identity"].item() == 0.0
     assert t["gan"].item() == pytest.approx(2 * np.log(2))
-    _, _, t = cyclegan.generator_loss(Shift(0.5), Shift(0.5), zeros_d, zeros_d, a, b, "lsgan", 0, 0.5)
+    _, _, t = cyclegan.generator_loss((Shift(0.5), Shift(0.5)), (zeros_d, zeros_d), a, b, "lsgan", 0, 0.5)
     assert "identity" not in t and t["total"].item() == pytest.approx(2.0)
 
 

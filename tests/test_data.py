@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import common
 import data
@@ -150,3 +151,23 @@ def test_batches_resume_same_order():
     # The batches are the data's images in [-1, 1]: the first is batch_order's first 16, read sorted.
     first = np.sort(next(data.batch_order(len(ds), 16, 3, 0))[1])
     assert torch.equal(seq[0], torch.stack([ds[i][0] for i in first]))
+
+
+def test_export_writes_the_cached_images_as_pngs_a_folder_a_class(tmp_path):
+    data.main(["digits", str(tmp_path / "held"), "--res", "16", "--split", "heldout"])
+    held = data.load_dataset("digits", 16, aug="none").split()[1]
+    rows = (tmp_path / "held" / "labels.csv").read_text().splitlines()
+    assert rows[0] == "file,label" and len(rows) == 1 + len(held) == 300
+    for i in (0, 123, 298):
+        file, label = rows[1 + i].split(",")
+        assert (
+            file == f"{held.classes[held.labels[i]]}/{i:06d}.png"
+            and label == f'"{held.classes[held.labels[i]]}"'
+        )
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "held" / file)), held.images[i][..., 0])
+    # Read back as a folder: the same pixels, the class from the sub-folder.
+    again = data.load_dataset(str(tmp_path / "held"), 16, channels=1, aug="none")
+    assert sorted(again.classes) == held.classes and len(again) == len(held)
+    with pytest.raises(SystemExit) as e:
+        data.main(["/no/such/folder", str(tmp_path / "x")])
+    assert e.value.code == 2

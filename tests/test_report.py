@@ -227,6 +227,27 @@ def test_pick_lowest_fid_and_keep_it(tmp_path):
     assert res.returncode == 1 and res.stdout == ""
 
 
+def test_phase1_names_the_lower_final_fid_of_each_question(tmp_path):
+    make_run(tmp_path, "1A_raw_64", "dcgan", {}, fids=[fid_row(5, 40.0), fid_row(10, 30.0)])
+    make_run(tmp_path, "1A_raw_128", "dcgan", {}, fids=[fid_row(10, 35.0)])
+    make_run(tmp_path, "1B_aligned_64", "dcgan", {}, fids=[fid_row(10, 25.0)])
+    make_run(tmp_path, "1C_aligned_deluxe", "dcgan", {}, fids=[fid_row(10, 20.0)], summary=False)
+    make_run(tmp_path, "1D_aligned_mix", "dcgan", {}, fids=[fid_row(10, 26.0)])
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "report.py"), str(tmp_path), "--phase1"], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    got = json.loads((tmp_path / "phase1.json").read_text())
+    assert got["1A resolution"] == {"winner": "1A_raw_64", "fid": {"1A_raw_64": 30.0, "1A_raw_128": 35.0}}
+    assert got["1B alignment"]["winner"] == "1B_aligned_64"
+    assert got["1C augmentation"]["winner"] is None  # 1C unfinished: no decision
+    assert got["1D data"] == {
+        "winner": "1B_aligned_64",
+        "fid": {"1B_aligned_64": 25.0, "1D_aligned_mix": 26.0},
+    }
+    assert "phase 1 1B alignment: {'winner': '1B_aligned_64'" in res.stdout
+
+
 def test_missing_runs_folder_exit_2(tmp_path):
     res = subprocess.run(
         [sys.executable, str(ROOT / "report.py"), str(tmp_path / "nope")], capture_output=True, text=True
