@@ -1,10 +1,10 @@
 """Training plumbing shared by the genstudy scripts, in the order a script meets it: errors and files,
-ranks (torchrun), flags and presets, pretrained weights, device and AMP, EMA, the metrics log and the
-training clock, checkpoints and resume, images (grids, GIFs, sampling in batches, --generate's folders)
-and the run's summary. Under torchrun (several processes, one a GPU or CPU slot) the same plumbing
-splits each batch and each evaluation over the ranks, and only rank 0 writes files, prints and draws
-the bar (see `setup_device`). No model, loss, sampler or dataset lives here: data.py holds the data,
-each model script its own model and training loop.
+ranks (torchrun), flags and presets, pretrained weights, device and AMP, EMA, the run's folder, its
+checkpoints and resume, the training clock, the metrics log, images (grids, sampling in batches, the
+final pictures and GIF, --generate's folders) and the run's summary. Under torchrun (several
+processes, one a GPU or CPU slot) the same plumbing splits each batch and each evaluation over the
+ranks, and only rank 0 writes files, prints and draws the bar (see `setup_device`). No model, loss,
+sampler or dataset lives here: data.py holds the data, each model script its own model and loop.
 """
 
 import argparse
