@@ -435,7 +435,7 @@ def main(argv=None):
     """python data.py SPEC DST: a dataset's images as PNG files, a folder that every script reads
     (--data DST), align.py aligns and fid.py scores; one sub-folder a class when there are several.
     DST/labels.csv (file, label) is written last: a folder holding it is complete."""
-    p = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description="Write a dataset's images as PNG files (and labels.csv).")
     p.add_argument("spec", help="any --data spec: digits | mnist | lfw | shapes | folder | mix")
     p.add_argument("dst", help="the folder to write")
     p.add_argument("--res", type=int, default=64, help="image side in pixels")
