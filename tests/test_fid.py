@@ -153,6 +153,20 @@ def test_stats_float64_unbiased():
     assert np.allclose(sigma, centred.T @ centred / 6)
 
 
+@pytest.mark.parametrize("n_a, n_b", [(2000, 1500), (100, 1500), (1500, 100)])
+def test_frechet_by_eigenvalues_is_pytorch_fids_number(n_a, n_b):
+    """256-d, full rank and singular (fewer samples than dimensions) on either side: the eigenvalues of
+    sigma1 sigma2 give pytorch-fid's sqrtm number to 1e-6 relative."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.RandomState(0)
+    a = rng.randn(n_a, 256)
+    b = rng.randn(n_b, 256) @ rng.randn(256, 256) * 0.2 + 0.3
+    ours = fid.frechet_distance(*fid.stats(a), *fid.stats(b))
+    theirs = calculate_frechet_distance(*fid.stats(a), *fid.stats(b))
+    assert ours == pytest.approx(theirs, rel=1e-6) and ours > 0
+
+
 def test_frechet_closed_form_diagonal():
     rng = np.random.RandomState(0)
     mu1, mu2 = rng.randn(5), rng.randn(5)
