@@ -238,9 +238,8 @@ def main(argv=None):
     channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
     G = common.place(Generator(args.nz, args.ngf, channels, args.res, args.attn_res, n_classes), device)
     G.apply(init_generator)
-    C = common.place(
-        spectrally_normed(Critic(args.ndf, channels, args.res, args.attn_res, n_classes)), device
-    )
+    C = spectrally_normed(Critic(args.ndf, channels, args.res, args.attn_res, n_classes))
+    C = common.place(C, device)
     ema = common.EMA(G, args.ema)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(0.0, 0.9))
     opt_c = torch.optim.Adam(C.parameters(), lr=args.lr_d or args.lr, betas=(0.0, 0.9))
@@ -253,9 +252,8 @@ def main(argv=None):
         labels = data.generation_labels(args, heldout, args.generate)
         fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
         return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
-    # Under torchrun, the steps call these wrappers (gradients averaged over the ranks). The critic runs on
-    # real, fake and interpolated batches before one backward: its spectral-norm vectors (buffers, the same
-    # on every rank) are not re-broadcast between the calls.
+    # Under torchrun the steps call these wrappers (gradients averaged over the ranks); the critic's spectral-
+    # norm vectors (buffers, the same on every rank) are not re-broadcast between its calls before a backward.
     G_ddp, C_ddp = common.ddp(G, device, args), common.ddp(C, device, args, sync_buffers=False)
     evaluator = Evaluator.for_run(args, heldout, device)
     fixed_y = data.generation_labels(args, heldout, 64)  # every epoch's grid: the same 64 latents (seed)
@@ -270,9 +268,7 @@ def main(argv=None):
                     fake = G(z, y)
                 real_scores, fake_scores = C_ddp(real, y).float(), C_ddp(fake, y).float()
             loss_c, gp = critic_loss(real_scores, fake_scores, args.loss), torch.zeros((), device=device)
-            if (
-                args.loss == "wgan-gp"
-            ):  # the penalty, in fp32 (see wgan_gp.py), scored under the batch's labels
+            if args.loss == "wgan-gp":  # the penalty, in fp32 (see wgan_gp.py), under the batch's labels
                 eps = common.shard(torch.rand(args.batch_size, 1, 1, 1, device=device))
                 with torch.autocast(device.type, enabled=False):
                     gp = gradient_penalty(functools.partial(C_ddp, y=y), real.float(), fake.float(), eps)

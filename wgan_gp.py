@@ -178,8 +178,8 @@ def main(argv=None):
         labels = data.generation_labels(args, heldout, args.generate)
         fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
         return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
-    # Under torchrun, the steps call these wrappers (gradients averaged over the ranks). The critic runs on
-    # real, fake and interpolated batches before one backward: its buffers are not re-broadcast between.
+    # Under torchrun the steps call these wrappers (gradients averaged over the ranks); the critic's buffers
+    # are not re-broadcast between its calls on real, fake and interpolated batches before one backward.
     G_ddp, C_ddp = common.ddp(G, device, args), common.ddp(C, device, args, sync_buffers=False)
     evaluator = Evaluator.for_run(args, heldout, device)
     fixed_y = data.generation_labels(args, heldout, 64)  # every epoch's grid: the same 64 latents (seed)
@@ -220,9 +220,7 @@ def main(argv=None):
         step += 1
         clock.tick()
         if step % args.log_every == 0 or step == clock.total:
-            # The Wasserstein estimate E[C(x)] - E[C(G(z))] is the number to watch: it
-            # should shrink as G improves (the GAN losses of 2.1 say little).
-            c = loss_c.item()
+            c = loss_c.item()  # minus the Wasserstein estimate E[C(x)] - E[C(G(z))], to watch shrink
             losses = dict(loss_c=c, loss_g=loss_g.item(), gp=gp.item(), wasserstein=-c)
             if n_classes:
                 losses.update(class_c=cls_c.item(), class_g=cls_g.item())
