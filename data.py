@@ -443,7 +443,8 @@ def main(argv=None):
     p.add_argument("--split", default="all", choices=["all", "train", "heldout"], help="which images")
     args = p.parse_args(argv)
     images = load_dataset(args.spec, args.res, crop=args.crop, aug="none")
-    images = {"all": images, "train": images.split()[0], "heldout": images.split()[1]}[args.split]
+    if args.split != "all":
+        images = images.split()[args.split == "heldout"]  # (train, held-out)
     dst, rows = Path(args.dst), ["file,label\n"]
     for i in tqdm(range(len(images)), desc=f"writing {dst}", disable=len(images) < 500):
         label = images.labels[i]

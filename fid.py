@@ -29,6 +29,7 @@ from PIL import Image
 
 import classifiers
 import common
+import data
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
@@ -367,7 +368,7 @@ def main(argv=None):
     a("--save-stats", action="store_true", help="write the first folder's mu, sigma to the second path")
     a("--batch-size", type=int, default=50)
     a("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a("--features", default="inception", choices=["inception", "digits", "mnist", "shapes"])
+    a("--features", default="inception", choices=["inception", *data.CLASSIFIED])
     a("--inception-weights", default=None, help=f"path to {WEIGHTS_NAME}")
     a("--kid", action="store_true", help="also print KID (folders only)")
     args = p.parse_args(argv)

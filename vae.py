@@ -170,16 +170,6 @@ def g_adv_loss(fake_logits):
 
 
 # ----------------------------------------------------------------------------- sampling and evaluation
-def slerp(a, b, t):
-    """Slerp between latents a, b (D,) at t (K,) -> (K, D): Gaussian latents lie near a sphere, not a line."""
-    a_n, b_n = a / a.norm(), b / b.norm()
-    omega = torch.acos((a_n * b_n).sum().clamp(-1, 1))
-    t = t[:, None]
-    if omega.abs() < 1e-6:
-        return (1 - t) * a + t * b
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
-
-
 @torch.no_grad()
 def heldout_mse(vae, heldout, device, batch_size=256):
     """Mean squared error of reconstructions (from mu, no sampling) of held-out images, in [-1, 1] units."""
@@ -209,7 +199,7 @@ def save_outputs(vae, args, fixed_y, conditions, heldout, device, out):
     recons = vae.decode(vae.encode(images, labels)[0], labels)
     pairs = torch.stack([images.view(4, 8, *images.shape[1:]), recons.view(4, 8, *images.shape[1:])], 1)
     mus = vae.encode(images[:16], labels[:16])[0].cpu()
-    walk = torch.cat([slerp(mus[i], mus[i + 8], torch.linspace(0, 1, 8)) for i in range(8)])
+    walk = torch.cat([common.slerp(mus[i], mus[i + 8], torch.linspace(0, 1, 8)) for i in range(8)])
     walk = vae.decode(walk.to(device), labels[:8].repeat_interleave(8, 0))
     grids = {"samples.png": final, "recon.png": pairs.flatten(0, 2), "interp.png": walk}
     cells = {
