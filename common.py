@@ -236,17 +236,19 @@ def download_file(url, dst):
 @rank0_first()  # a download is written by rank 0 alone
 def find_pretrained(name, url, path=None, env=None, flag="", download=True):
     """A pretrained weights file: `path` (a --flag), $env, then the torch hub cache (downloaded there when
-    missing and online), its sha256 checked against the name's prefix. UserError says what goes where."""
+    missing, online and not GENSTUDY_OFFLINE=1), its sha256 checked against the name's prefix. UserError
+    says in one line what is missing and where it goes."""
     cache = Path(torch.hub.get_dir()) / "checkpoints" / name
     found = Path(path) if path else Path(os.environ[env]) if env and os.environ.get(env) else cache
-    if not found.exists() and found == cache and download:
+    why = ""
+    if not found.exists() and found == cache and download and not os.environ.get("GENSTUDY_OFFLINE"):
         try:
             download_file(url, cache)
         except OSError as e:
-            warnings.warn(f"could not download {url}: {e}")
+            why = f" (download failed: {getattr(e, 'reason', e)})"
     if not found.exists():
-        where = f"Download {url} and put it at {cache} (or pass {flag} PATH, or set {env}=PATH)"
-        raise UserError(f"weights {name} not found at {found}. {where}")
+        where = f"download {url} to {cache}, pass {flag} PATH or set {env}=PATH"
+        raise UserError(f"weights {name} not found at {found}{why}; {where}")
     expected = name.rsplit("-", 1)[1].split(".")[0]
     with open(found, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()

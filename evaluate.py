@@ -6,6 +6,7 @@ diversity (with torchvision's VGG-16 on disk), the samples farthest from any rea
 coverage, and the accuracy of conditional samples by the data's classifier (iCLEVR's rule).
 """
 
+import sys
 import warnings
 
 import numpy as np
@@ -99,9 +100,9 @@ class Evaluator:
                 if features == "inception":
                     raise
                 features = spec if spec in data.CLASSIFIED else "none"
-                warnings.warn(
-                    f"{e}; FID {f'in the {spec} feature space' if features != 'none' else 'skipped'}"
-                )
+                if common.rank() == 0:  # one line, not a warning's two: the run goes on
+                    then = f"in the {spec} feature space" if features != "none" else "skipped"
+                    print(f"note: FID {then}: {e}", file=sys.stderr)
         self.features = features
         if features == "none":
             return

@@ -187,7 +187,7 @@ def test_garbage_checkpoint_is_called_damaged_not_pickle(tmp_path):
 # ----------------------------------------------------------------------------- damaged derived caches
 
 
-def test_truncated_data_cache_is_rebuilt():
+def test_truncated_data_cache_is_rebuilt(private_cache):
     expected = np.array(data.load_dataset("digits", 16, aug="none").images)  # a copy, not the memmap
     manifest = next(  # the digits' own cache: MNIST's and others' at 16 px may sit beside it
         p
@@ -204,7 +204,7 @@ def test_truncated_data_cache_is_rebuilt():
         data.load_dataset("digits", 16, aug="none")
 
 
-def test_data_cache_that_disagrees_with_its_manifest_is_rebuilt():
+def test_data_cache_that_disagrees_with_its_manifest_is_rebuilt(private_cache):
     expected = np.array(data.load_dataset("lfw", 16, aug="none").images)
     manifest = next(
         p
@@ -218,7 +218,7 @@ def test_data_cache_that_disagrees_with_its_manifest_is_rebuilt():
     assert np.array_equal(expected, np.asarray(again.images))
 
 
-def test_garbage_digits_net_cache_is_retrained(capsys):
+def test_garbage_digits_net_cache_is_retrained(capsys, private_cache):
     net = classifiers.load_classifier("digits")
     path = common.CACHE_DIR / "digits_net_v1.pt"
     path.write_bytes(b"not a checkpoint at all")
@@ -232,7 +232,7 @@ def test_garbage_digits_net_cache_is_retrained(capsys):
         classifiers.load_classifier("digits")
 
 
-def test_damaged_fid_statistics_cache_is_recomputed():
+def test_damaged_fid_statistics_cache_is_recomputed(private_cache):
     held = data.load_dataset("digits", 16, aug="none").split()[1]
     first = evaluate.Evaluator("digits", held, "digits", 16, 100, "cpu")
     path = next((common.CACHE_DIR / "fid_stats").glob("digits_digits_None_16_100_cpu.npz"))

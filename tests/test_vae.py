@@ -229,21 +229,18 @@ def test_perceptual_step_runs_with_weights(tmp_path, monkeypatch, vgg_state):
 
 def test_missing_vgg_weights_is_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("VGG_WEIGHTS", raising=False)
+    monkeypatch.delenv("GENSTUDY_OFFLINE")  # a download is tried, and fails as offline
 
     def offline(url, dst):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(common, "download_file", offline)
-    with pytest.warns(UserWarning, match="could not download"), pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit) as e:
         vae.main(TINY + ["--max-steps", "1", "--perceptual", "0.1", "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and len(err.splitlines()) == 1
-    assert (
-        vae.VGG_NAME in err
-        and "--vgg-weights" in err
-        and str(tmp_path / "torch" / "hub" / "checkpoints") in err
-    )
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: weights {vae.VGG_NAME} not found at {tmp_path / 'torch' / 'hub'}")
+    assert "(download failed: network is unreachable)" in err and "--vgg-weights PATH" in err
 
 
 def test_wrong_vgg_file_refused(tmp_path, capsys):
