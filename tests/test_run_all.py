@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -38,10 +39,8 @@ RUNS = [
 
 
 def run_all(runs_dir, *args, python=sys.executable, **env_vars):
-    # No VGG-16 weights (an empty torch hub dir): step 3.2 must be skipped, saying so.
-    env = dict(os.environ, RUNS=str(runs_dir), PYTHON=str(python), TORCH_HOME=str(runs_dir / "torch"))
-    env.update(env_vars)
-    env.pop("VGG_WEIGHTS", None)
+    # No VGG-16 weights (the suite's TORCH_HOME is empty): step 3.2 must be skipped, saying so.
+    env = dict(os.environ, RUNS=str(runs_dir), PYTHON=str(python), **env_vars)
     return subprocess.run(
         ["bash", str(ROOT / "run_all.sh"), "--preset", "test", *args],
         env=env,
@@ -51,8 +50,30 @@ def run_all(runs_dir, *args, python=sys.executable, **env_vars):
     )
 
 
+def stand_in(tmp_path):
+    """A PYTHON for run_all.sh that answers the training scripts with tests/standin.py's files."""
+    python = tmp_path / "standin_python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} {ROOT / "tests" / "standin.py"} "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
+def commands(runs_dir):
+    """The training commands run_all.sh ran, in order: {"launcher", "script", "argv"} each."""
+    return [json.loads(line) for line in (runs_dir / "standin.jsonl").read_text().splitlines()]
+
+
+def flag(argv, name):
+    """The value of --name in a command (the last one given), or None."""
+    at = [i for i, word in enumerate(argv) if word == name]
+    return argv[at[-1] + 1] if at else None
+
+
 def test_every_phase_runs_then_skips(tmp_path):
-    first = run_all(tmp_path)
+    """The recipe, with the training scripts stood in for (their own tests run them): every step once,
+    its flags, phase 1's alignment and decision, phase 5's picks, the report; then nothing twice."""
+    python = stand_in(tmp_path)
+    first = run_all(tmp_path, python=python)
     assert first.returncode == 0, first.stderr[-3000:]
     for name in RUNS:
         assert (tmp_path / name / "summary.json").is_file(), name
@@ -95,45 +116,46 @@ def test_every_phase_runs_then_skips(tmp_path):
     assert json.loads((tmp_path / "6.5_ddpm_cfg" / "args.json").read_text())["guidance"] == [1, 0, 2, 4]
     assert "## Phase 6: conditional generation" in text and "![6.4_cvae](6.4_cvae/cond_new_test.png)" in text
     # Phase 7: the built-in pair, cycle loss on and off, PatchGAN and whole-image discriminators.
-    for name, disc, cycle in [("7.1", "patch", 10), ("7.2", "patch", 0), ("7.3", "dc", 10), ("7.4", "dc", 0)]:
-        (folder,) = tmp_path.glob(f"{name}_*")
-        args = json.loads((folder / "args.json").read_text())
-        assert (args["disc"], args["lambda_cycle"], args["data"]) == (disc, cycle, None), name
+    ran = {Path(c["argv"][c["argv"].index("--out") + 1]).name: c for c in commands(tmp_path)}
+    assert list(ran) == RUNS and all(c["launcher"] == [] for c in ran.values())  # each once, in order
+    for name, disc, cycle in [("7.1", "patch", None), ("7.2", "patch", "0"), ("7.3", "dc", None)]:
+        (run,) = [c for n, c in ran.items() if n.startswith(name)]
+        assert run["script"] == "cyclegan.py" and flag(run["argv"], "--data") is None, name
+        assert (flag(run["argv"], "--disc"), flag(run["argv"], "--lambda-cycle")) == (disc, cycle), name
     assert (
         "## Phase 7: unpaired translation" in text and "![7.2_no_cycle](7.2_no_cycle/translate.png)" in text
     )
-    second = run_all(tmp_path)
-    assert second.returncode == 0
+    second = run_all(tmp_path, python=python)
+    assert second.returncode == 0 and len(commands(tmp_path)) == len(RUNS)
     assert second.stdout.count("finished, skipped") == len(RUNS), second.stdout
     assert "100 already done, 0 to align" in second.stdout
     # --only 5 retrains a finalist from the flags phases 2-4 recorded, without running them again.
     shutil.rmtree(tmp_path / "5_gan")
-    third = run_all(tmp_path, "--only", "5")
+    third = run_all(tmp_path, "--only", "5", python=python)
     assert third.returncode == 0 and "== 5_gan: " in third.stdout and "dcgan.py" in third.stdout
     assert third.stdout.count("finished, skipped") == 2  # 5_vae and 5_ddpm
-    assert (tmp_path / "5_gan" / "summary.json").is_file()
+    assert [c["argv"] for c in commands(tmp_path)[len(RUNS) :]] == [ran["5_gan"]["argv"]]
 
 
 def test_nproc_launches_every_run_through_torchrun(tmp_path):
-    res = run_all(tmp_path, "--only", "4", NPROC="2")
+    """NPROC=2: every run of the phase goes through torchrun (what DDP then does: tests/test_ddp.py)."""
+    python = stand_in(tmp_path)
+    res = run_all(tmp_path, "--only", "4", NPROC="2", python=python)
     assert res.returncode == 0, res.stderr[-3000:]
-    for name in [n for n in RUNS if n.startswith("4.")]:
-        assert (
-            f"== {name}: {sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2"
-            in res.stdout
-        )
-        summary = json.loads((tmp_path / name / "summary.json").read_text())
-        assert summary["complete"] and summary["steps"] == 3
-        steps = [
-            json.loads(line)["step"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        ]
-        assert steps == [1, 2, 3]  # one process wrote them
-    again = run_all(tmp_path, "--only", "4", NPROC="2")
-    assert again.stdout.count("finished, skipped") == 4
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    phase4 = [n for n in RUNS if n.startswith("4.")]
+    for name in phase4:
+        assert f"== {name}: {python} {' '.join(launcher)} ddpm.py" in res.stdout
+    ran = commands(tmp_path)
+    assert [Path(flag(c["argv"], "--out")).name for c in ran] == phase4
+    assert all(c["launcher"] == launcher and c["script"] == "ddpm.py" for c in ran)
+    again = run_all(tmp_path, "--only", "4", NPROC="2", python=python)
+    assert again.stdout.count("finished, skipped") == 4 and len(commands(tmp_path)) == 4
 
 
 def test_seeds_run_each_step_per_seed_and_skip_each_when_done(tmp_path):
-    res = run_all(tmp_path, "--only", "4", SEEDS="2")
+    python = stand_in(tmp_path)
+    res = run_all(tmp_path, "--only", "4", SEEDS="2", python=python)
     assert res.returncode == 0, res.stderr[-3000:]
     for name in [n for n in RUNS if n.startswith("4.")]:
         for seed in (0, 1):
@@ -141,9 +163,14 @@ def test_seeds_run_each_step_per_seed_and_skip_each_when_done(tmp_path):
             assert json.loads((run / "summary.json").read_text())["complete"], run
             assert json.loads((run / "args.json").read_text())["seed"] == seed
         assert not (tmp_path / name / "summary.json").exists()
-    again = run_all(tmp_path, "--only", "4", SEEDS="2")
-    assert again.stdout.count("finished, skipped") == 8
+    assert len(commands(tmp_path)) == 8
+    (tmp_path / "4.2_ddpm_cosine_eps" / "seed_1" / "summary.json").unlink()  # one seed unfinished
+    again = run_all(tmp_path, "--only", "4", SEEDS="2", python=python)
+    assert again.stdout.count("finished, skipped") == 7
     assert "== 4.1_ddpm_linear_eps/seed_1: finished, skipped" in again.stdout
+    assert [flag(c["argv"], "--out") for c in commands(tmp_path)[8:]] == [
+        str(tmp_path / "4.2_ddpm_cosine_eps" / "seed_1")
+    ]
     # The report reads each step's seeds: mean +- std cells.
     line = next(l for l in (tmp_path / "REPORT.md").read_text().splitlines() if l.startswith("| 4.1 |"))
     assert (
