@@ -287,18 +287,18 @@ def join_torchrun(on_cuda):
     global _AGREE
     if on_cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
-    else:
-        dist.init_process_group("gloo")
-    # The ranks agree on when to stop at every step: over Gloo on the CPU, since an NCCL collective
-    # would make each step wait for the GPU.
-    _AGREE = dist.new_group(backend="gloo") if on_cuda else dist.group.WORLD
+    if not dist.is_initialized():  # once a process (the tests run several jobs in one launch)
+        device_id = torch.device("cuda", torch.cuda.current_device()) if on_cuda else None
+        dist.init_process_group("nccl" if on_cuda else "gloo", device_id=device_id)
+        # The ranks agree on when to stop at every step: over Gloo on the CPU, since an NCCL collective
+        # would make each step wait for the GPU.
+        _AGREE = dist.new_group(backend="gloo") if on_cuda else dist.group.WORLD
+        atexit.register(dist.destroy_process_group)
     # CPU batches are channels-last (the cache's layout), so are the weights' gradients, and DDP's
     # buckets (laid out like the weights) then take a copy: a warning each run, no cost worth one here.
     warnings.filterwarnings("ignore", "Grad strides do not match bucket view strides")
     if rank() != 0:
         sys.stdout = open(os.devnull, "w")
-    atexit.register(dist.destroy_process_group)
     return torch.device("cuda", torch.cuda.current_device()) if on_cuda else torch.device("cpu")
 
 

@@ -4,7 +4,6 @@ same global batch; a DDP run resumes exactly; FID gathered from both ranks equal
 inputs DDP cannot take fail in one line."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -28,16 +27,50 @@ SCRIPTS = {
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # each rank's BatchNorm statistics
 
 
-def torchrun(*args, nproc=2, **env):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    options = dict(capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, **env})
-    return subprocess.run([*cmd, str(WORKER), *args], **options)
+def ddpm_flags(out, steps):
+    return [*SMALL, *SCRIPTS["ddpm"], "--max-steps", str(steps), "--out", str(out)]
 
 
-def trained(*args):
-    res = torchrun(*args)
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory):
+    """One torchrun launch, every job of this file in it (a launch costs seconds, a job less): jobs are
+    run in order by tests/torchrun_worker.py. -> (folder, launch result, exit code of job NAME on rank
+    R, log of job NAME on rank R)."""
+    top = tmp_path_factory.mktemp("ddp")
+    jobs = [  # first: a cache still empty, built by rank 0 while rank 1 waits
+        (
+            "empty_cache",
+            "ddpm",
+            [*ddpm_flags(top / "cache_run", 2), "--fid-features", "digits"],
+            top / "cache",
+        )
+    ]
+    jobs += [
+        (script, script, [*SMALL, *flags, "--max-steps", "4", "--out", str(top / script)], None)
+        for script, flags in SCRIPTS.items()
+    ]
+    jobs += [
+        ("ddpm_5", "ddpm", ddpm_flags(top / "two", 5), None),
+        ("resume_a", "ddpm", ddpm_flags(top / "a", 6), None),
+        ("resume_b3", "ddpm", ddpm_flags(top / "b", 3), None),
+        ("resume_b6", "ddpm", [*ddpm_flags(top / "b", 6), "--resume"], None),
+        ("evaluate", "evaluate", [str(top / "two.json")], None),
+        ("generate", "ddpm", [*ddpm_flags(top / "two", 5), "--generate", "4"], None),
+        (
+            "batch_7",
+            "dcgan",
+            [*SMALL, "--batch-size", "7", "--max-steps", "2", "--out", str(top / "b7")],
+            None,
+        ),
+    ]
+    plan = top / "plan.json"
+    plan.write_text(json.dumps([dict(name=n, script=s, argv=a, cache=c and str(c)) for n, s, a, c in jobs]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER)]
+    res = subprocess.run([*cmd, str(plan)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-4000:]
-    return res
+    exit_code = lambda name, r=0: int((top / f"{name}.rank{r}.exit").read_text())
+    log = lambda name, r=0: (top / f"{name}.rank{r}.log").read_text()
+    return top, res, exit_code, log
 
 
 def rows(out):
@@ -58,13 +91,14 @@ def assert_same(a, b, path=""):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_script_trains_under_torchrun_with_one_set_of_outputs(tmp_path, script):
-    out = tmp_path / script
-    res = trained(script, *SMALL, *SCRIPTS[script], "--max-steps", "4", "--out", str(out))
+def test_every_script_trains_under_torchrun_with_one_set_of_outputs(launch, script):
+    top, _, exit_code, log = launch
+    out = top / script
+    assert exit_code(script) == exit_code(script, 1) == 0, log(script)[-3000:]
     train = [r["step"] for r in rows(out) if r["kind"] == "train"]
     assert train == [1, 2, 3, 4]  # rank 0 alone writes: no row twice
     assert len([r for r in rows(out) if r["kind"] in ("fid", "eval")]) == 1
-    assert res.stdout.count("done: 4 steps") == 1  # rank 1 prints nothing
+    assert log(script).count("done: 4 steps") == 1 and "done:" not in log(script, 1)  # rank 1 prints nothing
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["steps"] == 4
     assert (out / ("translate.png" if script == "cyclegan" else "samples.png")).exists()
@@ -84,16 +118,11 @@ def test_every_script_trains_under_torchrun_with_one_set_of_outputs(tmp_path, sc
     )
 
 
-def ddpm_flags(out, steps):
-    return [*SMALL, *SCRIPTS["ddpm"], "--max-steps", str(steps), "--out", str(out)]
-
-
-def test_ddpm_on_two_processes_takes_the_steps_of_one(tmp_path):
+def test_ddpm_on_two_processes_takes_the_steps_of_one(tmp_path, launch):
     """GroupNorm only, no dropout: 2 ranks with 4 images each follow 1 process with the batch of 8 (each
     rank draws the global batch's t and noise and keeps its rows; DDP averages the gradients)."""
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two = tmp_path / "one", launch[0] / "two"
     ddpm.main(ddpm_flags(one, 5))
-    trained("ddpm", *ddpm_flags(two, 5))
     a, b = common.load_checkpoint(one / "ckpt.pt"), common.load_checkpoint(two / "ckpt.pt")
     for key in a["model"]:
         torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-5, msg=key)
@@ -104,22 +133,21 @@ def test_ddpm_on_two_processes_takes_the_steps_of_one(tmp_path):
     assert fid_row(two)["n_fake"] == fid_row(one)["n_fake"] == 40
 
 
-def test_rank_0_builds_an_empty_cache_while_the_others_wait(tmp_path):
+def test_rank_0_builds_an_empty_cache_while_the_others_wait(launch):
     """Data cache, digits classifier (whose training reads the data again, on rank 0 only) and held-out
     features built by rank 0, read by rank 1: the ranks' barriers must pair up either way."""
-    cache = tmp_path / "cache"
-    flags = [*ddpm_flags(tmp_path / "r", 2), "--fid-features", "digits"]
-    res = torchrun("ddpm", *flags, GENSTUDY_CACHE=str(cache))
-    assert res.returncode == 0, res.stderr[-4000:]
-    assert res.stdout.count("digits classifier trained") == 1
+    top, _, exit_code, log = launch
+    assert exit_code("empty_cache") == exit_code("empty_cache", 1) == 0, log("empty_cache")[-3000:]
+    assert "digits classifier trained" in log("empty_cache") and "trained" not in log("empty_cache", 1)
+    cache = top / "cache"
     assert (cache / "digits_net_v1.pt").is_file() and len(list((cache / "fid_stats").glob("*.npz"))) == 1
 
 
-def test_ddp_run_resumes_as_if_uninterrupted(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    trained("ddpm", *ddpm_flags(a, 6))
-    trained("ddpm", *ddpm_flags(b, 3))
-    trained("ddpm", *ddpm_flags(b, 6), "--resume")
+def test_ddp_run_resumes_as_if_uninterrupted(launch):
+    top, _, exit_code, log = launch
+    a, b = top / "a", top / "b"
+    assert [exit_code(j) for j in ("resume_a", "resume_b3", "resume_b6")] == [0, 0, 0], log("resume_b6")
+    assert "resumed" in log("resume_b6") and "at step 3" in log("resume_b6")
     ca, cb = common.load_checkpoint(a / "ckpt.pt"), common.load_checkpoint(b / "ckpt.pt")
     assert cb["step"] == 6
     assert_same({k: ca[k] for k in ("model", "ema", "opt")}, {k: cb[k] for k in ("model", "ema", "opt")})
@@ -127,30 +155,33 @@ def test_ddp_run_resumes_as_if_uninterrupted(tmp_path):
     assert train(a) == train(b)
 
 
-def test_fid_gathered_from_two_ranks_equals_one_process(tmp_path):
-    trained("evaluate", str(tmp_path / "two.json"))
+def test_fid_gathered_from_two_ranks_equals_one_process(launch, tmp_path):
+    top = launch[0]
     res = subprocess.run(
         [sys.executable, str(WORKER), "evaluate", str(tmp_path / "one.json")], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    one, two = (json.loads(p.read_text()) for p in (tmp_path / "one.json", top / "two.json"))
     assert (one.pop("world_size"), two.pop("world_size")) == (1, 2)
     assert one["n_fake"] == two["n_fake"] == 101
     for key in ("fid", "kid", "diversity", "classes_covered"):
         assert two[key] == pytest.approx(one[key], rel=1e-6), key
 
 
-def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
-    res = torchrun("dcgan", *SMALL, "--batch-size", "7", "--max-steps", "2", "--out", str(tmp_path / "r"))
-    assert res.returncode != 0
-    assert "error: --batch-size 7 does not split evenly over 2 processes" in res.stderr
-    assert "Traceback" not in res.stderr.split("error: --batch-size")[0][-2000:]
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(launch):
+    _, _, exit_code, log = launch
+    assert exit_code("batch_7") == exit_code("batch_7", 1) == 2
+    assert (
+        log("batch_7").strip().splitlines()[-1]
+        == "error: --batch-size 7 does not split evenly over 2 processes"
+    )
 
 
-def test_generate_and_sync_bn_say_what_they_need(tmp_path, capsys):
+def test_generate_and_sync_bn_say_what_they_need(tmp_path, capsys, launch):
     with pytest.raises(SystemExit) as e:
         ddpm.main([*SMALL, "--sync-bn", "--max-steps", "1", "--out", str(tmp_path / "r")])
     assert e.value.code == 2 and "--sync-bn needs GPUs" in capsys.readouterr().err
-    trained("ddpm", *ddpm_flags(tmp_path / "g", 2))
-    res = torchrun("ddpm", *ddpm_flags(tmp_path / "g", 2), "--generate", "4")
-    assert res.returncode != 0 and "error: --generate runs in one process" in res.stderr
+    _, _, exit_code, log = launch
+    assert exit_code("generate") == 2 and log("generate").strip().splitlines()[-1] == (
+        "error: --generate runs in one process, not under torchrun"
+    )

@@ -1,14 +1,19 @@
-"""What tests/test_ddp.py starts under `torchrun --standalone --nproc_per_node 2`.
+"""What tests/test_ddp.py starts under `torchrun --standalone --nproc_per_node 2`: one launch, many jobs.
 
-`torchrun_worker.py SCRIPT ARGS...` runs SCRIPT's main(ARGS) and, at every checkpoint, also keeps each
-rank's own state in OUT/rank_N.pt (the run's ckpt.pt is rank 0's alone), so a test can compare ranks.
-`torchrun_worker.py evaluate OUT.json` scores fixed images with the digits evaluator: rank 0 writes
-the row, which a test compares with the row of one process.
+`torchrun_worker.py PLAN.json` runs the plan's jobs in order, in the same two processes (a launch costs
+seconds; a job of a few steps, less). Each job is `{"name", "script", "argv", "cache"}`: SCRIPT's
+main(ARGV) (or `evaluate`: fixed images scored by the digits evaluator, rank 0 writing the row to ARGV[0]),
+with the cache folder CACHE where given (`torchrun_worker.py evaluate OUT.json`: the same
+scoring in one process). Each rank writes what the job printed to NAME.rankN.log and
+its exit code to NAME.rankN.exit beside the plan; at every checkpoint it also keeps its own state in
+OUT/rank_N.pt (the run's ckpt.pt is rank 0's alone), so a test can compare ranks.
 """
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,9 +45,25 @@ def score_images(path):
         Path(path).write_text(json.dumps(dict(row, world_size=common.world_size())))
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "evaluate":
-        score_images(sys.argv[2])
-    else:
-        common.save_training_state = save_and_keep_rank
-        importlib.import_module(sys.argv[1]).main(sys.argv[2:])
+def run(job):
+    if job["script"] == "evaluate":
+        return score_images(job["argv"][0])
+    importlib.import_module(job["script"]).main(job["argv"])
+
+
+if __name__ == "__main__" and sys.argv[1] == "evaluate":  # one process, to compare with the launch's
+    score_images(sys.argv[2])
+elif __name__ == "__main__":
+    plan = Path(sys.argv[1])
+    common.save_training_state = save_and_keep_rank
+    shared_cache, rank = common.CACHE_DIR, os.environ["RANK"]
+    for job in json.loads(plan.read_text()):
+        common.CACHE_DIR = Path(job.get("cache") or shared_cache)
+        code = 0
+        with open(plan.parent / f"{job['name']}.rank{rank}.log", "w") as log:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                try:
+                    run(job)
+                except SystemExit as e:
+                    code = e.code
+        (plan.parent / f"{job['name']}.rank{rank}.exit").write_text(str(code))
