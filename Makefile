@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-gpu bench clean
 
 # torch first from requirements.txt; facenet-pytorch pins torch<2.3 and numpy<2
 # that it does not need, so it goes in with --no-deps (its deps are in requirements.txt);
@@ -23,6 +23,11 @@ test: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
+
+# The checks only a GPU can make (tests marked gpu: resume under --deterministic, fp16 AMP, channels-last,
+# DDP over NCCL with 2 GPUs); skipped without CUDA. `make test` hides CUDA and skips them.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_speed.py

@@ -30,7 +30,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from PIL import Image
-from torchvision.utils import save_image
 from tqdm import tqdm
 
 CACHE_DIR = Path(os.environ.get("GENSTUDY_CACHE", Path.home() / ".cache" / "genstudy"))
@@ -217,10 +216,10 @@ def parse_with_preset(parser, argv, script, cpu_preset, **defaults):
             print(f"preset cpu: small networks, {say} (--preset study for the study's settings)")
     elif args.preset == "auto" and args.generate is None:
         print("preset study: the study's settings (--preset cpu for a few-minute first look)")
-    args.out = args.out or f"runs/{script}"
+    args.out, args.script = args.out or f"runs/{script}", script  # the script too: a resume checks it
     saved = Path(args.out) / "args.json"
     if args.generate is not None and saved.exists():
-        keep = given | {"generate", "generate_dir", "labels", "out", "resume", "device", "preset"}
+        keep = given | {"generate", "generate_dir", "labels", "out", "resume", "device", "preset", "script"}
         vars(args).update({f: v for f, v in json.loads(saved.read_text()).items() if f not in keep})
     return args
 
@@ -357,10 +356,14 @@ class EMA:
 
 # ----------------------------------------------------------------------------- runs and checkpoints
 def prepare_run(args, model_flags):
-    """Make the run folder, write args.json, seed -> (folder, device, autocast, scaler). A resume with a
-    flag of `model_flags` set otherwise than in the run's args.json is refused, naming each flag, before
-    any file is touched. --generate: the run must hold a checkpoint (parse_with_preset took its flags)."""
+    """Make the run folder, seed -> (folder, device, autocast, scaler). A resume of another script's run,
+    or with a flag of `model_flags` set otherwise than in the run's args.json, is refused, naming each
+    flag; start_or_resume writes args.json once the checkpoint has loaded, so that a refused resume leaves
+    every file as it was. --generate: the run must hold a checkpoint (parse_with_preset took its flags)."""
     out = Path(args.out)
+    saved = json.loads((out / "args.json").read_text()) if (out / "args.json").exists() else {}
+    if (args.resume or args.generate is not None) and saved.get("script", args.script) != args.script:
+        raise UserError(f"{out} is a {saved['script']}.py run, not a {args.script}.py one; use another --out")
     if args.generate is not None:
         if not (out / "ckpt.pt").exists() or not (out / "args.json").exists():
             raise UserError(f"--generate samples a trained run, and {out} holds no checkpoint (--out RUN)")
@@ -372,14 +375,13 @@ def prepare_run(args, model_flags):
         return (out, *setup_device(args))
     if (out / "ckpt.pt").exists() and not args.resume:
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if args.resume and (out / "ckpt.pt").exists() and (out / "args.json").exists():
-        saved, now = json.loads((out / "args.json").read_text()), json.loads(json.dumps(vars(args)))
+    if args.resume and (out / "ckpt.pt").exists() and saved:
+        now = json.loads(json.dumps(vars(args)))
         differ = [f for f in model_flags if f in saved and saved[f] != now[f]]
         if differ:
             said = ", ".join(f"--{f.replace('_', '-')} {saved[f]} (now {now[f]})" for f in differ)
             raise UserError(f"cannot resume {out}: it was trained with {said}; use another --out")
     (out / "samples").mkdir(parents=True, exist_ok=True)
-    write_json(out / "args.json", vars(args))
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)  # also seeds every CUDA device
     return (out, *setup_device(args))
@@ -404,7 +406,8 @@ def load_checkpoint(path, map_location="cpu"):
 
 
 def start_or_resume(out, objects, args, total_steps, desc):
-    """Load OUT/ckpt.pt into `objects` with --resume or --generate, else start at 0 -> (step, clock, log):
+    """Load OUT/ckpt.pt into `objects` with --resume or --generate, else start at 0, then write the run's
+    args.json (not for --generate) -> (step, clock, log):
     the TrainClock of a run of `total_steps` (unless --max-steps) shown as `desc`, and its MetricsLog
     (None for --generate, which reads the run and writes no log)."""
     path, step, seconds, resumed = Path(out) / "ckpt.pt", 0, 0.0, False
@@ -428,6 +431,7 @@ def start_or_resume(out, objects, args, total_steps, desc):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         step, seconds, resumed = ckpt["step"], ckpt["train_seconds"], True
         print(f"resumed {path} at step {step}")
+    write_json(Path(out) / "args.json", vars(args))
     clock = TrainClock(args, seconds, total_steps, step, desc)
     return step, clock, MetricsLog(Path(out) / "metrics.jsonl", clock, step if resumed else None)
 
@@ -550,6 +554,7 @@ class MetricsLog:
         self.nonfinite = self.nonfinite + 1 if bad else 0
         if bad and not (scaler is not None and scaler.is_enabled() and self.nonfinite < SKIPPED_ROWS):
             last = f"last good checkpoint: {self.path.parent / 'ckpt.pt'}"
+            self.clock.bar.close()  # the message on a line of its own, after the bar's last state
             raise UserError(f"{bad[0]} at step {step}: training diverged; {last}")
         self.write(kind="train", step=step, epoch=epoch, **losses)
         self.clock.bar.set_postfix(losses, refresh=False)  # drawn at the bar's own pace, not every row
@@ -568,12 +573,21 @@ class MetricsLog:
 
 # ----------------------------------------------------------------------------- images
 def save_grid(x, path, nrow=8):
-    """x in [-1, 1] (B, C, H, W) -> PNG grid, rounded as torchvision does; (R, K, C, H, W): R rows of K.
-    Atomic, for progress.gif's sake."""
+    """x in [-1, 1] (B, C, H, W) -> RGB PNG grid, `nrow` images a row, 2 px white padding, rounded to
+    8 bits as torchvision's save_image does (and byte for byte its file, without importing torchvision at
+    every start); (R, K, C, H, W): R rows of K. Atomic, for progress.gif's sake."""
     if x.dim() == 5:
         x, nrow = x.flatten(0, 1), x.shape[1]
-    grid = (x.detach().float().cpu() + 1) / 2
-    atomic_write(path, lambda f: save_image(grid, f, format="PNG", nrow=nrow, padding=2, pad_value=1.0))
+    x = (x.detach().float().cpu() + 1) / 2
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    (n, c, h, w), cols = x.shape, min(nrow, x.shape[0])
+    grid = torch.ones(c, (h + 2) * math.ceil(n / cols) + 2, (w + 2) * cols + 2)
+    for i, image in enumerate(x):
+        row, col = divmod(i, cols)
+        grid[:, 2 + row * (h + 2) :][:, :h, 2 + col * (w + 2) :][:, :, :w] = image
+    grid = x[0] if n == 1 else grid  # one image: no padding
+    pixels = grid.mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+    atomic_write(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"))
 
 
 def label_names(y, classes):
@@ -627,7 +641,7 @@ def save_samples(G, nz, seed, labels, conditions, classes, out):
 
 
 def save_generated(x, labels, classes, folder):
-    """--generate's output: x in [-1, 1] (N, C, H, W) as 000000.png ... through save_image's 8-bit
+    """--generate's output: x in [-1, 1] (N, C, H, W) as 000000.png ... through the grids' 8-bit
     rounding (so FID tools score what a grid shows), and labels.csv (file, label ids, names) if labelled."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def lpips_diversity(images, vgg, pairs=200, seed=0, batch_size=50):
 
 # ----------------------------------------------------------------------------- evaluation during training
 def to_unit_uint8(x):
-    """[-1, 1] -> [0, 1] through save_image's 8-bit rounding: tensors score as their saved PNGs do."""
+    """[-1, 1] -> [0, 1] through save_grid's 8-bit rounding: tensors score as their saved PNGs do."""
     return ((x.float() + 1) / 2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8).float() / 255
 
 

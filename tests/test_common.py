@@ -103,7 +103,7 @@ def test_slerp_end_points_and_norm():
 
 
 def test_a_nonfinite_loss_names_step_and_checkpoint(tmp_path):
-    clock = argparse.Namespace(bar=argparse.Namespace(set_postfix=lambda *a, **k: None))
+    clock = argparse.Namespace(bar=argparse.Namespace(set_postfix=lambda *a, **k: None, close=lambda: None))
     log = common.MetricsLog(tmp_path / "metrics.jsonl", clock)
     with pytest.raises(common.UserError, match=rf"loss is nan at step 12.*{tmp_path / 'ckpt.pt'}"):
         log.train(12, 0, {"loss": float("nan")})
@@ -190,13 +190,25 @@ def test_cutout_zeroes_one_square_of_half_the_size():
     assert (out == 0).float().mean() > 0.1
 
 
-def test_color_moves_brightness_and_keeps_structure():
-    x = torch.rand(32, 3, 8, 8) * 2 - 1
+def test_color_is_brightness_saturation_and_contrast_per_image():
+    """DiffAugment's color op: image mean + b (b in [-0.5, 0.5]); the grey part's deviations from the mean
+    times c (contrast, in [0.5, 1.5]); each pixel's colour (deviation from its grey) times s c (saturation
+    s in [0, 2])."""
     torch.manual_seed(0)
+    x = torch.rand(256, 3, 8, 8) * 2 - 1
     out = dcgan.diff_augment(x, ("color",))
-    shift = (out - x).mean(dim=(1, 2, 3))
-    assert shift.std() > 0.1  # brightness varies per image, up to +-0.5
-    assert out.shape == x.shape and torch.isfinite(out).all()
+    grey = lambda t: t.mean(dim=1, keepdim=True) - t.mean(dim=(1, 2, 3), keepdim=True)
+    colour = lambda t: t - t.mean(dim=1, keepdim=True)
+    factor = lambda a, b: (a * b).sum(dim=(1, 2, 3)) / b.square().sum(dim=(1, 2, 3))  # least squares a = f b
+    c, sc = factor(grey(out), grey(x)), factor(colour(out), colour(x))
+    assert torch.allclose(grey(out), c.view(-1, 1, 1, 1) * grey(x), atol=1e-5)
+    assert torch.allclose(colour(out), sc.view(-1, 1, 1, 1) * colour(x), atol=1e-5)
+    b = out.mean(dim=(1, 2, 3)) - x.mean(dim=(1, 2, 3))
+    for value, low, high in [(b, -0.5, 0.5), (c, 0.5, 1.5), (sc / c, 0.0, 2.0)]:
+        assert value.min() >= low - 1e-5 and value.max() <= high + 1e-5  # within its range ...
+        assert value.min() < low + 0.1 * (high - low) and value.max() > high - 0.1 * (
+            high - low
+        )  # ... all of it
 
 
 def test_diffaug_policy_parses_and_rejects():

@@ -1,6 +1,7 @@
 """Conditional generation: the shapes data, the accuracy metric and the classifiers, each family's
 conditional form, classifier-free guidance, --generate and --labels, and the bad inputs."""
 
+import argparse
 import csv
 import functools
 import json
@@ -16,6 +17,7 @@ import common
 import data
 import dcgan
 import ddpm
+import evaluate
 import fid
 import sagan
 import vae
@@ -236,8 +238,11 @@ def test_conditional_run_end_to_end(tmp_path, script, spec):
     summary = SCRIPTS[script].main(cond_flags(script, spec, out))
     final = summary["final"]
     lists = ["test"] if spec == "digits" else ["test", "new_test"]
+    conditions = data.shape_conditions() if spec == "shapes" else {"test": [[i % 10] for i in range(32)]}
     for name in lists:
-        assert isinstance(final[f"acc_{name}"], float) and 0 <= final[f"acc_{name}"] <= 1
+        # hits / total k, over 4 samples of each of the 32 conditions: a whole number of hits
+        hits = final[f"acc_{name}"] * 4 * sum(len(c) for c in conditions[name])
+        assert hits == pytest.approx(round(hits), abs=1e-6)
         res = 16 if spec == "digits" else 32
         assert Image.open(out / f"cond_{name}.png").size == (8 * (res + 2) + 2, 4 * (res + 2) + 2)
         legend = (out / f"cond_{name}.txt").read_text().splitlines()
@@ -248,6 +253,16 @@ def test_conditional_run_end_to_end(tmp_path, script, spec):
         assert legend[0].endswith(": " + " + ".join(data.SHAPE_NAMES[i] for i in first))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("kind") == "fid" and r["features"] == spec and "acc_test" in r for r in rows)
+    if script == "dcgan":  # the final row again, from the checkpoint's EMA generator and the run's flags
+        args = argparse.Namespace(**json.loads((out / "args.json").read_text()))
+        heldout = data.train_and_heldout(args)[1]
+        G = dcgan.Generator(args.nz, 8, 1 if spec == "digits" else 3, args.res, len(heldout.classes))
+        G.load_state_dict(common.load_checkpoint(out / "ckpt.pt")["ema"]["module"])
+        row = evaluate.Evaluator.for_run(args, heldout, "cpu").score_generator(
+            G.eval(), args.nz, args.seed + 2
+        )
+        assert {k: row[k] for k in final if k in row} == {k: final[k] for k in final if k in row}
+        assert {"fid", "acc_test"} <= set(row)
 
 
 def test_ddpm_guidance_sweep_scores_each_scale(tmp_path):

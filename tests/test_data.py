@@ -108,23 +108,35 @@ def test_bad_data_is_one_line_exit_2(tmp_path, capsys, make_args):
     assert len(err.splitlines()) == 1 and err.startswith("error:"), err
 
 
-def test_bad_flag_value_exit_2(tmp_path):
+def test_bad_flag_value_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         dcgan.main(["--aug", "sideways", "--out", str(tmp_path)])
     assert e.value.code == 2
+    assert "argument --aug: invalid choice: 'sideways'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mode", ["none", "flip", "deluxe"])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_augment_keeps_range_and_shape(mode, channels):
+def test_augment_modes_in_closed_form(channels):
     torch.manual_seed(0)
-    x = torch.rand(32, channels, 16, 16) * 2 - 1
-    y = data.augment(x, mode)
-    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
-    if mode == "none":
-        assert torch.equal(x, y)
-    else:
-        assert not torch.equal(x, y)
+    x = torch.rand(200, channels, 8, 8) * 2 - 1
+    assert torch.equal(data.augment(x, "none"), x)
+    flipped = data.augment(x, "flip")  # each image as it is or mirrored left-right, about half of each
+    same, mirrored = (flipped == x).all(dim=(1, 2, 3)), (flipped == x.flip(3)).all(dim=(1, 2, 3))
+    assert (same | mirrored).all() and 70 < mirrored.sum() < 130
+    # deluxe on images of one grey level each: rotation (border padding), contrast and saturation
+    # leave them flat, brightness moves each by up to 0.1 of the [0, 1] range (0.2 here).
+    flat = (torch.rand(400, 1, 1, 1) * 1.2 - 0.6).expand(400, channels, 8, 8)
+    shift = (data.augment(flat, "deluxe") - flat).flatten(1)
+    assert (shift.max(1).values - shift.min(1).values).max() < 1e-5
+    assert shift[:, 0].abs().max() <= 0.2 + 1e-6 and shift[:, 0].min() < -0.18 and shift[:, 0].max() > 0.18
+    # deluxe on a vertical bar: a rotation of at most 5 degrees keeps it within a pixel of where it was.
+    bar = -torch.ones(400, channels, 16, 16)
+    bar[..., 7:9] = 1
+    turned = data.augment(bar, "deluxe")
+    columns = turned.mean(dim=(1, 2)) - turned.mean(dim=(1, 2, 3))[:, None]  # (B, W)
+    assert ((columns.argmax(1) >= 6) & (columns.argmax(1) <= 9)).all()
+    y = data.augment(x, "deluxe")  # clamped to the pixel range
+    assert y.min() >= -1 and y.max() <= 1 and not torch.equal(x, y)
 
 
 def test_flip_flips_about_half():

@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import signal
@@ -10,7 +11,9 @@ import torch
 from conftest import ROOT
 
 import common
+import data
 import dcgan
+import evaluate
 
 TINY = [
     "--preset",
@@ -117,14 +120,6 @@ def test_end_to_end_writes_every_output(tmp_path):
     assert json.loads((out / "summary.json").read_text())["sample_seconds_per_image"] > 0
 
 
-def test_existing_run_needs_resume(tmp_path, capsys):
-    out = tmp_path / "run"
-    dcgan.main(TINY + ["--max-steps", "2", "--out", str(out)])
-    with pytest.raises(SystemExit) as e:
-        dcgan.main(TINY + ["--max-steps", "2", "--out", str(out)])
-    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
-
-
 def test_resume_matches_uninterrupted(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     dcgan.main(TINY + ["--max-steps", "12", "--out", str(a)])
@@ -164,34 +159,10 @@ def test_resume_after_kill(tmp_path):
     assert summary["steps"] == saved + 3
 
 
-def test_sigterm_checkpoints_and_exits_fast_then_resume_finishes(tmp_path):
-    out = tmp_path / "run"
-    proc = start_until_checkpoint(out)
-    start = time.time()
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
-    assert time.time() - start < 10  # a cluster's preemption grace is 30-90 s
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["stopped_by"] == "SIGTERM" and summary["complete"] is False
-    saved = common.load_checkpoint(out / "ckpt.pt")["step"]
-    assert saved == summary["steps"]
-    assert not (out / "samples.png").exists()  # the final evaluation and outputs wait for --resume
-    summary = dcgan.main(TINY + ["--max-steps", str(saved), "--out", str(out), "--resume"])
-    assert summary["complete"] is True and summary["steps"] == saved and (out / "samples.png").exists()
-
-
 def test_max_minutes_budget(tmp_path):
     summary = dcgan.main(TINY + ["--max-minutes", "0.05", "--out", str(tmp_path / "run")])
     assert summary["stopped_by"] == "max-minutes" and summary["complete"] is True
     assert 2.5 < summary["train_seconds"] < 30
-
-
-def test_nan_loss_stops_with_message(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(dcgan, "d_loss", lambda r, f: (r.mean() + f.mean()) * float("nan"))
-    with pytest.raises(SystemExit) as e:
-        dcgan.main(TINY + ["--max-steps", "6", "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "step 2" in err and "ckpt.pt" in err
 
 
 def test_fid_rows_in_digits_space(tmp_path):
@@ -228,7 +199,15 @@ def test_fid_rows_in_digits_space(tmp_path):
     assert [r["step"] for r in fids] == [23, 25]
     for r in fids:
         assert r["features"] == "digits" and r["n_fake"] == 300 and r["n_real"] == 299
-        assert r["fid"] > 0 and 0 <= r["classes_covered"] <= 10 and "kid" in r
+    # The last row again, from the checkpoint's EMA generator: the same samples, the same numbers.
+    args = argparse.Namespace(**json.loads((out / "args.json").read_text()))
+    G = dcgan.Generator(100, 8, 1, 32)
+    G.load_state_dict(common.load_checkpoint(out / "ckpt.pt")["ema"]["module"])
+    heldout = data.train_and_heldout(args)[1]
+    row = evaluate.Evaluator.for_run(args, heldout, "cpu").score_generator(G.eval(), 100, args.seed + 2)
+    assert {k: row[k] for k in ("fid", "kid", "classes_covered")} == {
+        k: fids[-1][k] for k in ("fid", "kid", "classes_covered")
+    }
     assert summary["final"]["fid"] == fids[-1]["fid"]
 
 
@@ -273,12 +252,19 @@ def test_variants_resume_exactly(tmp_path):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--g-arch", "resnet"], "invalid choice"),
-        (["--diffaug", "color,blur"], "unknown DiffAugment"),
-        (["--lr-decay", "1.5"], "--lr-decay"),
+        (
+            ["--g-arch", "resnet"],
+            "error: argument --g-arch: invalid choice: 'resnet' (choose from 'dcgan', 'upconv', 'csp')",
+        ),
+        (
+            ["--diffaug", "color,blur"],
+            "error: argument --diffaug: unknown DiffAugment op(s) ['blur']; choose from ('color', "
+            "'translation', 'cutout')",
+        ),
+        (["--lr-decay", "1.5"], "error: --lr-decay must be in (0, 1], got 1.5"),
     ],
 )
 def test_bad_variant_flags_exit_2(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as e:
         dcgan.main(TINY + ["--max-steps", "1", "--out", str(tmp_path / "run")] + flags)
-    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(message)

@@ -87,7 +87,7 @@ def test_attention_takes_the_fused_kernels_layout(monkeypatch):
 
 
 def test_fp16_skipped_steps_stop_the_run_only_in_a_row(tmp_path):
-    clock = argparse.Namespace(bar=argparse.Namespace(set_postfix=lambda *a, **k: None))
+    clock = argparse.Namespace(bar=argparse.Namespace(set_postfix=lambda *a, **k: None, close=lambda: None))
     log = common.MetricsLog(tmp_path / "metrics.jsonl", clock)
     scaler = torch.amp.GradScaler("cpu", enabled=True)
     inf = {"loss": float("inf")}

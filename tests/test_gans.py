@@ -185,7 +185,6 @@ def test_wgan_gp_end_to_end(tmp_path):
     train = [r for r in rows(out) if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6] and train[4]["epoch"] == 1.0
     assert {"loss_c", "loss_g", "gp", "wasserstein"} <= set(train[0])
-    assert train[0]["wasserstein"] == pytest.approx(-train[0]["loss_c"])
     ckpt = common.load_checkpoint(out / "ckpt.pt")
     assert ckpt["step"] == 6 and {"G", "C", "ema", "opt_g", "opt_c", "scaler"} <= set(ckpt)
     assert ckpt["opt_g"]["param_groups"][0]["lr"] == 1e-4 and ckpt["opt_g"]["param_groups"][0]["betas"] == (
@@ -236,22 +235,27 @@ def test_sagan_end_to_end(tmp_path, res, extra):
     summary = sagan.main(
         TINY + ["--res", str(res), "--max-steps", "3", "--out", str(out), "--resume"] + extra
     )
-    assert summary["steps"] == 3
+    assert summary["steps"] == 3  # and it went on from step 2: one row each, step 3 the resumed run's
+    assert [r["step"] for r in rows(out) if r["kind"] == "train"] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(
     "module, flags, message",
     [
-        (sagan, ["--attn-res", "7"], "--attn-res"),
-        (sagan, ["--loss", "bce"], "invalid choice"),
-        (sagan, ["--cond"], "at least 2 classes"),  # TINY's lfw has one label
-        (wgan_gp, ["--n-critic", "0"], "--n-critic"),
-        (wgan_gp, ["--lr-decay", "1.5"], "--lr-decay must be in (0, 1]"),
-        (wgan_gp, ["--data", "/no/such/folder"], "error:"),
+        (sagan, ["--attn-res", "7"], "error: --attn-res [7]: at --res 32 the feature maps are [8, 16]"),
+        (
+            sagan,
+            ["--loss", "bce"],
+            "error: argument --loss: invalid choice: 'bce' (choose from 'wgan-gp', 'hinge')",
+        ),
+        (sagan, ["--cond"], "error: --cond needs labelled data with at least 2 classes; lfw has 1"),
+        (wgan_gp, ["--n-critic", "0"], "error: --n-critic must be at least 1, got 0"),
+        (wgan_gp, ["--lr-decay", "1.5"], "error: --lr-decay must be in (0, 1], got 1.5"),
+        (wgan_gp, ["--data", "/no/such/folder"], "error: data path not found: /no/such/folder"),
     ],
 )
 def test_bad_input_exits_2(tmp_path, capsys, module, flags, message):
     with pytest.raises(SystemExit) as e:
         module.main(TINY + ["--max-steps", "1", "--out", str(tmp_path / "run")] + flags)
     err = capsys.readouterr().err
-    assert e.value.code == 2 and message in err and "Traceback" not in err
+    assert e.value.code == 2 and err.strip().splitlines()[-1].endswith(message) and "Traceback" not in err

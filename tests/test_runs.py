@@ -166,10 +166,16 @@ def test_resume_with_a_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "does not fit this model" in err
 
 
-def test_resume_with_the_same_flags_still_works(tmp_path):
+def test_resume_with_the_same_flags_still_works(tmp_path, capsys):
     out = tmp_path / "run"
-    dcgan.main(TINY + ["--out", str(out)])
-    assert dcgan.main(TINY + ["--out", str(out), "--resume", "--max-steps", "3"])["steps"] == 3
+    dcgan.main(TINY + ["--out", str(out), "--log-every", "1"])
+    assert (
+        dcgan.main(TINY + ["--out", str(out), "--resume", "--max-steps", "3", "--log-every", "1"])["steps"]
+        == 3
+    )
+    assert f"resumed {out / 'ckpt.pt'} at step 2" in capsys.readouterr().out
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # went on from step 2, not from 0
 
 
 def test_garbage_checkpoint_is_called_damaged_not_pickle(tmp_path):
