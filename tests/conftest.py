@@ -51,7 +51,7 @@ def pytest_configure(config):
         GENSTUDY_CACHE=str(home / "cache"),
         GENSTUDY_OFFLINE="1",
         GENSTUDY_NET_LOG=str(home / "network.log"),
-        PYTHONPATH=os.pathsep.join([str(SEALED), str(ROOT)]),
+        PYTHONPATH=os.pathsep.join([str(SEALED), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
     )
     if config.getoption("markexpr") != "gpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
