@@ -224,7 +224,7 @@ def test_data_cache_that_disagrees_with_its_manifest_is_rebuilt(private_cache):
     assert np.array_equal(expected, np.asarray(again.images))
 
 
-def test_garbage_digits_net_cache_is_retrained(capsys, private_cache):
+def test_garbage_digits_net_cache_is_retrained(capsys, private_cache, monkeypatch):
     net = classifiers.load_classifier("digits")
     path = common.CACHE_DIR / "digits_net_v1.pt"
     path.write_bytes(b"not a checkpoint at all")
@@ -234,8 +234,15 @@ def test_garbage_digits_net_cache_is_retrained(capsys, private_cache):
     assert torch.equal(net(x)[1], again(x)[1])  # deterministic training: the same network back
     assert "pickle" not in capsys.readouterr().err
     torch.save({"model": {"wrong": torch.zeros(1)}}, path)  # loads, but is not this network
-    with pytest.warns(UserWarning, match="retraining"):
+    trained = []  # (the training itself, checked above, is not repeated)
+    monkeypatch.setattr(classifiers, "train_classifier", lambda *a, **k: trained.append(a) or (net, 1.0))
+    with pytest.warns(
+        UserWarning, match=r"digits net cache .* does not load \(RuntimeError\); retraining it"
+    ):
         classifiers.load_classifier("digits")
+    assert trained == [("digits",)] and torch.equal(
+        torch.load(path)["model"]["head.1.weight"], net.head[1].weight
+    )
 
 
 def test_damaged_fid_statistics_cache_is_recomputed(private_cache):
