@@ -165,7 +165,7 @@ def test_batches_resume_same_order():
     assert torch.equal(seq[0], torch.stack([ds[i][0] for i in first]))
 
 
-def test_export_writes_the_cached_images_as_pngs_a_folder_a_class(tmp_path):
+def test_export_writes_the_cached_images_as_pngs_a_folder_a_class(tmp_path, capsys):
     data.main(["digits", str(tmp_path / "held"), "--res", "16", "--split", "heldout"])
     held = data.load_dataset("digits", 16, aug="none").split()[1]
     rows = (tmp_path / "held" / "labels.csv").read_text().splitlines()
@@ -182,4 +182,4 @@ def test_export_writes_the_cached_images_as_pngs_a_folder_a_class(tmp_path):
     assert sorted(again.classes) == held.classes and len(again) == len(held)
     with pytest.raises(SystemExit) as e:
         data.main(["/no/such/folder", str(tmp_path / "x")])
-    assert e.value.code == 2
+    assert e.value.code == 2 and capsys.readouterr().err == "error: data path not found: /no/such/folder\n"

@@ -206,17 +206,17 @@ def test_ddpm_sampler_and_fid_rows(tmp_path):
     assert summary["sample_steps"] == 50
 
 
-def test_bad_flags_exit_2(tmp_path):
-    for bad in (
-        ["--schedule", "quadratic"],
-        ["--pred", "x0"],
-        ["--res", "32", "--ch-mult", "1,2,2,2,2,2,2"],
-        ["--sample-steps", "0"],
-        ["--spacing", "odd"],
+def test_bad_flags_exit_2(tmp_path, capsys):
+    for bad, message in (
+        (["--schedule", "quadratic"], "argument --schedule: invalid choice: 'quadratic'"),
+        (["--pred", "x0"], "argument --pred: invalid choice: 'x0'"),
+        (["--res", "32", "--ch-mult", "1,2,2,2,2,2,2"], "--ch-mult has 7 levels; --res 32 cannot be halved"),
+        (["--sample-steps", "0"], "error: --sample-steps must be in 1..1000"),
+        (["--spacing", "odd"], "argument --spacing: invalid choice: 'odd'"),
     ):
         with pytest.raises(SystemExit) as e:
             ddpm.main(bad + ["--out", str(tmp_path / "x")])
-        assert e.value.code == 2, bad
+        assert e.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1], bad
 
 
 def test_samplers_take_any_callable_and_the_noise_device():

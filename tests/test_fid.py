@@ -143,7 +143,7 @@ def test_cli_save_stats_then_compare(tmp_path, capsys):
     assert "FID(digits): " in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         fid.main([str(tmp_path / "missing"), str(tmp_path / "s.npz"), "--features", "digits"])
-    assert e.value.code == 2
+    assert e.value.code == 2 and capsys.readouterr().err == f"error: not found: {tmp_path / 'missing'}\n"
 
 
 def test_stats_float64_unbiased():

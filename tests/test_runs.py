@@ -89,7 +89,7 @@ def test_every_script_has_a_cpu_preset(monkeypatch, module, expected):
 def test_preset_flag_value_is_checked(capsys):
     with pytest.raises(SystemExit) as e:
         dcgan.parse_args(["--preset", "gpu"])
-    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument --preset: invalid choice: 'gpu'" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- progress bar
