@@ -171,6 +171,37 @@ def load_classifier(name, device="cpu"):
     return model.eval().requires_grad_(False).to(device)
 
 
+class LabEvaluator(nn.Module):
+    """The iCLEVR lab's judge: torchvision's ResNet-18 with fc = Sequential(Linear(512, 24), Sigmoid()),
+    fed 64x64 RGB in [-1, 1]. x (N, 3, H, W) in [0, 1] -> (None, probabilities (N, 24)), ranked by the
+    same top-k rule (`accuracy`) as the built-in judges' logits."""
+
+    def __init__(self, state_dict):
+        super().__init__()
+        from torchvision.models import resnet18  # only here: every other start stays free of torchvision
+
+        self.net = resnet18()
+        self.net.fc = nn.Sequential(nn.Linear(512, 24), nn.Sigmoid())
+        self.net.load_state_dict(state_dict)
+
+    def forward(self, x):
+        if x.shape[-1] != 64:
+            x = F.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+        return None, self.net(2 * x - 1)
+
+
+def load_lab_evaluator(path, device="cpu"):
+    """--evaluator PATH: the lab's checkpoint ({"model": ResNet-18 state dict}); anything else is one line."""
+    try:
+        model = LabEvaluator(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    except Exception as e:  # missing, not a checkpoint, pickled code, or another network's weights
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise common.UserError(
+            f"--evaluator {path} is not the iCLEVR lab's evaluator checkpoint ({type(e).__name__}: {first})"
+        ) from None
+    return model.eval().requires_grad_(False).to(device)
+
+
 def class_coverage(logits, n_classes=10):
     """How many classes the samples hit (a class counts when it gets at least a fifth of
     its fair share, n / (5 * n_classes)), and KL(predicted-class histogram || uniform)."""

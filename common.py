@@ -178,6 +178,12 @@ def add_common_args(parser):
     a("--generate", type=int, default=None, metavar="N", help="no training: N images from OUT's checkpoint")
     a("--generate-dir", default=None, help="where --generate writes (default OUT/generated)")
     a("--labels", default=None, help="labels to generate: 3 | 3,5 | 'red circle,blue square' | test | FILE")
+    a(
+        "--evaluator",
+        default=None,
+        metavar="PATH",
+        help="the iCLEVR lab's classifier checkpoint: the accuracy judge",
+    )
     return parser
 
 
@@ -461,7 +467,8 @@ class TrainClock:
         fmt = "{l_bar}{bar}| {n:.1f}/{total:g} min [{elapsed}<{remaining}{postfix}]" if self.by_time else None
         total, initial = (args.max_minutes, seconds / 60) if self.by_time else (self.total, step)
         refresh = 0.1 if sys.stderr.isatty() else 30
-        options = dict(bar_format=fmt, mininterval=refresh, disable=rank() != 0)
+        # delay: drawn from the first step on, so that an error before it is a line of its own
+        options = dict(bar_format=fmt, mininterval=refresh, disable=rank() != 0, delay=1e-3)
         self.bar = tqdm(total=total, initial=initial, desc=desc, **options)
         self.checked = seconds  # the training seconds at the last `stop` check
 
@@ -642,10 +649,15 @@ def save_samples(G, nz, seed, labels, conditions, classes, out):
 
 def save_generated(x, labels, classes, folder):
     """--generate's output: x in [-1, 1] (N, C, H, W) as 000000.png ... through the grids' 8-bit
-    rounding (so FID tools score what a grid shows), and labels.csv (file, label ids, names) if labelled."""
+    rounding (so FID tools score what a grid shows), labels.csv (file, label ids, names) if labelled, and
+    for N <= 256 grid.png, 8 a row (the iCLEVR lab's submission grid)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for old in [*folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"), folder / "labels.csv"]:
+    for old in [
+        *folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"),
+        folder / "labels.csv",
+        folder / "grid.png",
+    ]:
         old.unlink(missing_ok=True)  # an earlier, larger --generate must not leave images behind
     pixels = (
         x.float().add(1).div(2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -658,6 +670,8 @@ def save_generated(x, labels, classes, folder):
             rows.append(f'{i:06d}.png,{" ".join(map(str, ids))},"{label_names(labels[i], classes)}"\n')
     if labels is not None:
         atomic_write(folder / "labels.csv", lambda f: f.write("".join(rows).encode()))
+    if len(x) <= 256:
+        save_grid(x, folder / "grid.png", nrow=8)
     print(f"wrote {len(pixels)} images to {folder}")
     return folder
 

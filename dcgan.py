@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import common
 import data
-from evaluate import Evaluator
+from evaluate import Evaluator, save_generated
 
 
 # ----------------------------------------------------------------------------- model
@@ -222,7 +222,7 @@ def main(argv=None):
     if args.generate:  # no training: N images from the finished run's EMA generator
         labels = data.generation_labels(args, heldout, args.generate)
         fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
-        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
+        return save_generated(args, fake, labels, heldout.classes, args.generate_dir or out / "generated")
     # Under torchrun, the training step calls these wrappers (gradients averaged over the ranks). D runs
     # on the real and the fake batch before one backward: its BatchNorm buffers (never used, D stays in
     # training mode) are not re-broadcast at each call, which would change them in place between the two.

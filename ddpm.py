@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 import common
 import data
-from evaluate import Evaluator
+from evaluate import Evaluator, save_generated
 
 
 # ----------------------------------------------------------------------------- U-Net
@@ -435,7 +435,7 @@ def main(argv=None):
     if args.generate:  # no training: N images from the finished run's EMA weights
         labels = data.generation_labels(args, heldout, args.generate)
         fake = common.generate(draw, args.generate, shape, device, args.seed + 4, labels)
-        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
+        return save_generated(args, fake, labels, heldout.classes, args.generate_dir or out / "generated")
     model_ddp = common.ddp(model, device, args)  # under torchrun: gradients averaged over the ranks
     evaluator = Evaluator.for_run(args, heldout, device)
     fixed_y = data.generation_labels(args, heldout, 64)  # every epoch's grid: the same 64 x_T (seed)

@@ -3,7 +3,8 @@ built-in data's classifiers): `Evaluator` scores a run's samples against its hel
 feature space (Inception when its weights are on disk, else the built-in data's classifier: FID(digits),
 FID(mnist), FID(shapes)), with the FID's bootstrap interval, KID, diversity (a collapse alarm), LPIPS
 diversity (with torchvision's VGG-16 on disk), the samples farthest from any real image, class
-coverage, and the accuracy of conditional samples by the data's classifier (iCLEVR's rule).
+coverage, and the accuracy of conditional samples by the data's classifier or the iCLEVR lab's
+evaluator (--evaluator; iCLEVR's top-k rule), also of --generate's images (`save_generated`).
 """
 
 import sys
@@ -92,7 +93,7 @@ class Evaluator:
     # before this) or not.
     @torch.random.fork_rng(devices=[])
     def __init__(self, features, heldout, spec, res, n_real, device, weights=None, crop=None):
-        self.model, self.device = None, device
+        self.model, self.device, self.classifier = None, device, None
         if features in ("auto", "inception"):
             try:  # load once: finding the weights already costs a sha256 of the 100 MB file
                 self.model, features = fid.load_inception(weights, device), "inception"
@@ -136,15 +137,19 @@ class Evaluator:
             data.labels_like(heldout, args.fid_n) if args.cond else None,
         )
         evaluator.conditions = data.condition_lists(heldout, repeats=4) if args.cond else {}
+        if args.evaluator:  # the iCLEVR lab's judge of the accuracy, with or without FID
+            evaluator.classifier = classifiers.load_lab_evaluator(args.evaluator, device)
         return evaluator
 
     def score_generator(self, G, shape, seed, worst_path=None):
         """The run's evaluation of a generator G(noise, labels) (a GAN's G, a VAE's decoder, a DDPM's
         sampler; noise N(0, I) of `shape` a sample, seeded): FID and friends of `n_fake` samples (for
         `labels`), and the accuracy of the samples of each condition list (`acc_test`...); {} when off."""
-        if self.features == "none":
+        if self.features == "none" and self.classifier is None:
             return {}
-        row = self(common.generate(G, self.n_fake, shape, self.device, seed, self.labels), worst_path)
+        row = {}
+        if self.features != "none":
+            row = self(common.generate(G, self.n_fake, shape, self.device, seed, self.labels), worst_path)
         for name, y in self.conditions.items():
             row[f"acc_{name}"] = self.accuracy(common.generate(G, len(y), shape, self.device, seed + 3, y), y)
         return row
@@ -199,9 +204,24 @@ class Evaluator:
     @torch.no_grad()
     def accuracy(self, fake, labels):
         """Conditional accuracy (iCLEVR's rule, classifiers.accuracy) of images in [-1, 1] generated for
-        `labels`; None where the data has no classifier (a folder, or FID off)."""
-        if self.features == "none" or self.classifier is None:
+        `labels`; None where there is no judge (a folder without --evaluator)."""
+        if self.classifier is None:
             return None
         batches = to_unit_uint8(fake).split(500)
         logits = torch.cat([self.classifier(x.to(self.device))[1].float().cpu() for x in batches])
         return classifiers.accuracy(logits, labels)
+
+
+def save_generated(args, fake, labels, classes, folder):
+    """--generate's folder (common.save_generated: the images, labels.csv, grid.png) and, with --evaluator,
+    the lab's accuracy of the images for their labels (top-k rule): printed and in FOLDER/accuracy.json.
+    With --labels ROOT/test.json and N = its length, this is the lab's submission."""
+    folder = common.save_generated(fake, labels, classes, folder)
+    if args.evaluator and labels is not None:
+        judge = classifiers.load_lab_evaluator(args.evaluator)
+        with torch.no_grad():
+            probs = torch.cat([judge(x)[1] for x in to_unit_uint8(fake.cpu()).split(500)])
+        acc = classifiers.accuracy(probs, labels.cpu())
+        common.write_json(folder / "accuracy.json", dict(accuracy=acc, n=len(fake), evaluator=args.evaluator))
+        print(f"accuracy {acc:.4f} by {args.evaluator} (top-k rule, {len(fake)} images)")
+    return folder

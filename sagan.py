@@ -50,7 +50,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 import common
 import data
-from evaluate import Evaluator
+from evaluate import Evaluator, save_generated
 
 
 # ----------------------------------------------------------------------------- model
@@ -251,7 +251,7 @@ def main(argv=None):
     if args.generate:  # no training: N images from the finished run's EMA generator
         labels = data.generation_labels(args, heldout, args.generate)
         fake = common.generate(ema.module, args.generate, args.nz, device, args.seed + 4, labels)
-        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
+        return save_generated(args, fake, labels, heldout.classes, args.generate_dir or out / "generated")
     # Under torchrun the steps call these wrappers (gradients averaged over the ranks); the critic's spectral-
     # norm vectors (buffers, the same on every rank) are not re-broadcast between its calls before a backward.
     G_ddp, C_ddp = common.ddp(G, device, args), common.ddp(C, device, args, sync_buffers=False)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 import common
 import data
-from evaluate import Evaluator
+from evaluate import Evaluator, save_generated
 
 VGG_NAME = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16
 VGG_URL = f"https://download.pytorch.org/models/{VGG_NAME}"
@@ -257,7 +257,7 @@ def main(argv=None):
     if args.generate:  # no training: N prior samples from the finished run's EMA decoder
         labels = data.generation_labels(args, heldout, args.generate)
         fake = common.generate(ema.module.decode, args.generate, args.latent, device, args.seed + 4, labels)
-        return common.save_generated(fake, labels, heldout.classes, args.generate_dir or out / "generated")
+        return save_generated(args, fake, labels, heldout.classes, args.generate_dir or out / "generated")
     # Under torchrun, the steps call these wrappers (gradients averaged over the ranks). D runs on inputs
     # and reconstructions before one backward: its BatchNorm buffers are not re-broadcast between the calls.
     vae_ddp = common.ddp(vae, device, args)

@@ -115,7 +115,7 @@ def test_cond_on_unlabelled_data(script, tmp_path, capsys):
         script, flags(script, tmp_path / "run", "--max-steps", "1", "--cond", "--data", "lfw"), capsys
     )
     if script == "cyclegan":
-        assert err.startswith("error: --cond and --labels do not apply: cyclegan.py translates")
+        assert err.startswith("error: --cond, --labels and --evaluator do not apply: cyclegan.py translates")
     else:
         assert err == "error: --cond needs labelled data with at least 2 classes; lfw has 1"
     assert not (tmp_path / "run" / "args.json").exists()
