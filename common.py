@@ -650,14 +650,11 @@ def save_samples(G, nz, seed, labels, conditions, classes, out):
 def save_generated(x, labels, classes, folder):
     """--generate's output: x in [-1, 1] (N, C, H, W) as 000000.png ... through the grids' 8-bit
     rounding (so FID tools score what a grid shows), labels.csv (file, label ids, names) if labelled, and
-    for N <= 256 grid.png, 8 a row (the iCLEVR lab's submission grid)."""
-    folder = Path(folder)
+    for N <= 256 the images 8 a row beside the folder (FOLDER_grid.png, out of FID tools' way: the iCLEVR
+    lab's submission grid)."""
+    folder, grid = Path(folder), Path(folder).with_name(f"{Path(folder).name}_grid.png")
     folder.mkdir(parents=True, exist_ok=True)
-    for old in [
-        *folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"),
-        folder / "labels.csv",
-        folder / "grid.png",
-    ]:
+    for old in [*folder.glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"), folder / "labels.csv", grid]:
         old.unlink(missing_ok=True)  # an earlier, larger --generate must not leave images behind
     pixels = (
         x.float().add(1).div(2).mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -671,7 +668,7 @@ def save_generated(x, labels, classes, folder):
     if labels is not None:
         atomic_write(folder / "labels.csv", lambda f: f.write("".join(rows).encode()))
     if len(x) <= 256:
-        save_grid(x, folder / "grid.png", nrow=8)
+        save_grid(x, grid, nrow=8)
     print(f"wrote {len(pixels)} images to {folder}")
     return folder
 

@@ -213,7 +213,7 @@ class Evaluator:
 
 
 def save_generated(args, fake, labels, classes, folder):
-    """--generate's folder (common.save_generated: the images, labels.csv, grid.png) and, with --evaluator,
+    """--generate's folder (common.save_generated: the images, labels.csv, the grid) and, with --evaluator,
     the lab's accuracy of the images for their labels (top-k rule): printed and in FOLDER/accuracy.json.
     With --labels ROOT/test.json and N = its length, this is the lab's submission."""
     folder = common.save_generated(fake, labels, classes, folder)

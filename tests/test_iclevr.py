@@ -151,7 +151,7 @@ def test_a_cond_run_and_generate_are_judged_by_the_lab_evaluator(tmp_path, capsy
     assert sorted(p.name for p in folder.glob("0*.png")) == [f"{i:06d}.png" for i in range(8)]
     rows = list(csv.DictReader((folder / "labels.csv").open()))
     assert rows[1]["names"] == "red sphere + blue cylinder"
-    assert Image.open(folder / "grid.png").size == (8 * 18 + 2, 18 + 2)
+    assert Image.open(out / "generated_grid.png").size == (8 * 18 + 2, 18 + 2)  # out of fid.py's way
     accuracy = json.loads((folder / "accuracy.json").read_text())
     judge = classifiers.load_lab_evaluator(tmp_path / "classifier_weight.pth")
     x = (
