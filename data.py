@@ -157,9 +157,9 @@ def iclevr_layout(src):
     return [folder / f for f in train], labels, classes, conditions
 
 
-def _load_source(src, res, channels, crop):
-    """One source of a spec -> cached (images uint8 (N, res, res, C), labels, class names)."""
-    lab = None if src in BUILTIN else iclevr_layout(src)
+def _load_source(src, res, channels, crop, lab=None):
+    """One source of a spec -> cached (images uint8 (N, res, res, C), labels, class names); `lab`: its
+    `iclevr_layout`, read once by the caller."""
     if src in BUILTIN:
         key_files = [src]
     elif lab:
@@ -300,12 +300,13 @@ def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
         raise common.UserError(f"unknown augmentation {aug!r}")
     if channels is None:
         channels = 1 if all(s in common.GRAY_BUILTIN for s in sources) else 3
-    multi_hot = [s for s in sources if s == "shapes" or (s not in BUILTIN and iclevr_layout(s))]
+    labs = {s: iclevr_layout(s) for s in sources if s not in BUILTIN}  # the lab's JSON files, read once
+    multi_hot = [s for s in sources if s == "shapes" or labs.get(s)]
     if multi_hot and len(sources) > 1:
         raise common.UserError(f"{multi_hot[0]} has multi-hot labels and cannot be mixed with other data")
     parts, classes = [], []
     for src in sources:
-        images, labels, names = _load_source(src, res, channels, crop)
+        images, labels, names = _load_source(src, res, channels, crop, labs.get(src))
         # A mix keeps every source's classes apart: "digits,lfw" has 11 labels.
         parts.append((images, labels + len(classes)))
         classes += [f"{src}:{n}" if len(sources) > 1 else n for n in names]
@@ -317,7 +318,7 @@ def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
         )
     conditions = None
     if multi_hot:  # its two fixed condition lists: shapes' own, or the lab's test.json and new_test.json
-        conditions = shape_conditions() if sources == ["shapes"] else iclevr_layout(sources[0])[3]
+        conditions = shape_conditions() if sources == ["shapes"] else labs[sources[0]][3]
     return ImageData(images, labels, classes, aug, conditions)
 
 

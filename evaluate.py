@@ -201,15 +201,20 @@ class Evaluator:
             row["classes_covered"], row["class_kl"] = classifiers.class_coverage(logits)
         return row
 
-    @torch.no_grad()
     def accuracy(self, fake, labels):
-        """Conditional accuracy (iCLEVR's rule, classifiers.accuracy) of images in [-1, 1] generated for
-        `labels`; None where there is no judge (a folder without --evaluator)."""
-        if self.classifier is None:
-            return None
-        batches = to_unit_uint8(fake).split(500)
-        logits = torch.cat([self.classifier(x.to(self.device))[1].float().cpu() for x in batches])
-        return classifiers.accuracy(logits, labels)
+        """Conditional accuracy of images in [-1, 1] generated for `labels` (`judged_accuracy`); None where
+        there is no judge (a folder without --evaluator)."""
+        return (
+            None if self.classifier is None else judged_accuracy(self.classifier, fake, labels, self.device)
+        )
+
+
+@torch.no_grad()
+def judged_accuracy(judge, fake, labels, device="cpu"):
+    """iCLEVR's rule (classifiers.accuracy) on `judge`'s scores of images in [-1, 1], read as saved PNGs."""
+    batches = to_unit_uint8(fake).split(500)
+    scores = torch.cat([judge(x.to(device))[1].float().cpu() for x in batches])
+    return classifiers.accuracy(scores, labels.cpu())
 
 
 def save_generated(args, fake, labels, classes, folder):
@@ -218,10 +223,7 @@ def save_generated(args, fake, labels, classes, folder):
     With --labels ROOT/test.json and N = its length, this is the lab's submission."""
     folder = common.save_generated(fake, labels, classes, folder)
     if args.evaluator and labels is not None:
-        judge = classifiers.load_lab_evaluator(args.evaluator)
-        with torch.no_grad():
-            probs = torch.cat([judge(x)[1] for x in to_unit_uint8(fake.cpu()).split(500)])
-        acc = classifiers.accuracy(probs, labels.cpu())
+        acc = judged_accuracy(classifiers.load_lab_evaluator(args.evaluator), fake.cpu(), labels)
         common.write_json(folder / "accuracy.json", dict(accuracy=acc, n=len(fake), evaluator=args.evaluator))
         print(f"accuracy {acc:.4f} by {args.evaluator} (top-k rule, {len(fake)} images)")
     return folder
