@@ -6,6 +6,7 @@ Adversarial Networks" (2017).
     7.2 no cycle loss        --disc patch --lambda-cycle 0
     7.3 whole-image D        --disc dc
     7.4 both                 --disc dc --lambda-cycle 0
+    7.5 + semantic term      --disc patch --lambda-semantic 1   (CyCADA's, off by default; digit pairs)
   your own pair             python cyclegan.py --data ROOT (ROOT/trainA, trainB; testA, testB if any)
                             python cyclegan.py --data-a SPEC --data-b SPEC (any --data, e.g. folders)
   presets   --preset study (CUDA): the defaults below (ngf = ndf = 64, batch 1 as the paper, 100 epochs);
@@ -17,6 +18,11 @@ onto B's distribution fits, including one that forgets x. The cycle-consistency 
 ||G_BA(G_AB(x)) - x||_1 + ||G_AB(G_BA(y)) - y||_1, weighted lambda = 10, asks each translation to keep
 enough of x to get x back; the identity loss (sec. 5.2) ||G_AB(y) - y||_1 + ||G_BA(x) - x||_1, weighted
 0.5 lambda, keeps a translation from changing what already looks like the target (tint, intensity).
+The cycle loss keeps what lets x come back, not what x means: a 3 may travel as any digit G_BA can undo.
+`--lambda-semantic W` adds CyCADA's semantic-consistency term (Hoffman et al. 2018, eq. 4): a fixed
+classifier of the source domain (the digits net for A -> B, the MNIST net for B -> A) should read the
+translation as it reads the source. It uses only the source's labels, as domain adaptation may; the
+target domain's classifier, which judges label preservation below, never trains anything.
 
 As the paper (and the authors' PyTorch code): the ResNet generator of Johnson et al. 2016
 (c7s1-64, d128, d256, 6 residual blocks up to 128 px and 9 above, u128, u64, c7s1; reflection
@@ -47,9 +53,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import classifiers
 import common
 import data
-from evaluate import Evaluator
+from evaluate import Evaluator, sharpness
 
 
 # ----------------------------------------------------------------------------- model
@@ -208,6 +215,15 @@ def generator_loss(generators, discriminators, real_a, real_b, kind, lambda_cycl
     return fake_a, fake_b, terms
 
 
+def semantic_loss(classifier, real, fake):
+    """CyCADA's semantic consistency (Hoffman et al. 2018, eq. 4), for one direction: the source domain's
+    fixed classifier should name the translation as it names the source image, CE(f(fake), argmax
+    f(real)). Images in [-1, 1]; `classifier` (classifiers.py's) takes [0, 1] -> (features, logits)."""
+    with torch.no_grad():
+        pseudo_labels = classifier((real + 1) / 2)[1].argmax(1)  # (B,)
+    return F.cross_entropy(classifier((fake + 1) / 2)[1].float(), pseudo_labels)
+
+
 def discriminator_loss(D, real, fake, kind):
     """Real as real, fake as fake; halved, as the authors do, so D learns slower than G."""
     return 0.5 * (gan_loss(D(real), True, kind) + gan_loss(D(fake), False, kind))
@@ -281,13 +297,6 @@ def translation_grid(G_AB, G_BA, x_a, x_b, device):
     return torch.cat([as_rgb(r) for r in rows])
 
 
-def sharpness(x):
-    """Mean absolute difference of neighbouring pixels of images (N, C, H, W): blur lowers it."""
-    return (
-        (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., 1:] - x[..., :-1]).abs().mean()
-    ).item() / 2
-
-
 def evaluate(G_AB, G_BA, evaluators, tests, n, device):
     """Both directions on n held-out images: the cycle L1, the sharpness against the target's real
     images; in the target's feature space FID, KID and the classes the translations hit (a built-in
@@ -346,10 +355,17 @@ def parse_args(argv=None):
     a("--lambda-cycle", type=float, default=10.0, help="cycle loss weight (0: off, the ablation)")
     a("--lambda-identity", type=float, default=0.5, help="identity loss weight, times --lambda-cycle")
     a("--pool", type=int, default=50, help="fakes kept for the discriminators (0: off)")
+    a("--lambda-semantic", type=float, default=0.0, help="CyCADA's semantic term weight (0: off)")
     # No --data: the built-in pair; batch 1 as the paper.
     args = common.parse_with_preset(p, argv, "cyclegan", CPU_PRESET, data=None, batch_size=1)
     args.n_blocks = args.n_blocks or (6 if args.res <= 128 else 9)
     args.d_layers = args.d_layers or max(1, int(math.log2(args.res)) - 5)
+    names = (args.data_a or "digits", args.data_b or "mnist") if args.data is None else ()
+    if args.lambda_semantic and not all(n in ("digits", "mnist") for n in names):
+        raise common.UserError(
+            "--lambda-semantic needs a digit classifier of each domain: --data-a and --data-b each digits "
+            "or mnist (the default pair)"
+        )
     if args.cond or args.labels or args.evaluator:
         raise common.UserError(
             "--cond, --labels and --evaluator do not apply: cyclegan.py translates, it is not conditioned"
@@ -384,6 +400,11 @@ def main(argv=None):
         Evaluator(args.fid_features, test, name, args.res, args.fid_n_real, device, weights, args.crop)
         for test, name in zip(tests, names)
     ]
+    # --lambda-semantic: the source labels' knowledge, as CyCADA uses it (never the target's, which is
+    # what judges the label preservation): each domain's own classifier, fixed.
+    source_classifiers = (
+        [classifiers.load_classifier(n, device) for n in names] if args.lambda_semantic else []
+    )
     # The same 8 held-out images of each domain in every grid.
     fixed_a, fixed_b = spread_images(test_a, 8)[0], spread_images(test_b, 8)[0]
     stream_a = data.batches(train_a, args, step, device)
@@ -404,6 +425,10 @@ def main(argv=None):
             fake_a, fake_b, terms = generator_loss(
                 (G_AB_ddp, G_BA_ddp), (D_A, D_B), real_a, real_b, args.gan_loss, *weights
             )
+            if args.lambda_semantic:  # each direction judged by its source domain's classifier
+                f_a, f_b = source_classifiers
+                terms["semantic"] = semantic_loss(f_a, real_a, fake_b) + semantic_loss(f_b, real_b, fake_a)
+                terms["total"] = terms["total"] + args.lambda_semantic * terms["semantic"]
         opt_g.zero_grad(set_to_none=True)
         scaler.scale(terms["total"]).backward()
         scaler.step(opt_g)

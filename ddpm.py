@@ -26,6 +26,12 @@ eps or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 and is trained with plain MSE 
 The sampler is chosen once (`choose_sampler`); every output (grids, FID, --generate) calls it
 through `sample`, always with the EMA weights.
 
+Two later refinements, off by default (the study's steps are the papers' baseline): `--min-snr GAMMA`
+weights each timestep's loss by min(SNR, gamma) in x0 terms (Hang et al. 2023, "Efficient Diffusion
+Training via Min-SNR Weighting"; gamma = 5), so the many nearly clean timesteps stop dominating;
+`--scale-shift` lets the t (and label) embedding scale and shift each ResBlock's normalised features
+(AdaGN, Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", sec. 3) instead of adding to them.
+
 Departures from the papers: AdamW instead of Adam; no learning-rate warm-up (the CPU runs
 are short); the U-Net's output conv starts at zero; GroupNorm uses 32 groups only where
 that leaves at least 4 channels a group, so small widths work; DDIM clips the predicted x0
@@ -73,18 +79,27 @@ def norm(ch):
 
 
 class ResBlock(nn.Module):
-    def __init__(self, c_in, c_out, t_dim, dropout):
+    """Two 3x3 convs and a skip. The embedding of t (and of the label) is added to every channel (DDPM),
+    or with scale_shift it scales and shifts the normalised features, GN(h) (1 + scale) + shift (AdaGN,
+    Dhariwal & Nichol 2021, sec. 3.2)."""
+
+    def __init__(self, c_in, c_out, t_dim, dropout, scale_shift=False):
         super().__init__()
         self.norm1, self.conv1 = norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.t_proj = nn.Linear(t_dim, c_out)
+        self.t_proj, self.scale_shift = nn.Linear(t_dim, 2 * c_out if scale_shift else c_out), scale_shift
         self.norm2, self.conv2 = norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
         self.dropout = nn.Dropout(dropout)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, t_emb):
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.t_proj(F.silu(t_emb))[:, :, None, None]  # the timestep shifts every channel
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        emb = self.t_proj(F.silu(t_emb))[:, :, None, None]  # (B, C or 2C, 1, 1)
+        if self.scale_shift:
+            scale, shift = emb.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + emb)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -121,6 +136,7 @@ class UNet(nn.Module):
         dropout=0.1,
         res=32,
         n_classes=0,
+        scale_shift=False,
     ):
         super().__init__()
         t_dim = 4 * base_ch
@@ -131,7 +147,9 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(channels, base_ch, 3, padding=1)
 
         def block(c_in, c_out, size):  # a ResBlock, then attention where the feature map is that size
-            res_block = ResBlock(c_in, c_out, t_dim, dropout)  # made first: the init order of the seed
+            res_block = ResBlock(
+                c_in, c_out, t_dim, dropout, scale_shift
+            )  # made first: the init order of the seed
             return nn.ModuleList([res_block, Attention(c_out) if size in attn_res else nn.Identity()])
 
         self.down, skips, ch, size = nn.ModuleList(), [base_ch], base_ch, res
@@ -144,8 +162,8 @@ class UNet(nn.Module):
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))  # halve H, W
                 skips.append(ch)
                 size //= 2
-        self.mid1, self.mid_attn = ResBlock(ch, ch, t_dim, dropout), Attention(ch)
-        self.mid2 = ResBlock(ch, ch, t_dim, dropout)
+        self.mid1, self.mid_attn = ResBlock(ch, ch, t_dim, dropout, scale_shift), Attention(ch)
+        self.mid2 = ResBlock(ch, ch, t_dim, dropout, scale_shift)
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(ch_mult))):
@@ -217,13 +235,26 @@ def to_x0_eps(out, x_t, alpha_bar_t, pred):
     return a * x_t - s * out, s * x_t + a * out  # from v: x0 = a x_t - s v, eps = s x_t + a v
 
 
-def diffusion_loss(model, x0, t, noise, alpha_bar, pred, y=None):
+def min_snr_weight(alpha_bar_t, pred, gamma):
+    """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 8 and sec. 3.4): each timestep's MSE counts as
+    if the target were x0 with weight min(SNR_t, gamma), SNR_t = abar_t / (1 - abar_t); as eps and v errors
+    are x0 errors times 1/SNR and 1/(SNR + 1), that is min(SNR, gamma) / SNR for eps and min(SNR, gamma) /
+    (SNR + 1) for v. The nearly clean timesteps, easy and many, stop dominating the gradient."""
+    snr = alpha_bar_t / (1 - alpha_bar_t)
+    return snr.clamp(max=gamma) / (snr if pred == "eps" else snr + 1)
+
+
+def diffusion_loss(model, x0, t, noise, alpha_bar, pred, y=None, min_snr=0.0):
     """Algorithm 1's loss, L_simple (Ho eq. 14): the MSE between the network's output at
-    x_t = q_sample(x0, t, noise) and its target, eps itself or v. The caller draws t ~ U{0..T-1} (B,) and
-    noise ~ N(0, I) like x0."""
+    x_t = q_sample(x0, t, noise) and its target, eps itself or v; with min_snr > 0 each image's MSE is
+    weighted by `min_snr_weight`. The caller draws t ~ U{0..T-1} (B,) and noise ~ N(0, I) like x0."""
     x_t = q_sample(x0, t, noise, alpha_bar)
     target = noise if pred == "eps" else v_target(x0, noise, _at(alpha_bar, t, x0))
-    return F.mse_loss(model(x_t, t, y) if y is not None else model(x_t, t), target)
+    out = model(x_t, t, y) if y is not None else model(x_t, t)
+    if not min_snr:
+        return F.mse_loss(out, target)
+    weight = min_snr_weight(alpha_bar[t].float(), pred, min_snr)  # (B,)
+    return (weight * ((out.float() - target) ** 2).flatten(1).mean(1)).mean()
 
 
 def drop_labels(y, keep):
@@ -363,6 +394,7 @@ def save_outputs(sampler, model, args, shape, fixed_y, conditions, classes, out)
 CPU_PRESET = dict(base_ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, attn_res=[8], dropout=0.0, lr=1e-3)
 CPU_PRESET.update(sample_steps=20)
 MODEL_FLAGS = ("res", "T", "schedule", "pred", "base_ch", "ch_mult", "num_res_blocks", "attn_res", "cond")
+MODEL_FLAGS += ("scale_shift",)
 
 
 def csv_ints(text):
@@ -387,7 +419,9 @@ def parse_args(argv=None):
     a("--num-res-blocks", type=int, default=2)
     a("--attn-res", type=csv_ints, default=None, help="default: res/8 and res/4 (8,16 at 64)")
     a("--dropout", type=float, default=0.1)
+    a("--scale-shift", action="store_true", help="AdaGN: the t and label embedding scale and shift")
     a("--grad-clip", type=float, default=1.0)
+    a("--min-snr", type=float, default=0.0, metavar="GAMMA", help="min-SNR-gamma loss weights (0: L_simple)")
     a("--sampler", default="ddim", choices=["ddim", "ddpm"], help="for every output: grids, FID, samples")
     a("--sample-steps", type=int, default=100, help="DDIM steps")
     a("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
@@ -408,6 +442,8 @@ def parse_args(argv=None):
         p.error(f"--ch-mult has {len(args.ch_mult)} levels; --res {args.res} cannot be halved that often")
     if not 1 <= args.sample_steps <= args.T:
         p.error(f"--sample-steps must be in 1..{args.T}")
+    if args.min_snr < 0:
+        p.error(f"--min-snr must be >= 0 (0 is off), got {args.min_snr}")
     if not 0 <= args.p_uncond < 1:
         p.error(f"--p-uncond must be in [0, 1), got {args.p_uncond}")
     if args.guidance != [1.0] and not args.cond:  # (--generate: the run's --cond)
@@ -424,7 +460,7 @@ def main(argv=None):
     betas = make_betas(args.schedule, args.T)  # float64: cumprod over 1000 steps keeps its precision
     alpha_bar = torch.cumprod(1 - betas, 0).to(device)  # on the device once: no copy (and sync) a step
     unet = (args.base_ch, args.ch_mult, args.num_res_blocks, args.attn_res, args.dropout, args.res, n_classes)
-    model = common.place(UNet(shape[0], *unet), device)
+    model = common.place(UNet(shape[0], *unet, args.scale_shift), device)
     ema = common.EMA(model, args.ema)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     objects = dict(model=model, ema=ema, opt=opt, scaler=scaler)
@@ -451,7 +487,7 @@ def main(argv=None):
         t = common.shard(torch.randint(0, args.T, (B,), device=device))  # t ~ U{0..T-1} (B,)
         noise = common.shard(torch.randn(B, *shape, device=device))  # eps ~ N(0, I) (B, C, H, W)
         with autocast():
-            loss = diffusion_loss(model_ddp, x0, t, noise, alpha_bar, args.pred, y)
+            loss = diffusion_loss(model_ddp, x0, t, noise, alpha_bar, args.pred, y, args.min_snr)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)

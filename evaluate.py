@@ -2,9 +2,10 @@
 built-in data's classifiers): `Evaluator` scores a run's samples against its held-out images in one
 feature space (Inception when its weights are on disk, else the built-in data's classifier: FID(digits),
 FID(mnist), FID(shapes)), with the FID's bootstrap interval, KID, diversity (a collapse alarm), LPIPS
-diversity (with torchvision's VGG-16 on disk), the samples farthest from any real image, class
-coverage, and the accuracy of conditional samples by the data's classifier or the iCLEVR lab's
-evaluator (--evaluator; iCLEVR's top-k rule), also of --generate's images (`save_generated`).
+diversity (with torchvision's VGG-16 on disk), sharpness against the real images' (blur or grain), the
+samples farthest from any real image, class coverage, and the accuracy of conditional samples by the
+data's classifier or the iCLEVR lab's evaluator (--evaluator; iCLEVR's top-k rule), also of --generate's
+images (`save_generated`).
 """
 
 import sys
@@ -76,6 +77,14 @@ def lpips_diversity(images, vgg, pairs=200, seed=0, batch_size=50):
     return float(torch.cat(dists).mean())
 
 
+def sharpness(x):
+    """Mean absolute difference of neighbouring pixels of images (N, C, H, W): blur lowers it, grain (noise
+    left by a sampler or a generator) raises it; read against real images'."""
+    return (
+        (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., 1:] - x[..., :-1]).abs().mean()
+    ).item() / 2
+
+
 # ----------------------------------------------------------------------------- evaluation during training
 def to_unit_uint8(x):
     """[-1, 1] -> [0, 1] through save_grid's 8-bit rounding: tensors score as their saved PNGs do."""
@@ -116,6 +125,8 @@ class Evaluator:
         key = key.replace("/", "_").replace(",", "+")[-150:]
         self.real_acts = self._real_activations(heldout, common.CACHE_DIR / "fid_stats" / f"{key}.npz")
         self.real_stats = fid.stats(self.real_acts)
+        real = heldout.images[data.spread(len(heldout), self.n_real)]  # (N, H, W, C) uint8
+        self.real_sharpness = sharpness(torch.from_numpy(np.array(real)).permute(0, 3, 1, 2).float() / 255)
         self.real_diversity = diversity(self.real_acts)
         try:  # optional: never downloaded for this, and its absence is n/a in the report
             path = common.find_pretrained(VGG_NAME, VGG_URL, None, "VGG_WEIGHTS", download=False)
@@ -191,6 +202,7 @@ class Evaluator:
         row.update(fid_lo=row["fid"] - 1.96 * row["fid_std"], fid_hi=row["fid"] + 1.96 * row["fid_std"])
         row.update(kid=kid_mean, kid_std=kid_std, n_fake=len(acts), n_real=self.n_real)
         row.update(diversity=diversity(acts), diversity_real=self.real_diversity)
+        row["sharpness"] = sharpness(to_unit_uint8(fake)) / self.real_sharpness  # > 1: grain; < 1: blur
         if self.vgg is not None:
             row["lpips"] = lpips_diversity(fake, self.vgg)
         if worst_path is not None:

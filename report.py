@@ -47,10 +47,10 @@ PHASES = {"1": "Phase 1: the data pipeline (DCGAN on faces)", "2": "Phase 2: GAN
 PHASES.update({"3": "Phase 3: VAE evolution", "4": "Phase 4: DDPM evolution"})
 PHASES["5"] = "Phase 5: the best of each family, trained longer under identical conditions"
 PHASES["6"] = "Phase 6: conditional generation, scored by a classifier's accuracy"
-PHASES["7"] = "Phase 7: unpaired translation (CycleGAN), with and without its cycle loss"
+PHASES["7"] = "Phase 7: unpaired translation (CycleGAN), with and without its cycle loss, and a semantic term"
 STEP_FLAGS = dict(dcgan=("g_arch", "aug"), wgan_gp=("n_critic",), sagan=("loss", "attn_res"))
 STEP_FLAGS.update(vae=("beta", "perceptual", "adv"), ddpm=("schedule", "pred", "base_ch"))
-STEP_FLAGS.update(cyclegan=("disc", "lambda_cycle"))
+STEP_FLAGS.update(cyclegan=("disc", "lambda_cycle", "lambda_semantic"))
 # run_all.sh's four phase-1 questions, each (before, after)
 PHASE1_PAIRS = {"1A resolution": ("1A_raw_64", "1A_raw_128"), "1B alignment": ("1A_raw_64", "1B_aligned_64")}
 PHASE1_PAIRS["1C augmentation"] = ("1B_aligned_64", "1C_aligned_deluxe")

@@ -318,11 +318,14 @@ run 6.5_ddpm_cfg    ddpm.py    "${COND[@]}" "${COND_DDPM[@]}" --schedule cosine 
 #   7.2 without the cycle loss: only "look like B" is asked; does x's structure survive?
 #   7.3 a DCGAN-style whole-image discriminator instead of the PatchGAN
 #   7.4 both changes
+#   7.5 7.1 + CyCADA's semantic-consistency term: each source domain's own classifier reads
+#       the translation (only source labels train it; the target's classifier judges)
 PHASE=7
 run 7.1_cyclegan      cyclegan.py "${TRANS[@]}" --disc patch
 run 7.2_no_cycle      cyclegan.py "${TRANS[@]}" --disc patch --lambda-cycle 0
 run 7.3_dc_disc       cyclegan.py "${TRANS[@]}" --disc dc
 run 7.4_dc_no_cycle   cyclegan.py "${TRANS[@]}" --disc dc --lambda-cycle 0
+run 7.5_semantic      cyclegan.py "${TRANS[@]}" --disc patch --lambda-semantic 1
 
 "$PY" report.py "$RUNS" || FAILED+=("report")
 echo

@@ -35,8 +35,10 @@ spectral norm (the paper puts it in both). Samples come from an EMA of G.
 
 `--cond` (phase 6), as SAGAN and BigGAN do it: class-conditional GroupNorm in the generator (each
 norm's gain and bias come from the label vector through a linear layer, one-hot or multi-hot for
-shapes' 1-3 objects) and a projection critic (Miyato & Koyama 2018, eq. 3): score(x, y) = psi(h)
-+ <embed(y), h> with h the critic's pooled features. `--generate N` samples a finished run.
+shapes' 1-3 objects), the label vector also concatenated to z (BigGAN's direct path: the
+conditional norms start as plain GroupNorm), and a projection critic (Miyato & Koyama 2018,
+eq. 3): score(x, y) = psi(h) + <embed(y), h> with h the critic's pooled features. `--generate N`
+samples a finished run.
 """
 
 import argparse
@@ -103,14 +105,16 @@ class Generator(nn.Module):
 
     def __init__(self, nz=128, ngf=64, channels=3, res=64, attn_res=(16,), n_classes=0):
         super().__init__()
-        self.nz = nz
+        self.nz, self.n_classes = nz, n_classes
         n_up = int(math.log2(res)) - 2
         ch, size = ngf * 2 ** (n_up - 1), 4
 
         def gn(ch):
             return ConditionalNorm(ch, n_classes) if n_classes else norm(ch)
 
-        layers = [nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False), gn(ch), nn.ReLU(True)]
+        # As BigGAN: the label also joins z (K more latent dimensions), a direct path from the first step,
+        # where the conditional norms start as plain GroupNorm and take many steps to learn.
+        layers = [nn.ConvTranspose2d(nz + n_classes, ch, 4, 1, 0, bias=False), gn(ch), nn.ReLU(True)]
         for _ in range(n_up - 1):
             layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), gn(ch // 2), nn.ReLU(True)]
             ch, size = ch // 2, size * 2
@@ -120,7 +124,9 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z, y=None):
-        h = z[:, :, None, None]  # (B, nz, 1, 1)
+        if self.n_classes:
+            z = torch.cat([z, data.label_vector(y, self.n_classes).to(z.dtype)], 1)  # (B, nz + K)
+        h = z[:, :, None, None]  # (B, nz [+ K], 1, 1)
         for layer in self.net:  # the label goes to each conditional norm
             h = layer(h, y) if isinstance(layer, ConditionalNorm) else layer(h)
         return h  # (B, C, res, res)

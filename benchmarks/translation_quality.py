@@ -4,12 +4,16 @@ two cores would halve each one's budget), then a table of what phase 7 measures.
 
   python benchmarks/translation_quality.py                      # 10 CPU-minutes a variant
   python benchmarks/translation_quality.py --minutes 3 --variants cycle,no_cycle,dc
+  python benchmarks/translation_quality.py --minutes 20 --variants cycle,semantic   # CyCADA's term
 
 Settings: cyclegan.py's CPU preset (32 px, ngf = ndf = 16, batch 8, PatchGAN with one layer: 16 px
 patches), --max-minutes MINUTES (the learning rate decays over the second half of them), one
-evaluation at the end on every held-out image (299 digits, 833 MNIST). Runs go to OUT/<variant> and
+evaluation at the end on every held-out image (299 digits, 833 MNIST). Runs go to
+OUT/<minutes>min/<variant> (a budget is a run of its own: the learning rate decays over its second half) and
 are reused, not redone, when the table is asked again. The last row is the floor: the target
-domain's classifier on the held-out source images, untranslated.
+domain's classifier on the held-out source images, untranslated. `semantic` adds CyCADA's
+semantic-consistency term (--lambda-semantic 1: each source domain's classifier, never the target's
+judge, reads the translation).
 """
 
 import argparse
@@ -31,32 +35,34 @@ VARIANTS = dict(
     no_cycle=["--disc", "patch", "--lambda-cycle", "0"],
     dc=["--disc", "dc"],
     dc_no_cycle=["--disc", "dc", "--lambda-cycle", "0"],
+    semantic=["--disc", "patch", "--lambda-semantic", "1"],
 )
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--minutes", default="10", help="training budgets, a comma list (a run each): 5,10,20")
     p.add_argument("--variants", default="cycle,no_cycle", help="comma list of " + ",".join(VARIANTS))
-    p.add_argument("--out", default="runs/bench_translation", help="runs go to OUT/<variant>")
+    p.add_argument("--out", default="runs/bench_translation", help="runs go to OUT/<minutes>min/<variant>")
     args = p.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     if bad := [v for v in variants if v not in VARIANTS]:
         p.error(f"unknown variants {bad}")
     rows = []
     for variant in variants:
-        out = Path(args.out) / variant
-        cmd = [sys.executable, str(ROOT / "cyclegan.py"), "--preset", "cpu", "--device", "cpu"]
-        cmd += ["--max-minutes", str(args.minutes), "--fid-n", "5000", "--fid-every", "0"]
-        cmd += ["--out", str(out), "--resume", *VARIANTS[variant]]
-        if not (out / "summary.json").exists():
-            print(" ".join(cmd[1:]), flush=True)
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        summary = json.loads((out / "summary.json").read_text())
-        evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        (row,) = [r for r in evals if r.get("kind") == "eval" and r["step"] == summary["steps"]]
-        rows.append((variant, summary["steps"], summary["train_seconds"] / 60, row))
-    print(f"\ndigits (A) <-> MNIST (B), {args.minutes:g} minutes of training a variant, this machine's CPU")
+        for minutes in sorted(float(m) for m in args.minutes.split(",") if m):
+            out = Path(args.out) / f"{minutes:g}min" / variant  # the lr schedule follows the budget
+            cmd = [sys.executable, str(ROOT / "cyclegan.py"), "--preset", "cpu", "--device", "cpu"]
+            cmd += ["--max-minutes", f"{minutes:g}", "--fid-n", "5000", "--fid-every", "0"]
+            cmd += ["--out", str(out), "--resume", *VARIANTS[variant]]
+            if not (out / "summary.json").exists():
+                print(" ".join(cmd[1:]), flush=True)
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            summary = json.loads((out / "summary.json").read_text())
+            evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            (row,) = [r for r in evals if r.get("kind") == "eval" and r["step"] == summary["steps"]]
+            rows.append((variant, summary["steps"], summary["train_seconds"] / 60, row))
+    print(f"\ndigits (A) <-> MNIST (B), {args.minutes} minutes of training a variant, this machine's CPU")
     untranslated = []  # the floor: each target classifier on the source images as they are
     for source, target in (("digits", "mnist"), ("mnist", "digits")):
         test = data.load_dataset(source, 32).split()[1]

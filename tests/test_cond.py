@@ -198,8 +198,14 @@ def test_sagan_conditional_norm_starts_as_groupnorm_and_follows_the_label():
     assert torch.allclose(
         out, norm.norm(x) * (1 + gain[:, :, None, None]) + bias[:, :, None, None], atol=1e-5
     )
-    G = sagan.Generator(nz=8, ngf=8, channels=3, res=32, attn_res=(8,), n_classes=4)
-    assert G(torch.randn(2, 8), torch.tensor([0, 3])).shape == (2, 3, 32, 32)
+    G = sagan.Generator(nz=8, ngf=8, channels=3, res=32, attn_res=(8,), n_classes=4).eval()
+    z = torch.randn(1, 8).expand(2, 8)
+    out = G(z, torch.tensor([0, 3]))
+    assert out.shape == (2, 3, 32, 32)
+    # With every conditional norm still plain GroupNorm, the label already steers G: it joins z.
+    assert all(not m.embed.weight.any() for m in G.modules() if isinstance(m, sagan.ConditionalNorm))
+    assert not torch.allclose(out[0], out[1])
+    assert torch.equal(G(z, torch.tensor([3, 3]))[0], out[1])
 
 
 def test_cvae_label_enters_encoder_and_decoder():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from conftest import png_folder
 from PIL import Image
 
@@ -150,6 +151,39 @@ def test_cycle_identity_and_gan_terms_on_hand_made_generators():
     assert t["gan"].item() == pytest.approx(2 * np.log(2))
     _, _, t = cyclegan.generator_loss((Shift(0.5), Shift(0.5)), (zeros_d, zeros_d), a, b, "lsgan", 0, 0.5)
     assert "identity" not in t and t["total"].item() == pytest.approx(2.0)
+
+
+class TwoClasses(nn.Module):
+    """A fixed 'classifier' of [0, 1] images: logits (mean - 0.5, 0.5 - mean), features unused."""
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3))
+        return None, torch.stack([m - 0.5, 0.5 - m], 1)
+
+
+def test_semantic_loss_is_cross_entropy_against_the_source_images_own_reading():
+    f = TwoClasses()
+    real = torch.tensor([0.8, -0.8]).view(2, 1, 1, 1).expand(2, 1, 4, 4)  # [0, 1]: 0.9 -> class 0, 0.1 -> 1
+    fake = torch.tensor([0.4, 0.2]).view(2, 1, 1, 1).expand(2, 1, 4, 4)  # 0.7 and 0.6: both read as 0
+    logits = torch.tensor([[0.2, -0.2], [0.1, -0.1]])
+    expected = F.cross_entropy(logits, torch.tensor([0, 1]))
+    assert cyclegan.semantic_loss(f, real, fake).item() == pytest.approx(expected.item(), rel=1e-6)
+    fake = fake.clone().requires_grad_(True)  # the gradient reaches the translation, none the labels
+    cyclegan.semantic_loss(f, real, fake).backward()
+    # Descent brightens the first (read as 0, as its source) and darkens the second (its source read as 1).
+    assert fake.grad[0].sum() < 0 < fake.grad[1].sum()
+
+
+def test_semantic_term_trains_with_the_source_classifiers_only(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--max-steps", "2", "--fid-features", "none", "--lambda-semantic", "2", "--out", str(out)]
+    cyclegan.main([*SMALL, *flags])
+    train = [r for r in rows(out) if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [1, 2]
+    for r in train:  # total = gan + 10 (cycle + 0.5 identity) + 2 semantic
+        assert r["loss_g_semantic"] > 0
+        expected = r["loss_g_gan"] + 10 * (r["loss_g_cycle"] + 0.5 * r["loss_g_identity"])
+        assert r["loss_g_total"] == pytest.approx(expected + 2 * r["loss_g_semantic"], rel=1e-5)
 
 
 def test_discriminator_loss_is_half_the_sum_on_real_and_fake():
@@ -302,6 +336,10 @@ def test_generate_translates_held_out_images_both_ways(tmp_path):
         (lambda t: ["--data-a", "digits", "--data-b", str(t / "few")], "none held out"),
         (lambda t: ["--data", str(t / "tiny")], "none held out"),  # trainA of 2 images, no testA
         (lambda t: ["--cond"], "not conditioned"),
+        (
+            lambda t: ["--data-a", "digits", "--data-b", str(t / "rgb"), "--lambda-semantic", "1"],
+            "digit classifier",
+        ),
         (lambda t: ["--generate", "3", "--out", str(t / "nothing")], "no checkpoint"),
     ],
 )

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import common
 import ddpm
@@ -213,6 +214,7 @@ def test_bad_flags_exit_2(tmp_path, capsys):
         (["--res", "32", "--ch-mult", "1,2,2,2,2,2,2"], "--ch-mult has 7 levels; --res 32 cannot be halved"),
         (["--sample-steps", "0"], "error: --sample-steps must be in 1..1000"),
         (["--spacing", "odd"], "argument --spacing: invalid choice: 'odd'"),
+        (["--min-snr", "-1"], "error: --min-snr must be >= 0 (0 is off), got -1.0"),
     ):
         with pytest.raises(SystemExit) as e:
             ddpm.main(bad + ["--out", str(tmp_path / "x")])
@@ -255,3 +257,65 @@ def test_every_output_uses_the_chosen_sampler(sampler, steps):
     strip = ddpm.denoising_strip(chosen, oracle, x_T, None, 1.0)  # x_T, 9 steps on the way, x_0
     assert len(oracle.seen) == steps and strip.shape == (3, 10, 1, 4, 4)
     assert torch.equal(strip[:, 0], x_T) and torch.equal(strip[:, -1], out)
+
+
+@pytest.mark.parametrize("pred", ["eps", "v"])
+def test_min_snr_weights_make_every_loss_an_x0_loss_capped_at_gamma(pred):
+    # Hang et al.: the weighted eps (v) error is min(SNR, gamma) times the x0 error the same output implies.
+    alpha_bar = torch.cumprod(1 - ddpm.make_betas("cosine", 1000), 0)
+    t = torch.tensor([5, 300, 700, 990])
+    ab = alpha_bar[t].float()
+    snr = ab / (1 - ab)
+    weight = ddpm.min_snr_weight(ab, pred, 5.0)
+    torch.manual_seed(0)
+    x0, noise, out = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
+    x_t = ddpm.q_sample(x0, t, noise, alpha_bar)
+    target = noise if pred == "eps" else ddpm.v_target(x0, noise, ab[:, None, None, None])
+    x0_hat = ddpm.to_x0_eps(out, x_t, ab[:, None, None, None], pred)[0]
+    weighted = weight * ((out - target) ** 2).flatten(1).mean(1)
+    x0_error = ((x0_hat - x0) ** 2).flatten(1).mean(1)
+    assert torch.allclose(weighted, snr.clamp(max=5.0) * x0_error, rtol=1e-3)
+    assert snr[0] > 5 > snr[-1]  # both sides of the cap are exercised
+
+
+def test_min_snr_loss_weights_each_image_and_zero_is_plain_mse():
+    alpha_bar = torch.cumprod(1 - ddpm.make_betas("linear", 1000), 0)
+    torch.manual_seed(0)
+    x0, noise, t = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8), torch.tensor([10, 500, 900])
+    out = torch.randn(3, 1, 8, 8)
+
+    def model(x_t, t):
+        return out
+
+    plain = ddpm.diffusion_loss(model, x0, t, noise, alpha_bar, "eps")
+    assert plain == pytest.approx(((out - noise) ** 2).mean().item(), rel=1e-6)
+    weighted = ddpm.diffusion_loss(model, x0, t, noise, alpha_bar, "eps", min_snr=5.0)
+    per_image = ((out - noise) ** 2).flatten(1).mean(1)
+    expected = (ddpm.min_snr_weight(alpha_bar[t].float(), "eps", 5.0) * per_image).mean()
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert weighted.item() < plain.item()  # t = 10 (SNR ~ 1000) counts 5/1000 of itself
+
+
+def test_scale_shift_resblock_is_adagn():
+    torch.manual_seed(0)
+    block = ddpm.ResBlock(8, 8, 16, 0.0, scale_shift=True).eval()
+    x, t_emb = torch.randn(2, 8, 4, 4), torch.randn(2, 16)
+    scale, shift = block.t_proj(F.silu(t_emb)).chunk(2, dim=1)
+    h = block.conv1(F.silu(block.norm1(x)))
+    h = block.norm2(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+    assert torch.allclose(block(x, t_emb), x + block.conv2(F.silu(h)), atol=1e-6)
+    plain = ddpm.ResBlock(8, 8, 16, 0.0).eval()
+    h = plain.conv1(F.silu(plain.norm1(x))) + plain.t_proj(F.silu(t_emb))[:, :, None, None]
+    assert torch.allclose(plain(x, t_emb), x + plain.conv2(F.silu(plain.norm2(h))), atol=1e-6)
+
+
+def test_scale_shift_is_a_model_flag_kept_on_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    ddpm.main([*TINY, "--max-steps", "1", "--scale-shift", "--min-snr", "5", "--out", str(out)])
+    assert json.loads((out / "args.json").read_text())["scale_shift"] is True
+    state = common.load_checkpoint(out / "ckpt.pt")["model"]
+    assert state["mid1.t_proj.weight"].shape[0] == 2 * state["mid1.conv2.weight"].shape[0]
+    with pytest.raises(SystemExit) as e:
+        ddpm.main([*TINY, "--max-steps", "2", "--resume", "--out", str(out)])
+    assert e.value.code == 2
+    assert "--scale-shift True (now False)" in capsys.readouterr().err

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import classifiers
@@ -279,6 +280,18 @@ def test_diversity_and_farthest_closed_forms():
     acts, real = np.array([[0.0], [10.0], [1.0], [-4.0]]), np.array([[0.0], [2.0]])
     # Distances to the nearest real point: 0, 8, 1, 4 -> worst first.
     assert list(evaluate.farthest_from(acts, real, k=3)) == [1, 3, 2]
+
+
+def test_sharpness_closed_form_and_the_evaluators_grain_and_blur_ratio():
+    stripes = torch.tensor([0.0, 1.0]).repeat(4).view(1, 1, 1, 8).expand(1, 1, 8, 8)  # columns 0 1 0 1 ...
+    assert evaluate.sharpness(stripes) == pytest.approx(0.5)  # 1 between columns, 0 down them
+    _, held = data.load_dataset("shapes", 32, aug="none").split()
+    evaluator = evaluate.Evaluator("shapes", held, "shapes", 32, 500, "cpu")
+    real = torch.from_numpy(np.array(held.images[-200:])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert evaluator(real)["sharpness"] == pytest.approx(1.0, abs=0.1)  # other held-out images: about 1
+    noisy = evaluator((real + 0.1 * torch.randn_like(real)).clamp(-1, 1))["sharpness"]
+    blurred = evaluator(F.avg_pool2d(real, 3, 1, 1, count_include_pad=False))["sharpness"]
+    assert noisy > 3 and blurred < 0.9  # 5.2 and 0.82 measured
 
 
 def test_evaluator_diversity_and_worst_samples(tmp_path):

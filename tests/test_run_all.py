@@ -35,6 +35,7 @@ RUNS = [
     "7.2_no_cycle",
     "7.3_dc_disc",
     "7.4_dc_no_cycle",
+    "7.5_semantic",
 ]
 
 
