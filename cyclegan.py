@@ -19,9 +19,9 @@ onto B's distribution fits, including one that forgets x. The cycle-consistency 
 enough of x to get x back; the identity loss (sec. 5.2) ||G_AB(y) - y||_1 + ||G_BA(x) - x||_1, weighted
 0.5 lambda, keeps a translation from changing what already looks like the target (tint, intensity).
 The cycle loss keeps what lets x come back, not what x means: a 3 may travel as any digit G_BA can undo.
-`--lambda-semantic W` adds CyCADA's semantic-consistency term (Hoffman et al. 2018, eq. 4): a fixed
-classifier of the source domain (the digits net for A -> B, the MNIST net for B -> A) should read the
-translation as it reads the source. It uses only the source's labels, as domain adaptation may; the
+`--lambda-semantic W` adds the semantic-consistency term of CyCADA (Hoffman et al. 2018, sec. 3): a
+fixed classifier of the source domain (the digits net for A -> B, the MNIST net for B -> A) should read
+the translation as it reads the source. It uses only the source's labels, as domain adaptation may; the
 target domain's classifier, which judges label preservation below, never trains anything.
 
 As the paper (and the authors' PyTorch code): the ResNet generator of Johnson et al. 2016
@@ -216,7 +216,7 @@ def generator_loss(generators, discriminators, real_a, real_b, kind, lambda_cycl
 
 
 def semantic_loss(classifier, real, fake):
-    """CyCADA's semantic consistency (Hoffman et al. 2018, eq. 4), for one direction: the source domain's
+    """CyCADA's semantic consistency (Hoffman et al. 2018, sec. 3), for one direction: the source domain's
     fixed classifier should name the translation as it names the source image, CE(f(fake), argmax
     f(real)). Images in [-1, 1]; `classifier` (classifiers.py's) takes [0, 1] -> (features, logits)."""
     with torch.no_grad():

@@ -74,12 +74,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="a finished ddpm.py run folder")
     p.add_argument("--samplers", default="ddim20,ddim20_trailing,ddim50,ddim20_eta1")
+    p.add_argument("--fid-n", type=int, default=None, help="samples for FID (default: the run's --fid-n)")
     args = p.parse_args()
     names = [s for s in args.samplers.split(",") if s]
     if bad := [s for s in names if s not in SAMPLERS]:
         p.error(f"unknown samplers {bad}; choose from {', '.join(SAMPLERS)}")
     trained = json.loads((args.run / "args.json").read_text())
-    print(f"{args.run}: {trained['schedule']} / {trained['pred']}, guidance {trained['guidance'][0]:g}")
+    n = args.fid_n or trained["fid_n"]
+    at = f"guidance {trained['guidance'][0]:g}, {n} samples"
+    print(f"{args.run}: {trained['schedule']} / {trained['pred']}, {at}")
     print("| sampler | accuracy test | accuracy new_test | FID | sharpness |")
     print("|---|---|---|---|---|")
     for name in names:
@@ -90,6 +93,7 @@ def main():
             before = len(metrics.read_text().splitlines())
             cmd = [sys.executable, str(ROOT / "ddpm.py"), "--out", str(run), "--resume"]
             cmd += [*as_flags(trained), "--guidance", f"{trained['guidance'][0]:g}", *SAMPLERS[name]]
+            cmd += ["--fid-n", str(args.fid_n)] if args.fid_n else []
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             (row,) = [json.loads(line) for line in metrics.read_text().splitlines()[before:]]
         cells = [f"{row.get(k, float('nan')):.3f}" for k in ("acc_test", "acc_new_test")]
