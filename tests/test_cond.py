@@ -271,9 +271,10 @@ def test_conditional_run_end_to_end(tmp_path, script, spec):
     lists = ["test"] if spec == "digits" else ["test", "new_test"]
     conditions = data.shape_conditions() if spec == "shapes" else {"test": [[i % 10] for i in range(32)]}
     for name in lists:
-        # hits / total k, over 4 samples of each of the 32 conditions: a whole number of hits
+        # hits / total k, over 4 samples of each of the 32 conditions: a whole number of hits (the
+        # accuracy is a float32 ratio: its rounding, under 1e-5 of a hit here, is not a fraction of one)
         hits = final[f"acc_{name}"] * 4 * sum(len(c) for c in conditions[name])
-        assert hits == pytest.approx(round(hits), abs=1e-6)
+        assert hits == pytest.approx(round(hits), abs=1e-3)
         res = 16 if spec == "digits" else 32
         assert Image.open(out / f"cond_{name}.png").size == (8 * (res + 2) + 2, 4 * (res + 2) + 2)
         legend = (out / f"cond_{name}.txt").read_text().splitlines()
