@@ -147,9 +147,8 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(channels, base_ch, 3, padding=1)
 
         def block(c_in, c_out, size):  # a ResBlock, then attention where the feature map is that size
-            res_block = ResBlock(
-                c_in, c_out, t_dim, dropout, scale_shift
-            )  # made first: the init order of the seed
+            # The ResBlock is made first: the init order of the seed.
+            res_block = ResBlock(c_in, c_out, t_dim, dropout, scale_shift)
             return nn.ModuleList([res_block, Attention(c_out) if size in attn_res else nn.Identity()])
 
         self.down, skips, ch, size = nn.ModuleList(), [base_ch], base_ch, res
