@@ -31,7 +31,9 @@ choice, so 2.3 changes the networks and nothing else); the paper's hinge loss
 is `--loss hinge`. Spectral norm and a gradient penalty are known to fight (SN
 already bounds each layer, and the penalty pulls the gradient norm up to exactly 1),
 which is why both are here for the report to compare. The generator has no
-spectral norm (the paper puts it in both). Samples come from an EMA of G.
+spectral norm (the paper puts it in both). The attention block is the study plan's: bias-free
+projections and logits scaled by 1/sqrt(C/8) (the paper's has biases and no scale). Samples come from an
+EMA of G.
 
 `--cond` (phase 6), as SAGAN and BigGAN do it: class-conditional GroupNorm in the generator (each
 norm's gain and bias come from the label vector through a linear layer, one-hot or multi-hot for
@@ -57,23 +59,27 @@ from evaluate import Evaluator, save_generated
 
 # ----------------------------------------------------------------------------- model
 class SelfAttention(nn.Module):
-    """Self-attention over the H*W positions (SAGAN sec. 3, fig. 2):
-    out = x + gamma * V softmax(Q^T K), with query and key projected to C/8 channels."""
+    """Self-attention over the H*W positions (SAGAN sec. 3, fig. 2) as the study's plan writes it:
+    out = x + gamma * V softmax(Q^T K / sqrt(mid)), with bias-free 1x1 projections and query and key
+    projected to mid = C/8 channels. The 1/sqrt(mid) is the transformer's (Vaswani et al. 2017), not the
+    SAGAN paper's: it keeps the logits' spread independent of the width, so the softmax does not saturate."""
 
     def __init__(self, channels):
         super().__init__()
-        self.query = nn.Conv2d(channels, max(1, channels // 8), 1)
-        self.key = nn.Conv2d(channels, max(1, channels // 8), 1)
-        self.value = nn.Conv2d(channels, channels, 1)
+        mid = max(1, channels // 8)
+        self.query = nn.Conv2d(channels, mid, 1, bias=False)
+        self.key = nn.Conv2d(channels, mid, 1, bias=False)
+        self.value = nn.Conv2d(channels, channels, 1, bias=False)
+        self.scale = mid**-0.5
         # gamma = 0: the block starts as the identity and learns how much to attend.
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x):
         B, C, H, W = x.shape
-        q = self.query(x).flatten(2)  # (B, C/8, N)
-        k = self.key(x).flatten(2)  # (B, C/8, N)
+        q = self.query(x).flatten(2)  # (B, mid, N)
+        k = self.key(x).flatten(2)  # (B, mid, N)
         v = self.value(x).flatten(2)  # (B, C, N)
-        attn = torch.softmax(q.transpose(1, 2) @ k, dim=-1)  # (B, N, N): row i = where position i looks
+        attn = torch.softmax(q.transpose(1, 2) @ k * self.scale, dim=-1)  # (B, N, N): row i = where i looks
         out = (v @ attn.transpose(1, 2)).view(B, C, H, W)  # (B, C, H, W)
         return x + self.gamma * out
 

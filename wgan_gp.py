@@ -15,10 +15,11 @@ which the gradient penalty enforces softly (eq. 3):
              16 px digits, ngf = ndf = 32, 5 minutes, FID(digits) of 1,000 samples at the end.
 
 As the paper (Algorithm 1): Adam lr 1e-4, betas (0.0, 0.9), lambda 10, no BatchNorm in the
-critic (it would make each sample's score depend on the batch, and the penalty is per sample):
-layer norm instead, as the paper recommends (sec. 4). The generator is DCGAN's (copied from
-dcgan.py so this file reads alone), with a 128-d latent; so are the TTUR and lr-decay flags
-(DiffAugment is the study's DCGAN experiment: dcgan.py --diffaug). Departures: n_critic = 2
+critic (it would make each sample's score depend on the batch, and the penalty is per sample).
+The critic's norm is the study plan's InstanceNorm (its step 2.3 replaces the critic's InstanceNorm
+by spectral norm); `--critic-norm layer` is the paper's recommendation (sec. 4). The generator is
+DCGAN's (copied from dcgan.py so this file reads alone), with a 128-d latent; so are the TTUR and
+lr-decay flags (DiffAugment is the study's DCGAN experiment: dcgan.py --diffaug). Departures: n_critic = 2
 critic steps per generator step, not 5 (the study's setting: on a fixed time budget, more
 generator steps won); samples from an EMA of G; the penalty is computed in fp32 outside
 autocast (its double backward underflows in fp16).
@@ -70,17 +71,22 @@ class Generator(nn.Module):
 
 class Critic(nn.Module):
     """image (B, C, res, res) -> (unbounded score (B,), class logits (B, K) or None). DCGAN's
-    discriminator with layer norm (GroupNorm with one group: per sample, over C, H, W) for BatchNorm,
-    and with n_classes, AC-GAN's class head on the same features."""
+    discriminator with a per-sample norm for BatchNorm: instance norm (per sample and channel, over H, W)
+    or layer norm (GroupNorm with one group: per sample, over C, H, W); with n_classes, AC-GAN's class
+    head on the same features."""
 
-    def __init__(self, ndf=64, channels=3, res=64, n_classes=0):
+    def __init__(self, ndf=64, channels=3, res=64, n_classes=0, norm="instance"):
         super().__init__()
+        make_norm = {
+            "instance": lambda c: nn.InstanceNorm2d(c, affine=True),
+            "layer": lambda c: nn.GroupNorm(1, c),
+        }
         n_down = int(math.log2(res)) - 2
         layers = [nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         ch = ndf
         for _ in range(n_down - 1):
             conv = nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False)
-            layers += [conv, nn.GroupNorm(1, ch * 2), nn.LeakyReLU(0.2, True)]
+            layers += [conv, make_norm[norm](ch * 2), nn.LeakyReLU(0.2, True)]
             ch *= 2
         self.features = nn.Sequential(*layers)  # (B, ch, 4, 4)
         self.score = nn.Conv2d(ch, 1, 4, 1, 0)  # (B, 1, 1, 1)
@@ -134,7 +140,7 @@ def class_loss(logits, y):
 
 # ----------------------------------------------------------------------------- main
 CPU_PRESET = dict(ngf=32, ndf=32)  # with common.CPU_PRESET: 16 px digits, 5 minutes
-MODEL_FLAGS = ("res", "nz", "ngf", "ndf", "cond")  # a resumed run must keep these
+MODEL_FLAGS = ("res", "nz", "ngf", "ndf", "critic_norm", "cond")  # a resumed run must keep these
 
 
 def parse_args(argv=None):
@@ -143,6 +149,7 @@ def parse_args(argv=None):
     a("--nz", type=int, default=128, help="latent size")
     a("--ngf", type=int, default=64, help="generator width")
     a("--ndf", type=int, default=64, help="critic width")
+    a("--critic-norm", default="instance", choices=["instance", "layer"], help="the critic's per-sample norm")
     a("--n-critic", type=int, default=2, help="critic steps per generator step")
     a("--gp-lambda", type=float, default=10.0, help="gradient penalty weight")
     a("--ac-weight", type=float, default=1.0, help="weight w of AC-GAN's class terms (--cond)")
@@ -164,7 +171,7 @@ def main(argv=None):
     train, heldout = data.train_and_heldout(args)
     channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
     G = common.place(Generator(args.nz, args.ngf, channels, args.res, n_classes), device)
-    C = common.place(Critic(args.ndf, channels, args.res, n_classes), device)
+    C = common.place(Critic(args.ndf, channels, args.res, n_classes, args.critic_norm), device)
     G.apply(init_generator)
     ema = common.EMA(G, args.ema)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g or args.lr, betas=(0.0, 0.9))

@@ -67,12 +67,27 @@ def test_gradient_penalty_looks_at_the_given_interpolation_points(module):
     assert gp.item() == pytest.approx(((0 - 1) ** 2 + (1 - 1) ** 2 + (4 - 1) ** 2) / 3)
 
 
-def test_wgan_critic_has_no_batchnorm():
-    C = wgan_gp.Critic(ndf=8, channels=3, res=64)
+@pytest.mark.parametrize("norm", ["instance", "layer"])
+def test_wgan_critic_norms_are_per_sample(norm):
+    torch.manual_seed(0)
+    C = wgan_gp.Critic(ndf=8, channels=3, res=64, norm=norm)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in C.modules())
     # Per-sample scores: a sample's score does not depend on the rest of the batch.
     x = torch.randn(6, 3, 64, 64)
     assert torch.allclose(C(x)[0][:2], C(x[:2])[0], atol=1e-5)
+    # What each norm standardises (at init: gain 1, bias 0): instance norm each channel of each sample over
+    # H, W; layer norm each sample over C, H, W, leaving the channels' own means apart.
+    seen = []
+    first = next(m for m in C.modules() if isinstance(m, (nn.InstanceNorm2d, nn.GroupNorm)))
+    first.register_forward_hook(lambda m, i, o: seen.append(o.clone()))  # before the in-place LeakyReLU
+    C(x)
+    channel_means = seen[0].mean((2, 3))  # (B, C)
+    assert seen[0].mean((1, 2, 3)).abs().max() < 1e-5  # both: zero mean per sample
+    if norm == "instance":
+        assert channel_means.abs().max() < 1e-5
+    else:
+        assert channel_means.abs().max() > 0.01
+    assert isinstance(wgan_gp.Critic(ndf=8, channels=3, res=64).features[3], nn.InstanceNorm2d)  # the default
 
 
 @pytest.mark.parametrize("res", [32, 64, 128])
@@ -116,6 +131,25 @@ def test_self_attention_is_identity_at_init_and_global_after():
     x2 = x.clone()
     x2[:, :, 0, 0] += 5
     assert not torch.allclose(attn(x2)[:, :, 7, 7], y[:, :, 7, 7])
+
+
+def test_self_attention_is_the_plans_formula_written_out():
+    """The plan's block: bias-free 1x1 q, k, v; q and k to mid = C/8; logits scaled by mid^-0.5."""
+    torch.manual_seed(0)
+    attn = sagan.SelfAttention(32)
+    assert all(m.bias is None for m in (attn.query, attn.key, attn.value))
+    with torch.no_grad():
+        attn.gamma.fill_(0.7)
+    x = torch.randn(2, 32, 4, 5)
+    Wq, Wk, Wv = (m.weight[:, :, 0, 0] for m in (attn.query, attn.key, attn.value))  # (out, in)
+    X = x.flatten(2)  # (B, C, N)
+    Q, K, V = Wq @ X, Wk @ X, Wv @ X  # (B, 4, N), (B, 4, N), (B, 32, N)
+    expected = torch.empty_like(X)
+    for b in range(2):
+        for i in range(20):  # position i's output: V weighted by softmax over j of <q_i, k_j> / sqrt(4)
+            logits = torch.stack([Q[b, :, i] @ K[b, :, j] for j in range(20)]) / 2.0
+            expected[b, :, i] = V[b] @ torch.softmax(logits, 0)
+    torch.testing.assert_close(attn(x), x + 0.7 * expected.view_as(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("res, attn_res, n_attn", [(32, (16,), 1), (64, (16,), 1), (128, (16, 32), 2)])
@@ -250,6 +284,11 @@ def test_sagan_end_to_end(tmp_path, res, extra):
         ),
         (sagan, ["--cond"], "error: --cond needs labelled data with at least 2 classes; lfw has 1"),
         (wgan_gp, ["--n-critic", "0"], "error: --n-critic must be at least 1, got 0"),
+        (
+            wgan_gp,
+            ["--critic-norm", "batch"],
+            "error: argument --critic-norm: invalid choice: 'batch' (choose from 'instance', 'layer')",
+        ),
         (wgan_gp, ["--lr-decay", "1.5"], "error: --lr-decay must be in (0, 1], got 1.5"),
         (wgan_gp, ["--data", "/no/such/folder"], "error: data path not found: /no/such/folder"),
     ],
