@@ -150,7 +150,7 @@ def add_common_args(parser):
     a("--data", default="digits", help="digits | mnist | lfw | shapes | image folder | comma-separated mix")
     a("--res", type=int, default=32, choices=[16, 32, 64, 128, 256], help="16 suits the 8x8 digits on a CPU")
     a("--crop", type=int, default=None, help="center-crop N px before resizing (CelebA: 178)")
-    a("--aug", default="flip", choices=["none", "flip", "deluxe"])
+    a("--aug", default="flip", choices=["none", "flip", "jitter", "deluxe"])
     a("--batch-size", type=int, default=64, help="the global batch: under torchrun, split over the ranks")
     a("--epochs", type=int, default=100)
     a("--max-steps", type=int, default=None, help="stop after N optimizer steps of the generator/model")

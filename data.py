@@ -296,7 +296,7 @@ def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
     sources = [s.strip() for s in spec.split(",") if s.strip()]
     if not sources:
         raise common.UserError("--data is empty")
-    if aug not in ("none", "flip", "deluxe"):
+    if aug not in ("none", "flip", "jitter", "deluxe"):
         raise common.UserError(f"unknown augmentation {aug!r}")
     if channels is None:
         channels = 1 if all(s in common.GRAY_BUILTIN for s in sources) else 3
@@ -449,8 +449,12 @@ def to_float(x):
 
 
 def augment(x, mode):
-    """Batch augmentation of x in [-1, 1] (B, C, H, W), using the torch RNG of x's device.
-    deluxe = flip + rotation +-5 deg + brightness/contrast +-0.1 + saturation +-0.05."""
+    """Batch augmentation of x in [-1, 1] (B, C, H, W), using the torch RNG of x's device. Every mode but
+    none mirrors left-right with probability 1/2 (flip); then
+    jitter, the study plan's set: rotation +-5 deg, brightness/contrast +-0.1, saturation +-0.05;
+    deluxe, the course report's: a random resized crop (80-100% of the area, aspect 3/4-4/3, resized back;
+    torchvision's 8% floor would teach a generator close-ups) and, with probability 1/2, autocontrast
+    (each channel stretched to the full range)."""
     if mode == "none":
         return x
     B = x.shape[0] * common.world_size()  # every rank draws the global batch's choices and keeps its rows
@@ -458,14 +462,15 @@ def augment(x, mode):
     def rand(*shape):
         return common.shard(torch.rand(*shape, device=x.device))
 
+    def warp(theta):  # theta (B, 2, 3): output pixel -> input position, in [-1, 1] coordinates
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
     x = torch.where(rand(B, 1, 1, 1) < 0.5, x.flip(3), x)
-    if mode == "deluxe":
+    if mode == "jitter":
         angle = (rand(B) * 2 - 1) * math.radians(5)
         cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-        rows = [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)]
-        theta = torch.stack(rows, 1)  # (B, 2, 3)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+        x = warp(torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1))
         brightness = (rand(B, 1, 1, 1) * 2 - 1) * 0.1 * 2  # +-0.1 of the [0, 1] range
         contrast = 1 + (rand(B, 1, 1, 1) * 2 - 1) * 0.1
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -474,6 +479,18 @@ def augment(x, mode):
             saturation = 1 + (rand(B, 1, 1, 1) * 2 - 1) * 0.05
             gray = x.mean(dim=1, keepdim=True)
             x = (x - gray) * saturation + gray
+    elif mode == "deluxe":
+        area, aspect = 0.8 + 0.2 * rand(B), torch.exp((rand(B) * 2 - 1) * math.log(4 / 3))
+        w, h = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)  # crop / side
+        cx, cy = (rand(B) * 2 - 1) * (1 - w), (rand(B) * 2 - 1) * (1 - h)  # the crop's centre, inside
+        zero = torch.zeros_like(w)
+        x = warp(torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1))
+        low, high = x.amin(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        flat = high - low < 2 / 255  # under one 8-bit level: nothing to stretch (torchvision: max == min)
+        stretched = torch.where(flat, x, (x - low) / (high - low).clamp(min=1e-8) * 2 - 1)
+        x = torch.where(rand(B, 1, 1, 1) < 0.5, stretched, x)
+    elif mode != "flip":
+        raise ValueError(f"unknown augmentation {mode!r}")
     return x.clamp(-1, 1)
 
 

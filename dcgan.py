@@ -1,7 +1,7 @@
 """DCGAN: Radford, Metz & Chintala, "Unsupervised Representation Learning with Deep
 Convolutional Generative Adversarial Networks" (2016).
 
-  phase 1 (pipeline ablations)  python dcgan.py --data DIR --res 64|128 --aug flip|deluxe
+  phase 1 (pipeline ablations)  python dcgan.py --data DIR --res 64|128 --aug flip|jitter
   step 2.1 (the GAN baseline)   python dcgan.py --data DIR --res 64
   presets   --preset study (the default on CUDA): the defaults below (ngf = ndf = 64, 100 epochs, FID
             every 25); --preset cpu (elsewhere): 16 px digits, ngf = ndf = 32, 5 minutes, FID(digits)

@@ -53,7 +53,7 @@ STEP_FLAGS.update(vae=("beta", "perceptual", "adv"), ddpm=("schedule", "pred", "
 STEP_FLAGS.update(cyclegan=("disc", "lambda_cycle", "lambda_semantic"))
 # run_all.sh's four phase-1 questions, each (before, after)
 PHASE1_PAIRS = {"1A resolution": ("1A_raw_64", "1A_raw_128"), "1B alignment": ("1A_raw_64", "1B_aligned_64")}
-PHASE1_PAIRS["1C augmentation"] = ("1B_aligned_64", "1C_aligned_deluxe")
+PHASE1_PAIRS["1C augmentation"] = ("1B_aligned_64", "1C_aligned_jitter")
 PHASE1_PAIRS["1D data"] = ("1B_aligned_64", "1D_aligned_mix")
 PROGRESS_AT = (10, 50, 100, 200)  # the full study's 200 epochs; a shorter run shows its share
 

@@ -175,7 +175,7 @@ want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 #   1A resolution: 64 vs 128 (raw images)
 #   1B alignment:  raw vs MTCNN-aligned faces (align.py: eyes, nose and mouth
 #                  corners moved onto fixed positions by a similarity transform)
-#   1C augmentation: flip vs deluxe (flip + rotation +-5 deg + colour jitter), aligned
+#   1C augmentation: flip vs jitter (the plan's: flip + rotation +-5 deg + colour jitter), aligned
 #   1D data: aligned only vs aligned + raw mixed
 # The winners go to $RUNS/phase1.json. Without Inception weights there is no FID on
 # faces, and the comparison says so instead of guessing.
@@ -192,7 +192,7 @@ if want 1; then
     run 1A_raw_64         dcgan.py "${P1[@]}" --data "$FACES" --res 64 --aug flip
     run 1A_raw_128        dcgan.py "${P1[@]}" --data "$FACES" --res 128 --aug flip
     run 1B_aligned_64     dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug flip
-    run 1C_aligned_deluxe dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug deluxe
+    run 1C_aligned_jitter dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug jitter
     run 1D_aligned_mix    dcgan.py "${P1[@]}" --data "$ALIGNED,$FACES" --res 64 --aug flip
     "$PY" report.py "$RUNS" --phase1 || FAILED+=("1_decision")  # the winners, into phase1.json
   else

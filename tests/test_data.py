@@ -1,5 +1,6 @@
 import argparse
 import json
+import math
 
 import numpy as np
 import pytest
@@ -123,20 +124,41 @@ def test_augment_modes_in_closed_form(channels):
     flipped = data.augment(x, "flip")  # each image as it is or mirrored left-right, about half of each
     same, mirrored = (flipped == x).all(dim=(1, 2, 3)), (flipped == x.flip(3)).all(dim=(1, 2, 3))
     assert (same | mirrored).all() and 70 < mirrored.sum() < 130
-    # deluxe on images of one grey level each: rotation (border padding), contrast and saturation
+    # jitter on images of one grey level each: rotation (border padding), contrast and saturation
     # leave them flat, brightness moves each by up to 0.1 of the [0, 1] range (0.2 here).
     flat = (torch.rand(400, 1, 1, 1) * 1.2 - 0.6).expand(400, channels, 8, 8)
-    shift = (data.augment(flat, "deluxe") - flat).flatten(1)
+    shift = (data.augment(flat, "jitter") - flat).flatten(1)
     assert (shift.max(1).values - shift.min(1).values).max() < 1e-5
     assert shift[:, 0].abs().max() <= 0.2 + 1e-6 and shift[:, 0].min() < -0.18 and shift[:, 0].max() > 0.18
-    # deluxe on a vertical bar: a rotation of at most 5 degrees keeps it within a pixel of where it was.
+    # jitter on a vertical bar: a rotation of at most 5 degrees keeps it within a pixel of where it was.
     bar = -torch.ones(400, channels, 16, 16)
     bar[..., 7:9] = 1
-    turned = data.augment(bar, "deluxe")
+    turned = data.augment(bar, "jitter")
     columns = turned.mean(dim=(1, 2)) - turned.mean(dim=(1, 2, 3))[:, None]  # (B, W)
     assert ((columns.argmax(1) >= 6) & (columns.argmax(1) <= 9)).all()
-    y = data.augment(x, "deluxe")  # clamped to the pixel range
+    y = data.augment(x, "jitter")  # clamped to the pixel range
     assert y.min() >= -1 and y.max() <= 1 and not torch.equal(x, y)
+    # deluxe leaves flat images as they are: a crop of a constant is that constant, autocontrast has no
+    # range to stretch.
+    torch.testing.assert_close(data.augment(flat, "deluxe"), flat)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_deluxe_crops_80_to_100_percent_and_stretches_contrast_half_the_time(channels):
+    torch.manual_seed(0)
+    # A left-right ramp in [-0.5, 0.5]: a crop of width w (a share of the side) resized back multiplies its
+    # slope per pixel by w, between sqrt(0.8 * 3/4) and 1; autocontrast stretches it to [-1, 1].
+    ramp = torch.linspace(-0.5, 0.5, 32).view(1, 1, 1, 32).expand(2000, channels, 32, 32).contiguous()
+    y = data.augment(ramp, "deluxe")
+    stretched = (y.amin(dim=(2, 3)) == -1).all(1) & (y.amax(dim=(2, 3)) == 1).all(1)  # (B,)
+    kept = (y.amin(dim=(1, 2, 3)) >= -0.5 - 1e-6) & (y.amax(dim=(1, 2, 3)) <= 0.5 + 1e-6)
+    assert (stretched ^ kept).all() and 900 < stretched.sum() < 1100
+    slope = (y[..., 8:24].diff(dim=3).mean(dim=(1, 2, 3)) / (1 / 31)).abs()  # the middle: no border
+    w = slope[kept]
+    assert w.min() > math.sqrt(0.6) - 1e-3 and w.max() < 1 + 1e-4
+    assert w.min() < 0.8 and w.median() < 0.97  # crops happen, and mostly not whole
+    # Rows of a ramp are all alike, so the vertical crop shows only through the horizontal one's aspect.
+    assert (y[kept].std(dim=2) < 1e-5).all()
 
 
 def test_flip_flips_about_half():

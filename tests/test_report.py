@@ -231,7 +231,7 @@ def test_phase1_names_the_lower_final_fid_of_each_question(tmp_path):
     make_run(tmp_path, "1A_raw_64", "dcgan", {}, fids=[fid_row(5, 40.0), fid_row(10, 30.0)])
     make_run(tmp_path, "1A_raw_128", "dcgan", {}, fids=[fid_row(10, 35.0)])
     make_run(tmp_path, "1B_aligned_64", "dcgan", {}, fids=[fid_row(10, 25.0)])
-    make_run(tmp_path, "1C_aligned_deluxe", "dcgan", {}, fids=[fid_row(10, 20.0)], summary=False)
+    make_run(tmp_path, "1C_aligned_jitter", "dcgan", {}, fids=[fid_row(10, 20.0)], summary=False)
     make_run(tmp_path, "1D_aligned_mix", "dcgan", {}, fids=[fid_row(10, 26.0)])
     res = subprocess.run(
         [sys.executable, str(ROOT / "report.py"), str(tmp_path), "--phase1"], capture_output=True, text=True

@@ -11,7 +11,7 @@ RUNS = [
     "1A_raw_64",
     "1A_raw_128",
     "1B_aligned_64",
-    "1C_aligned_deluxe",
+    "1C_aligned_jitter",
     "1D_aligned_mix",
     "2.1_dcgan",
     "2.2_wgan_gp",
