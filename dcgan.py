@@ -6,7 +6,8 @@ Convolutional Generative Adversarial Networks" (2016).
   presets   --preset study (the default on CUDA): the defaults below (ngf = ndf = 64, 100 epochs, FID
             every 25); --preset cpu (elsewhere): 16 px digits, ngf = ndf = 32, 5 minutes, FID(digits)
             of 1,000 samples at the end. A flag given explicitly wins over either.
-  variants  --g-arch upconv (nearest upsample + 3x3 conv, Odena et al. 2016) | csp (CSP-up blocks),
+  variants  --g-arch upconv (nearest upsample + 3x3 conv, Odena et al. 2016) | csp (CSP-up blocks;
+            the CSP-up report's version: --csp-act tanh --csp-bn, ReLU and no BatchNorm by default),
             --lr-g 1e-4 --lr-d 4e-4 (TTUR, Heusel et al. 2017), --lr-decay 0.9999 (both learning
             rates times GAMMA every step), --diffaug color,translation,cutout (Zhao et al. 2020)
 
@@ -35,24 +36,29 @@ from evaluate import Evaluator, save_generated
 # ----------------------------------------------------------------------------- model
 class CSPUp(nn.Module):
     """Cross-stage-partial 2x upsampling (after CSPNet, Wang et al. 2020): half the channels go
-    straight (nearest), half through transposed conv + BN + ReLU; a 1x1 conv (the transition) mixes."""
+    straight (nearest), half through transposed conv + BN + ReLU; a 1x1 conv (the transition) mixes.
+    The CSP-up report's variant: Tanh for that ReLU (act="tanh"), and a BatchNorm on the straight half
+    (straight_bn), which it found to converge faster."""
 
-    def __init__(self, c_in, c_out):
+    def __init__(self, c_in, c_out, act="relu", straight_bn=False):
         super().__init__()
         self.half = c_in // 2
         up = nn.ConvTranspose2d(c_in - self.half, self.half, 4, 2, 1, bias=False)
-        self.conv = nn.Sequential(up, nn.BatchNorm2d(self.half), nn.ReLU(True))
+        activation = {"relu": nn.ReLU(True), "tanh": nn.Tanh()}[act]
+        self.conv = nn.Sequential(up, nn.BatchNorm2d(self.half), activation)
+        self.straight_norm = nn.BatchNorm2d(self.half) if straight_bn else nn.Identity()
         self.mix = nn.Conv2d(2 * self.half, c_out, 1, bias=False)
 
     def forward(self, x):  # (B, c_in, H, W)
         straight, learned = x[:, : self.half], x[:, self.half :]
-        h = torch.cat([F.interpolate(straight, scale_factor=2, mode="nearest"), self.conv(learned)], 1)
-        return self.mix(h)  # (B, c_out, 2H, 2W)
+        straight = self.straight_norm(F.interpolate(straight, scale_factor=2, mode="nearest"))
+        return self.mix(torch.cat([straight, self.conv(learned)], 1))  # (B, c_out, 2H, 2W)
 
 
-def up_block(arch, c_in, c_out, last=False):
+def up_block(arch, c_in, c_out, last=False, csp=("relu", False)):
     """One 2x upsampling stage of the generator, (B, c_in, H, W) -> (B, c_out, 2H, 2W); the last
-    stage makes the image: no BatchNorm or ReLU after it (and CSP's is a plain transposed conv)."""
+    stage makes the image: no BatchNorm or ReLU after it (and CSP's is a plain transposed conv).
+    csp: CSPUp's (act, straight_bn)."""
     if arch == "dcgan" or (arch == "csp" and last):
         up = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)
     elif arch == "upconv":
@@ -60,7 +66,7 @@ def up_block(arch, c_in, c_out, last=False):
         # the next, so no checkerboard from the stride-2 transposed conv's uneven overlap.
         up = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 3, 1, 1, bias=last))
     elif arch == "csp":
-        up = CSPUp(c_in, c_out)
+        up = CSPUp(c_in, c_out, *csp)
     else:
         raise ValueError(f"unknown generator architecture {arch!r}")
     return up if last else nn.Sequential(up, nn.BatchNorm2d(c_out), nn.ReLU(True))
@@ -69,7 +75,7 @@ def up_block(arch, c_in, c_out, last=False):
 class Generator(nn.Module):
     """z (B, nz) [+ label vector (B, K)] -> image (B, C, res, res) in [-1, 1]; `arch` picks the up blocks."""
 
-    def __init__(self, nz=100, ngf=64, channels=3, res=64, n_classes=0, arch="dcgan"):
+    def __init__(self, nz=100, ngf=64, channels=3, res=64, n_classes=0, arch="dcgan", csp=("relu", False)):
         super().__init__()
         self.nz, self.n_classes = nz, n_classes
         n_up = int(math.log2(res)) - 2  # 4x4 -> res: 3 blocks at 32, 4 at 64, 5 at 128
@@ -77,7 +83,7 @@ class Generator(nn.Module):
         conv = nn.ConvTranspose2d(nz + n_classes, ch, 4, 1, 0, bias=False)
         layers = [conv, nn.BatchNorm2d(ch), nn.ReLU(True)]
         for _ in range(n_up - 1):
-            layers.append(up_block(arch, ch, ch // 2))  # (B, ch / 2, 2H, 2W)
+            layers.append(up_block(arch, ch, ch // 2, csp=csp))  # (B, ch / 2, 2H, 2W)
             ch //= 2
         self.net = nn.Sequential(*layers, up_block(arch, ch, channels, last=True), nn.Tanh())
 
@@ -182,13 +188,24 @@ def diff_augment(x, policy):
 
 # ----------------------------------------------------------------------------- main
 CPU_PRESET = dict(ngf=32, ndf=32)  # with common.CPU_PRESET: 16 px digits, 5 minutes
-MODEL_FLAGS = ("res", "g_arch", "nz", "ngf", "ndf", "cond")  # a resumed run must keep these
+MODEL_FLAGS = (
+    "res",
+    "g_arch",
+    "csp_act",
+    "csp_bn",
+    "nz",
+    "ngf",
+    "ndf",
+    "cond",
+)  # a resumed run must keep these
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--g-arch", default="dcgan", choices=["dcgan", "upconv", "csp"], help="generator upsampling")
+    a("--csp-act", default="relu", choices=["relu", "tanh"], help="CSP-up's learned-half activation")
+    a("--csp-bn", action="store_true", help="CSP-up: BatchNorm on the straight (pass-through) half")
     a("--nz", type=int, default=100, help="latent size")
     a("--ngf", type=int, default=64, help="generator width")
     a("--ndf", type=int, default=64, help="discriminator width")
@@ -200,6 +217,8 @@ def parse_args(argv=None):
     args = common.parse_with_preset(p, argv, "dcgan", CPU_PRESET)
     if args.lr_decay is not None and not 0 < args.lr_decay <= 1:
         p.error(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
+    if args.g_arch != "csp" and (args.csp_act != "relu" or args.csp_bn):
+        p.error("--csp-act and --csp-bn need --g-arch csp")
     return args
 
 
@@ -209,7 +228,8 @@ def main(argv=None):
     out, device, autocast, scaler = common.prepare_run(args, MODEL_FLAGS)
     train, heldout = data.train_and_heldout(args)
     channels, n_classes = train.images.shape[-1], len(train.classes) if args.cond else 0
-    G = common.place(Generator(args.nz, args.ngf, channels, args.res, n_classes, args.g_arch), device)
+    csp = (args.csp_act, args.csp_bn)
+    G = common.place(Generator(args.nz, args.ngf, channels, args.res, n_classes, args.g_arch, csp), device)
     D = common.place(Discriminator(args.ndf, channels, args.res, n_classes), device)
     G.apply(init_weights)
     D.apply(init_weights)

@@ -78,6 +78,26 @@ def test_csp_half_of_the_channels_goes_straight_through():
     assert block.conv[0].in_channels == 4 and block.conv[0].out_channels == 4  # the learned half
 
 
+def test_csp_reports_variant_tanh_and_a_norm_on_the_straight_half():
+    torch.manual_seed(0)
+    block = dcgan.CSPUp(8, 4, act="tanh", straight_bn=True)
+    x = torch.randn(6, 8, 3, 3) * 5 + 2  # far from zero mean and unit spread
+    with torch.no_grad():  # the mix reads the straight half alone, then the learned half alone
+        block.mix.weight.zero_()
+        block.mix.weight[:, :4, 0, 0] = torch.eye(4)
+        straight = block(x)  # (B, 4, 6, 6)
+        block.mix.weight.zero_()
+        block.mix.weight[:, 4:, 0, 0] = torch.eye(4)
+        learned = block(x)
+    # Training-mode BatchNorm: each straight channel standardised over the batch and positions.
+    assert straight.mean(dim=(0, 2, 3)).abs().max() < 1e-5
+    assert straight.var(dim=(0, 2, 3), unbiased=False).sub(1).abs().max() < 1e-3
+    # Tanh after the learned half's BatchNorm: inside (-1, 1), and negative values kept (ReLU's are not).
+    assert learned.abs().max() < 1 and learned.min() < -0.5
+    relu = dcgan.CSPUp(8, 4)
+    assert isinstance(relu.conv[2], torch.nn.ReLU) and isinstance(relu.straight_norm, torch.nn.Identity)
+
+
 def test_conditional_shapes():
     G = dcgan.Generator(nz=16, ngf=8, channels=1, res=32, n_classes=10)
     D = dcgan.Discriminator(ndf=8, channels=1, res=32, n_classes=10)
@@ -230,6 +250,9 @@ def test_variants_resume_exactly(tmp_path):
     flags = TINY + [
         "--g-arch",
         "csp",
+        "--csp-act",
+        "tanh",
+        "--csp-bn",
         "--lr-g",
         "1e-4",
         "--lr-d",
@@ -262,6 +285,7 @@ def test_variants_resume_exactly(tmp_path):
             "'translation', 'cutout')",
         ),
         (["--lr-decay", "1.5"], "error: --lr-decay must be in (0, 1], got 1.5"),
+        (["--csp-bn"], "error: --csp-act and --csp-bn need --g-arch csp"),
     ],
 )
 def test_bad_variant_flags_exit_2(tmp_path, capsys, flags, message):
