@@ -3,6 +3,7 @@
   python report.py runs                                  # runs/REPORT.md + runs/report/*.png
   python report.py runs --pick gan 2.1_dcgan 2.2_wgan_gp # phase 5: print (and keep) the best run
   python report.py runs --phase1                         # phase 1: the winners, into runs/phase1.json
+  python report.py runs --carry                          # phase 1's pipeline for phases 2-5, 4 words
 
 It reads run folders only (args.json, summary.json, metrics.jsonl, FAILED, SKIPPED and the
 PNGs each script wrote) and imports no model code, so it also reports a study that is still
@@ -609,6 +610,21 @@ def phase1_winners(root):
     return result
 
 
+def phase1_pipeline(root):
+    """Phase 1's decision as the words run_all.sh carries forward: resolution, aligned 0|1, mixed 0|1,
+    augmentation, and where they come from; a question without a winner (or no phase1.json) keeps the
+    default: 64, raw, unmixed, flip."""
+    decided = read_json(Path(root) / "phase1.json") or {}
+    winners = {q: r.get("winner") for q, r in decided.items()}
+    res = 128 if winners.get("1A resolution") == "1A_raw_128" else 64
+    aligned = int(winners.get("1B alignment") == "1B_aligned_64")
+    mixed = int(winners.get("1D data") == "1D_aligned_mix")
+    aug = "jitter" if winners.get("1C augmentation") == "1C_aligned_jitter" else "flip"
+    source = "phase1.json" if any(winners.values()) else "no phase-1 winner: the defaults"
+    print(res, aligned, mixed, aug, source)
+    return res, aligned, mixed, aug
+
+
 def pick(root, family, candidates):
     """The best finished candidate (lowest last FID; without FIDs the first finished one),
     chosen once and kept in phase5.json so that a re-run retrains the same model."""
@@ -639,7 +655,10 @@ def main(argv=None):
     p.add_argument("runs", nargs="?", default="runs", help="the folder run_all.sh wrote (default runs)")
     p.add_argument("--pick", nargs="+", metavar=("FAMILY", "RUN"), help="print the best of these runs")
     p.add_argument("--phase1", action="store_true", help="decide phase 1 (RUNS/phase1.json) and stop")
+    p.add_argument("--carry", action="store_true", help="print phase 1's pipeline: res aligned mixed aug")
     args = p.parse_args(argv)
+    if args.carry:  # before any run exists too: the defaults
+        return phase1_pipeline(args.runs)
     if not Path(args.runs).is_dir():
         print(f"report.py: no such folder: {args.runs}", file=sys.stderr)
         sys.exit(2)

@@ -6,6 +6,7 @@
 #   bash run_all.sh --preset smoke --only 2     one phase (then the report)
 #   NPROC=8 DATA=/data/celeba bash run_all.sh --preset full   every run on 8 GPUs (torchrun, DDP)
 #   SEEDS=3 bash run_all.sh --preset smoke --only 4          each step with seeds 0, 1, 2
+#   bash run_all.sh --preset smoke --dry-run    print every command, phase by phase; run nothing
 #
 # Every run writes runs/<name>/, and the study ends with runs/REPORT.md (report.py).
 # Re-running the script skips finished runs and resumes unfinished ones (--resume);
@@ -15,12 +16,14 @@ cd "$(dirname "$0")"
 
 PRESET=smoke
 ONLY=""
+DRY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) PRESET="${2:?--preset needs smoke|full}"; shift 2 ;;
     --only) ONLY="${2:?--only needs a phase number}"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-    *) echo "run_all.sh: unknown argument $1 (use --preset smoke|full, --only PHASE)" >&2; exit 2 ;;
+    --dry-run) DRY=1; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "run_all.sh: unknown argument $1 (use --preset smoke|full, --only PHASE, --dry-run)" >&2; exit 2 ;;
   esac
 done
 
@@ -34,7 +37,7 @@ LAUNCH=("$PY")
 if [ "$NPROC" -gt 1 ]; then
   LAUNCH=("$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
 fi
-mkdir -p "$RUNS"
+[ -n "$DRY" ] || mkdir -p "$RUNS"
 
 case "$PRESET" in
   smoke)
@@ -46,6 +49,8 @@ case "$PRESET" in
     DATA="${DATA:-digits}"
     SEEDS="${SEEDS:-1}"
     MINUTES="${MINUTES:-0.8}"
+    RES=32  # the CPU preset's side: 16 for the built-in grey sets (8x8 digits, 25x25 faces), else 32
+    case "$DATA" in digits|mnist|lfw) RES=16 ;; esac
     COMMON=(--preset cpu --data "$DATA" --device cpu --max-minutes "$MINUTES" --fid-n 500 --fid-features digits)
     FINAL=(--max-minutes "${FINAL_MINUTES:-1.2}")
     GAN=(--fid-every 10 --sample-every 5 --ckpt-every 20)
@@ -80,12 +85,13 @@ case "$PRESET" in
     # A few steps per run: used by the test suite to walk every phase quickly.
     DATA="${DATA:-digits}"
     SEEDS="${SEEDS:-1}"
+    RES=32
     COMMON=(--preset study --data "$DATA" --device cpu --max-steps 3 --batch-size 16 --aug none
             --fid-features none --log-every 1)
     FINAL=(--max-steps 6)
     GAN=(--res 32 --ngf 8 --ndf 8)
     SAGAN=(--attn-res 16)
-    GAN_HIGH=(--res 64 --ngf 4 --ndf 4 --attn-res 16,32)
+    GAN_HIGH=(--res 64 --ngf 4 --ndf 4 --attn-res 16)  # 16 alone: phase 5 retrains it at 32
     VAE=(--res 32 --width 8 --latent 16 --ndf 8)
     ADV_START=1
     FACES="$RUNS/data/lfw_faces"
@@ -107,6 +113,7 @@ case "$PRESET" in
     # EMA 0.9999, FID every 25 epochs on 5,000 held-out images, 100 epochs) at 64 px.
     : "${DATA:?the full preset needs DATA=/path/to/images (for CelebA, img_align_celeba/)}"
     SEEDS="${SEEDS:-3}"  # every comparison with error bars: the spread over seeds
+    RES=64
     COMMON=(--preset study --data "$DATA" --crop "${CROP:-178}" --res 64)
     FINAL=(--epochs 200)
     GAN=()
@@ -129,15 +136,50 @@ case "$PRESET" in
   *) echo "run_all.sh: unknown preset $PRESET (smoke, full or test)" >&2; exit 2 ;;
 esac
 
+# once FLAG...: the flags with each named once, in the order first named, the last value given winning (a
+# preset's setting, then a step's own), into ONCE: a printed command is exactly the run. A flag followed
+# by a word that is not a flag takes it as its value; one followed by a flag or by nothing is a switch.
+once() {
+  local -A value=() switch=()
+  local names=() name
+  while [ $# -gt 0 ]; do
+    name="$1"; shift
+    [[ -v "value[$name]" ]] || names+=("$name")
+    if [ $# -gt 0 ] && [[ "$1" != --* ]]; then value[$name]="$1"; unset "switch[$name]"; shift
+    else value[$name]=""; switch[$name]=1; fi
+  done
+  ONCE=()
+  for name in "${names[@]}"; do
+    ONCE+=("$name"); [[ -v "switch[$name]" ]] || ONCE+=("${value[$name]}")
+  done
+}
+# words WORD...: the words as a shell reads them back, quoted only where they need it.
+words() {
+  local word out=()
+  for word in "$@"; do
+    if [[ "$word" =~ ^[][A-Za-z0-9_./,:=+-]+$ ]]; then out+=("$word"); else out+=("$(printf '%q' "$word")"); fi
+  done
+  echo "${out[*]}"
+}
+# say_or_do CMD...: a helper step (data, alignment, a decision, the report) run, or with --dry-run printed.
+say_or_do() {
+  if [ -n "$DRY" ]; then echo "== $(words "$@")"; else "$@"; fi
+}
+
 # run NAME SCRIPT FLAGS...: skip a finished run, resume an unfinished one; only the phases asked
 # for run, but every step's command is kept in $RUNS/.commands/NAME, a NUL-ended word each
 # (phase 5 retrains a pick with it). SEEDS=K > 1 runs the step K times, --seed 0..K-1, into
 # $RUNS/NAME/seed_N/ (each skipped or resumed on its own). A failed run leaves FAILED (exit
-# code and last error line) for the report; its output also goes to stderr.log.
+# code and last error line) for the report; its output also goes to stderr.log. --dry-run prints
+# the command instead.
 FAILED=()
 run() {
   local name="$1" script="$2"; shift 2
-  mkdir -p "$RUNS/.commands" && printf '%s\0' "$script" "$@" > "$RUNS/.commands/$name"
+  once "$@"
+  set -- "${ONCE[@]}"
+  if [ -z "$DRY" ]; then
+    mkdir -p "$RUNS/.commands" && printf '%s\0' "$script" "$@" > "$RUNS/.commands/$name"
+  fi
   want "$PHASE" || return 0
   if [ "$SEEDS" -eq 1 ]; then
     run_one "$name" "$RUNS/$name" "$script" "$@"
@@ -149,6 +191,10 @@ run() {
 }
 run_one() {
   local name="$1" out="$2" script="$3"; shift 3
+  if [ -n "$DRY" ]; then
+    echo "== $name: $(words "${LAUNCH[@]}" "$script" "$@" --out "$out" --resume)"
+    return 0
+  fi
   if [ -f "$out/summary.json" ] && grep -q '"complete": true' "$out/summary.json"; then
     echo "== $name: finished, skipped"
     return 0
@@ -177,28 +223,48 @@ want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 #                  corners moved onto fixed positions by a similarity transform)
 #   1C augmentation: flip vs jitter (the plan's: flip + rotation +-5 deg + colour jitter), aligned
 #   1D data: aligned only vs aligned + raw mixed
-# The winners go to $RUNS/phase1.json. Without Inception weights there is no FID on
-# faces, and the comparison says so instead of guessing.
+# The winners go to $RUNS/phase1.json and carry forward (below).
 PHASE=1
+ALIGNED="$RUNS/data/aligned_128"
 if want 1; then
   if [ "$PRESET" != full ] && [ ! -f "$FACES/labels.csv" ]; then
     # The 100 built-in LFW faces (25x25) upscaled to 128 px, as files: MTCNN needs faces that size.
-    "$PY" data.py lfw "$FACES" --res 128 || FAILED+=("1_faces")
+    say_or_do "$PY" data.py lfw "$FACES" --res 128 || FAILED+=("1_faces")
   fi
-  ALIGNED="$RUNS/data/aligned_128"
-  echo "== aligning $FACES -> $ALIGNED (resumable; done files are skipped)"
-  if "$PY" align.py "$FACES" "$ALIGNED" --size 128; then
+  [ -n "$DRY" ] || echo "== aligning $FACES -> $ALIGNED (resumable; done files are skipped)"
+  if say_or_do "$PY" align.py "$FACES" "$ALIGNED" --size 128; then
     P1=("${COMMON[@]}" "${GAN[@]}" "${PIPE[@]}")
     run 1A_raw_64         dcgan.py "${P1[@]}" --data "$FACES" --res 64 --aug flip
     run 1A_raw_128        dcgan.py "${P1[@]}" --data "$FACES" --res 128 --aug flip
     run 1B_aligned_64     dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug flip
     run 1C_aligned_jitter dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug jitter
     run 1D_aligned_mix    dcgan.py "${P1[@]}" --data "$ALIGNED,$FACES" --res 64 --aug flip
-    "$PY" report.py "$RUNS" --phase1 || FAILED+=("1_decision")  # the winners, into phase1.json
+    say_or_do "$PY" report.py "$RUNS" --phase1 || FAILED+=("1_decision")  # the winners, into phase1.json
   else
     echo "== align.py failed; phase 1 runs skipped" >&2
     FAILED+=("1_align")
   fi
+fi
+
+# The decision carries forward ("best pipeline carries forward to all phases"): report.py reads
+# phase1.json into resolution, alignment, mixing and augmentation (64, raw, unmixed, flip where a
+# question has no winner). They apply where phases 2-5 train on the faces phase 1 studied (the full
+# preset): the data and --res for every run, the augmentation for the GAN steps (the plan: 1C is only
+# indicative, so it is re-checked in phase 2 by one more DCGAN run; the VAE and the DDPM keep flips).
+# The smoke preset's phases 2-5 train on digits, where alignment means nothing and a mirrored digit
+# is another digit: the preset's own pipeline stays, and the line below says so.
+read -r P1_RES P1_ALIGNED P1_MIX P1_AUG P1_FROM < <("$PY" report.py "$RUNS" --carry)
+PIPELINE=() GAN_AUG=() OTHER_AUG=()
+if [ "$FACES" = "$DATA" ]; then
+  SOURCE="$DATA"
+  [ "$P1_ALIGNED" = 1 ] && SOURCE="$ALIGNED"
+  [ "$P1_MIX" = 1 ] && SOURCE="$ALIGNED,$DATA"
+  RES="$P1_RES"
+  PIPELINE=(--data "$SOURCE" --res "$RES") GAN_AUG=(--aug "$P1_AUG") OTHER_AUG=(--aug flip)
+  echo "== phases 2-5 from $P1_FROM: ${PIPELINE[*]}; GANs --aug $P1_AUG, VAE and DDPM --aug flip"
+else
+  echo "== phase 1 ($P1_FROM): res $P1_RES, aligned $P1_ALIGNED, mixed $P1_MIX, --aug $P1_AUG; for faces:" \
+    "phases 2-5 train on $DATA with the preset's own pipeline"
 fi
 
 # ---------------------------------------------------------------------------
@@ -215,14 +281,18 @@ fi
 # gradient penalty pull against each other, and the report shows both.
 # (Phases 2-4 list their runs even when --only skips them: phase 5 needs their flags.)
 PHASE=2
-run 2.1_dcgan      dcgan.py   "${COMMON[@]}" "${GAN[@]}"
-run 2.2_wgan_gp    wgan_gp.py "${COMMON[@]}" "${GAN[@]}"
-run 2.3_sagan      sagan.py   "${COMMON[@]}" "${GAN[@]}" "${SAGAN[@]}"
-run 2.4_sagan_high sagan.py   "${COMMON[@]}" "${GAN[@]}" "${GAN_HIGH[@]}"
-GAN_FINALISTS=(2.1_dcgan 2.2_wgan_gp 2.3_sagan)
+P2=("${COMMON[@]}" "${GAN[@]}" "${PIPELINE[@]}" "${GAN_AUG[@]}")
+run 2.1_dcgan      dcgan.py   "${P2[@]}"
+if [ ${#GAN_AUG[@]} -gt 0 ]; then  # 1C re-checked on the GAN: the augmentation phase 1 did not pick
+  OTHER=jitter && [ "$P1_AUG" = jitter ] && OTHER=flip
+  run "2.1_dcgan_aug_$OTHER" dcgan.py "${P2[@]}" --aug "$OTHER"
+fi
+run 2.2_wgan_gp    wgan_gp.py "${P2[@]}"
+run 2.3_sagan      sagan.py   "${P2[@]}" "${SAGAN[@]}"
+run 2.4_sagan_high sagan.py   "${P2[@]}" "${GAN_HIGH[@]}"
+GAN_FINALISTS=(2.1_dcgan 2.2_wgan_gp 2.3_sagan 2.4_sagan_high)
 if [ "$PRESET" = full ]; then
-  run 2.3h_sagan_hinge sagan.py "${COMMON[@]}" "${GAN[@]}" "${SAGAN[@]}" --loss hinge --n-critic 1 \
-    --lr-g 1e-4 --lr-d 4e-4
+  run 2.3h_sagan_hinge sagan.py "${P2[@]}" "${SAGAN[@]}" --loss hinge --n-critic 1 --lr-g 1e-4 --lr-d 4e-4
   GAN_FINALISTS+=(2.3h_sagan_hinge)
 fi
 
@@ -240,19 +310,20 @@ have_vgg() {
   "$PY" -c "import common, vae; common.find_pretrained(vae.VGG_NAME, vae.VGG_URL, None, 'VGG_WEIGHTS', download=False)" \
     >/dev/null 2>&1
 }
-run 3.1_vae_mse vae.py "${COMMON[@]}" "${VAE[@]}" --beta 1.0
+P3=("${COMMON[@]}" "${VAE[@]}" "${PIPELINE[@]}" "${OTHER_AUG[@]}")
+run 3.1_vae_mse vae.py "${P3[@]}" --beta 1.0
 PERCEPTUAL=(--perceptual 0.1)
 if [ "$PRESET" = full ] || have_vgg; then
-  run 3.2_vae_perceptual vae.py "${COMMON[@]}" "${VAE[@]}" --beta 1e-4 "${PERCEPTUAL[@]}"
+  run 3.2_vae_perceptual vae.py "${P3[@]}" --beta 1e-4 "${PERCEPTUAL[@]}"
 else
   PERCEPTUAL=()
   msg="VGG-16 weights (vgg16-397923af.pth) not found in \$VGG_WEIGHTS or the torch hub cache"
   if want 3; then
     echo "== 3.2_vae_perceptual: skipped: $msg; 3.3 runs without its perceptual term"
-    mkdir -p "$RUNS/3.2_vae_perceptual" && echo "$msg" > "$RUNS/3.2_vae_perceptual/SKIPPED"
+    [ -n "$DRY" ] || { mkdir -p "$RUNS/3.2_vae_perceptual" && echo "$msg" > "$RUNS/3.2_vae_perceptual/SKIPPED"; }
   fi
 fi
-run 3.3_vae_patchgan vae.py "${COMMON[@]}" "${VAE[@]}" --beta 1e-4 "${PERCEPTUAL[@]}" --adv 0.1 \
+run 3.3_vae_patchgan vae.py "${P3[@]}" --beta 1e-4 "${PERCEPTUAL[@]}" --adv 0.1 \
   --adv-start "$ADV_START"
 
 # ---------------------------------------------------------------------------
@@ -264,17 +335,18 @@ run 3.3_vae_patchgan vae.py "${COMMON[@]}" "${VAE[@]}" --beta 1e-4 "${PERCEPTUAL
 #       amplifies errors at high noise; v stays well scaled (Salimans & Ho 2022).
 #   4.4 a wider U-Net with attention at more resolutions: is capacity the limit now?
 PHASE=4
-run 4.1_ddpm_linear_eps ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule linear --pred eps
-run 4.2_ddpm_cosine_eps ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule cosine --pred eps
-run 4.3_ddpm_cosine_v   ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_BASE[@]}" --schedule cosine --pred v
-run 4.4_ddpm_wide       ddpm.py "${COMMON[@]}" "${DDPM[@]}" "${DDPM_WIDE[@]}" --schedule cosine --pred v
+P4=("${COMMON[@]}" "${DDPM[@]}" "${PIPELINE[@]}" "${OTHER_AUG[@]}")
+run 4.1_ddpm_linear_eps ddpm.py "${P4[@]}" "${DDPM_BASE[@]}" --schedule linear --pred eps
+run 4.2_ddpm_cosine_eps ddpm.py "${P4[@]}" "${DDPM_BASE[@]}" --schedule cosine --pred eps
+run 4.3_ddpm_cosine_v   ddpm.py "${P4[@]}" "${DDPM_BASE[@]}" --schedule cosine --pred v
+run 4.4_ddpm_wide       ddpm.py "${P4[@]}" "${DDPM_WIDE[@]}" --schedule cosine --pred v
 
 # ---------------------------------------------------------------------------
 # Phase 5: the cross-family comparison. The best run of each family (lowest mean FID;
-# without FID, the first finished one) is trained again, longer (FINAL: 200 epochs
-# in the full study) under identical conditions: same data, resolution, batch,
-# budget and evaluation. 2.4 is not a candidate: it changes the resolution.
-# The picks are made once and kept in $RUNS/phase5.json (delete it to pick again).
+# without FID, the first finished one; 2.4 is a GAN candidate, as the plan says) is trained
+# again, longer (FINAL: 200 epochs in the full study) under identical conditions: one
+# resolution ($RES, phase 1's where it carries), the same data pipeline, batch, budget and
+# evaluation. The picks are made once and kept in $RUNS/phase5.json (delete it to pick again).
 PHASE=5
 if want 5; then
   for family in gan vae ddpm; do
@@ -283,9 +355,11 @@ if want 5; then
       vae) candidates=(3.1_vae_mse 3.2_vae_perceptual 3.3_vae_patchgan) ;;
       ddpm) candidates=(4.1_ddpm_linear_eps 4.2_ddpm_cosine_eps 4.3_ddpm_cosine_v 4.4_ddpm_wide) ;;
     esac
-    if best=$("$PY" report.py "$RUNS" --pick "$family" "${candidates[@]}"); then
+    if [ -n "$DRY" ]; then
+      echo "== 5_$family: the best of ${candidates[*]} (picked after phases 2-4), its command + ${FINAL[*]} --res $RES"
+    elif best=$("$PY" report.py "$RUNS" --pick "$family" "${candidates[@]}"); then
       mapfile -d '' step < "$RUNS/.commands/$best"  # its script and flags, as phase 2-4 ran it
-      run "5_$family" "${step[@]}" "${FINAL[@]}"
+      run "5_$family" "${step[@]}" "${FINAL[@]}" --res "$RES"
     else
       echo "== 5_$family: no finished $family run to retrain" >&2
       FAILED+=("5_$family")
@@ -331,9 +405,11 @@ run 7.3_dc_disc       cyclegan.py "${TRANS[@]}" --disc dc
 run 7.4_dc_no_cycle   cyclegan.py "${TRANS[@]}" --disc dc --lambda-cycle 0
 run 7.5_semantic      cyclegan.py "${TRANS[@]}" --disc patch --lambda-semantic 1
 
-"$PY" report.py "$RUNS" || FAILED+=("report")
+say_or_do "$PY" report.py "$RUNS" || FAILED+=("report")
 echo
-if [ ${#FAILED[@]} -gt 0 ]; then
+if [ -n "$DRY" ]; then
+  echo "dry run: nothing was run"
+elif [ ${#FAILED[@]} -gt 0 ]; then
   echo "finished with failed runs: ${FAILED[*]} (see $RUNS/<name>/FAILED); report: $RUNS/REPORT.md"
   exit 1
 else

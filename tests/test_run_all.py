@@ -1,5 +1,6 @@
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -96,9 +97,9 @@ def test_every_phase_runs_then_skips(tmp_path):
     }  # no FID: first finished
     for family, source in [("gan", "2.1_dcgan"), ("vae", "3.1_vae_mse"), ("ddpm", "4.1_ddpm_linear_eps")]:
         final, base = (json.loads((tmp_path / n / "args.json").read_text()) for n in (f"5_{family}", source))
-        assert final["max_steps"] == 6 and base["max_steps"] == 3
-        assert {k: v for k, v in final.items() if k not in ("max_steps", "out")} == {
-            k: v for k, v in base.items() if k not in ("max_steps", "out")
+        assert final["max_steps"] == 6 and base["max_steps"] == 3 and final["res"] == 32  # one resolution
+        assert {k: v for k, v in final.items() if k not in ("max_steps", "out", "res")} == {
+            k: v for k, v in base.items() if k not in ("max_steps", "out", "res")
         }
     text = (tmp_path / "REPORT.md").read_text()
     assert f"{len(RUNS) + 1} runs" in text  # every run above and the skipped 3.2
@@ -214,3 +215,64 @@ def test_unknown_preset_exit_2(tmp_path):
         ["bash", str(ROOT / "run_all.sh"), "--preset", "huge"], capture_output=True, text=True
     )
     assert res.returncode == 2 and "unknown preset" in res.stderr
+
+
+def dry_run(runs_dir, *args, **env_vars):
+    env = dict(os.environ, RUNS=str(runs_dir), PYTHON=sys.executable, **env_vars)
+    cmd = ["bash", str(ROOT / "run_all.sh"), "--dry-run", *args]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    printed = {}  # run name -> the command's words, each line as a shell would read it back
+    for line in res.stdout.splitlines():
+        name, _, command = line.removeprefix("== ").partition(": ")
+        if command.startswith(sys.executable):
+            printed[name] = shlex.split(command)
+    return res.stdout, printed
+
+
+def test_dry_run_prints_every_command_once_each_flag_and_runs_nothing(tmp_path):
+    out, printed = dry_run(tmp_path / "runs", "--preset", "test")
+    assert not (tmp_path / "runs").exists() and "dry run: nothing was run" in out
+    # Every run of the study, in order; phase 5 says what it will retrain (its picks need phases 2-4).
+    assert list(printed) == [n for n in RUNS if not n.startswith("5_")]
+    assert "== 5_gan: the best of 2.1_dcgan 2.2_wgan_gp 2.3_sagan 2.4_sagan_high" in out
+    for name, words in printed.items():
+        flags = [w for w in words if w.startswith("--")]
+        assert len(flags) == len(set(flags)), name  # copy a line, get that run: no flag given twice
+        assert flag(words, "--out") == str(tmp_path / "runs" / name), name
+    # The value that wins is the step's own: phase 1's 64 and 128 over the preset's 32, 6.5's 10 steps.
+    assert flag(printed["1A_raw_128"], "--res") == "128" and flag(printed["2.1_dcgan"], "--res") == "32"
+    faces = tmp_path / "runs" / "data"
+    assert flag(printed["1D_aligned_mix"], "--data") == f"{faces / 'aligned_128'},{faces / 'lfw_faces'}"
+    only, printed = dry_run(tmp_path / "runs", "--preset", "test", "--only", "4")
+    assert list(printed) == [n for n in RUNS if n.startswith("4.")]
+
+
+def test_dry_run_carries_phase1s_decision_into_phases_2_to_5(tmp_path):
+    runs = tmp_path / "runs"
+    # No decision yet: the defaults (64 px, raw faces, flips), and 1C re-checked by a DCGAN with jitter.
+    out, printed = dry_run(runs, "--preset", "full", DATA="/data/faces", SEEDS="1")
+    assert "phases 2-5 from no phase-1 winner: the defaults: --data /data/faces --res 64" in out
+    dcgan = [flag(printed["2.1_dcgan"], f) for f in ("--data", "--res", "--aug")]
+    assert dcgan == ["/data/faces", "64", "flip"]
+    assert flag(printed["2.1_dcgan_aug_jitter"], "--aug") == "jitter"
+    # A decision: 128 px, aligned, not mixed, jitter; GANs take the augmentation, the VAE and DDPM flips.
+    runs.mkdir()
+    winners = ["1A_raw_128", "1B_aligned_64", "1C_aligned_jitter", "1B_aligned_64"]
+    questions = ["1A resolution", "1B alignment", "1C augmentation", "1D data"]
+    (runs / "phase1.json").write_text(json.dumps({q: {"winner": w} for q, w in zip(questions, winners)}))
+    out, printed = dry_run(runs, "--preset", "full", DATA="/data/faces", SEEDS="1")
+    aligned = str(runs / "data" / "aligned_128")
+    for name in ["2.1_dcgan", "2.2_wgan_gp", "2.3_sagan", "3.1_vae_mse", "4.1_ddpm_linear_eps"]:
+        assert flag(printed[name], "--data") == aligned and flag(printed[name], "--res") == "128", name
+        assert flag(printed[name], "--aug") == ("jitter" if name[0] == "2" else "flip"), name
+    assert flag(printed["2.1_dcgan_aug_flip"], "--aug") == "flip" and "2.1_dcgan_aug_jitter" not in printed
+    assert "its command + --epochs 200 --res 128" in out.split("== 5_gan")[1].splitlines()[0]
+    # Mixed wins: aligned + raw.
+    (runs / "phase1.json").write_text(json.dumps({"1D data": {"winner": "1D_aligned_mix"}}))
+    out, printed = dry_run(runs, "--preset", "full", "--only", "3", DATA="/data/faces", SEEDS="1")
+    assert flag(printed["3.1_vae_mse"], "--data") == f"{aligned},/data/faces"
+    # The smoke preset trains phases 2-5 on digits: the faces' pipeline does not carry, and it says so.
+    out, printed = dry_run(runs, "--preset", "smoke", "--only", "2")
+    assert "phases 2-5 train on digits with the preset's own pipeline" in out
+    assert flag(printed["2.1_dcgan"], "--data") == "digits" and flag(printed["2.1_dcgan"], "--aug") is None
