@@ -349,6 +349,54 @@ def fid_curves(runs, path):
     return path
 
 
+def gan_losses(run):
+    """A GAN run's logged (steps, G loss, D or critic loss), the first seed's; None for other families.
+    CycleGAN: G's total and the two discriminators' sum."""
+    rows = [r for r in run["rows"] if r.get("kind") == "train"]
+    g_key = next((k for k in ("loss_g", "loss_g_total") if rows and k in rows[0]), None)
+    d_keys = next(
+        (ks for ks in (["loss_d"], ["loss_c"], ["loss_d_a", "loss_d_b"]) if rows and ks[0] in rows[0]), None
+    )
+    if not g_key or not d_keys:
+        return None
+    steps = np.array([r["step"] for r in rows])
+    return steps, np.array([r[g_key] for r in rows]), np.array([sum(r[k] for k in d_keys) for r in rows])
+
+
+def loss_curves(runs, path):
+    """G and D (critic) losses against the step, one panel a GAN run, smoothed over a twentieth of its
+    log (the raw values as a faint line); None when no run is a GAN."""
+    curves = [(run["name"], gan_losses(run)) for run in runs if gan_losses(run)]
+    if not curves:
+        return None
+    fig = Figure(figsize=(3.2 * min(len(curves), 4), 2.6 * math.ceil(len(curves) / 4)))
+    axes = fig.subplots(math.ceil(len(curves) / 4), min(len(curves), 4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, (steps, g, d)) in zip(axes.flat, curves):
+        ax.axis("on")
+        k = max(1, len(steps) // 20)
+        for values, label in ((g, "G"), (d, "D / critic")):
+            line = ax.plot(steps, values, alpha=0.25, lw=0.6)[0]
+            smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1 :], smooth, color=line.get_color(), label=label)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def loss_figure(runs, path, lines):
+    figure = loss_curves(runs, path)
+    if figure:
+        lines += ["G and D (critic) losses of each GAN run (the first seed's):", ""]
+        lines += [f"![losses](report/{figure.name})", ""]
+
+
 def image_grid(panels, path, ncols):
     """panels: [(title, PIL image)] -> one figure, ncols wide."""
     nrows = math.ceil(len(panels) / ncols)
@@ -407,6 +455,8 @@ def phase_section(phase, runs, figdir, lines):
     lines.append(
         f"![FID curves](report/{curve.name})" if curve else "No FID curve: no run of this phase has a FID."
     )
+    lines.append("")
+    loss_figure(runs, figdir / f"phase{phase}_losses.png", lines)
     samples_figure(runs, figdir / f"phase{phase}_samples.png", lines)
 
 
@@ -440,11 +490,16 @@ def phase5_section(runs, figdir, lines):
         [f"## {PHASES['5']}", ""] + table((header + "|sample s/img|observed failure").split("|"), rows) + [""]
     )
     lines += [f"- `{run['name']}`: {evaluated(last_fid(run))}" for run in runs] + [""]
+    conditions = sorted({(str(r["args"].get("res")), str(r["args"].get("data"))) for r in runs})
+    said = "; ".join(f"{res} px on `{data}`" for res, data in conditions)
+    one = "One resolution and one pipeline" if len(conditions) == 1 else "**Not** one resolution and pipeline"
+    lines += [f"{one} for every finalist: {said}.", ""]
     lines += [f"FID: {seeds_said(runs)}. Between the families: {NOISE_RULE}.", ""]
     lines += change_lines([(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]]) + [""]
     curve = fid_curves(runs, figdir / "phase5_fid.png")
     if curve:
-        lines += [f"![FID curves](report/{curve.name})"]
+        lines += [f"![FID curves](report/{curve.name})", ""]
+    loss_figure(runs, figdir / "phase5_losses.png", lines)
     samples_figure(runs, figdir / "phase5_samples.png", lines)
     panels = [p for run in runs for p in progression(run)]
     if panels:
@@ -547,6 +602,7 @@ def phase7_section(runs, figdir, lines):
         rows.append(cells + ["; ".join(dict.fromkeys(found)) or "none flagged"])
     header = "step|run|model|label kept A->B / B->A|FID A->B / B->A|cycle L1|sharpness|params|train time"
     lines += [f"## {PHASES['7']}", "", *table((header + "|observed failure").split("|"), rows), ""]
+    loss_figure(runs, figdir / "phase7_losses.png", lines)
     domains = next((r["summary"]["domains"] for r in runs if r["summary"]), ["A", "B"])
     lines += [
         f"A = {domains[0]}, B = {domains[1]}, on held-out images. Label kept: the target domain's",

@@ -390,3 +390,28 @@ def test_pick_takes_the_lowest_mean_over_seeds(seeded):
     ) == ("4.2_ddpm_cosine_eps")
     picked = json.loads((seeded / "phase5.json").read_text())["ddpm"]
     assert picked["why"] == "lowest mean FID over 3 seeds" and picked["fid"] == pytest.approx(21.0)
+
+
+def test_loss_curves_of_every_gan_run(runs, tmp_path):
+    """G and D (critic) losses plotted for each GAN run: DCGAN's D, a critic's loss, CycleGAN's two Ds."""
+    cyc = make_run(
+        tmp_path / "more",
+        "7.1_cyclegan",
+        "cyclegan",
+        {},
+        train=[{"step": s, "loss_g_total": 3.0, "loss_d_a": 0.25, "loss_d_b": 0.5} for s in (1, 2, 3)],
+    )
+    steps, g, d = report.gan_losses(report.load_run(cyc))
+    assert steps.tolist() == [1, 2, 3] and g.tolist() == [3.0] * 3 and d.tolist() == [0.75] * 3
+    critic = make_run(
+        tmp_path / "more", "2.2_wgan", "wgan_gp", {}, train=[{"step": 1, "loss_c": -2, "loss_g": 4}]
+    )
+    assert [v.tolist() for v in report.gan_losses(report.load_run(critic))] == [[1], [4], [-2]]
+    assert report.gan_losses(report.load_step(runs / "3.1_vae_mse")) is None  # not a GAN
+    report.main([str(runs)])
+    text = (runs / "REPORT.md").read_text()
+    assert "report/phase2_losses.png" in text and "report/phase5_losses.png" in text
+    assert "phase3_losses" not in text and "phase4_losses" not in text
+    # One resolution and one pipeline for the finalists, said in the phase-5 section.
+    assert "One resolution and one pipeline for every finalist: 16 px on `digits`." in text
+    assert Image.open(runs / "report" / "phase2_losses.png").size[0] > 200
