@@ -5,14 +5,22 @@ FID(mnist), FID(shapes)), with the FID's bootstrap interval, KID, diversity (a c
 diversity (with torchvision's VGG-16 on disk), sharpness against the real images' (blur or grain), the
 samples farthest from any real image, class coverage, and the accuracy of conditional samples by the
 data's classifier or the iCLEVR lab's evaluator (--evaluator; iCLEVR's top-k rule), also of --generate's
-images (`save_generated`).
+images (`save_generated`). Faces have a judge of their own (phase 1, offline too): `python evaluate.py
+--faces REF RUN...` scores each run's --generate folder by the share of samples in which MTCNN finds a
+face and FID(mtcnn) in MTCNN's last network's features, against one common reference.
 """
 
+import argparse
+import json
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
 from scipy.spatial.distance import cdist, pdist
 
 import classifiers
@@ -239,3 +247,102 @@ def save_generated(args, fake, labels, classes, folder):
         common.write_json(folder / "accuracy.json", dict(accuracy=acc, n=len(fake), evaluator=args.evaluator))
         print(f"accuracy {acc:.4f} by {args.evaluator} (top-k rule, {len(fake)} images)")
     return folder
+
+
+# ----------------------------------------------------------------------------- faces (phase 1)
+class MTCNNFeatures(nn.Module):
+    """MTCNN's last network (ONet, the weights facenet-pytorch's wheel ships) as a feature space for
+    faces: images in [0, 1] (N, 3, H, W), resized to ONet's 48x48 input and normalised as MTCNN does
+    -> (its 256 features before the heads (N, 256), its face / not-face logits (N, 2)). FID in it is
+    FID(mtcnn): a face detector's view, never comparable with Inception's."""
+
+    def __init__(self, onet):
+        super().__init__()
+        self.onet = onet
+
+    def forward(self, x):
+        o = self.onet
+        x = (F.interpolate(x, size=(48, 48), mode="area") * 255 - 127.5) * 0.0078125  # (N, 3, 48, 48)
+        x = o.pool1(o.prelu1(o.conv1(x)))
+        x = o.pool2(o.prelu2(o.conv2(x)))
+        x = o.pool3(o.prelu3(o.conv3(x)))
+        x = o.prelu4(o.conv4(x)).permute(0, 3, 2, 1).flatten(1)  # (N, 1152), in ONet's own order
+        h = o.prelu5(o.dense5(x))  # (N, 256)
+        return h, o.dense6_1(h)
+
+
+def face_share(images, detector, min_prob=0.9):
+    """The share of images (uint8 (N, H, W, 3)) in which MTCNN finds a face with probability >= min_prob,
+    the threshold align.py uses; each image upscaled to at least 128 px first, as MTCNN's smallest face
+    (20 px) is a large part of a small sample."""
+    import align  # MTCNN's detection and its batching, as align.py uses them
+
+    side = max(128, images.shape[1])
+    pil = [Image.fromarray(np.ascontiguousarray(im)).resize((side, side), Image.BICUBIC) for im in images]
+    found = [hit for i in range(0, len(pil), 32) for hit in align.detect(pil[i : i + 32], detector)]
+    return float(np.mean([hit is not None and hit[0] >= min_prob for hit in found]))
+
+
+def read_folder(folder, n=None):
+    """The images of a folder (sorted, or n spread over them) as uint8 (N, side, side, 3), resized to the
+    first one's side: one common reference whatever the runs' resolutions."""
+    files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise common.UserError(f"no images in {folder}")
+    files = [files[i] for i in data.spread(len(files), n or len(files))]
+    with Image.open(files[0]) as first:
+        side = min(first.size)
+    out = []
+    for f in files:
+        with Image.open(f) as img:
+            out.append(np.asarray(img.convert("RGB").resize((side, side), Image.BICUBIC)))
+    return np.stack(out)
+
+
+def score_faces(reference, runs, n_real=5000):
+    """Phase 1's judge: each run's --generate folder (RUN/generated) against the reference folder's
+    images: the share with a face found (p >= 0.9), FID(mtcnn), and Inception FID where its weights are
+    on disk -> RUN/faces.json each, and the rows."""
+    import align
+
+    detector = align.make_detector("cpu")
+    model = MTCNNFeatures(detector.onet)
+    try:
+        inception = fid.load_inception(None, "cpu")
+    except common.UserError as e:
+        inception = None
+        print(f"note: no Inception FID for phase 1: {e}", file=sys.stderr)
+
+    def unit(images):  # uint8 (N, H, W, 3) -> [0, 1] (N, 3, H, W)
+        return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+
+    real = read_folder(reference, n_real)
+    real_stats = fid.stats(fid.activations(unit(real), model))
+    real_inception = fid.stats(fid.activations(unit(real), inception)) if inception else None
+    rows = []
+    for run in map(Path, runs):
+        fake = read_folder(run / "generated")
+        row = dict(reference=str(reference), n_real=len(real), n_fake=len(fake))
+        row["faces"] = face_share(fake, detector)
+        row["fid_mtcnn"] = fid.frechet_distance(*fid.stats(fid.activations(unit(fake), model)), *real_stats)
+        if inception:
+            acts = fid.activations(unit(fake), inception)
+            row["fid_inception"] = fid.frechet_distance(*fid.stats(acts), *real_inception)
+        common.write_json(run / "faces.json", row)
+        print(f"{run.name}: {json.dumps(row)}")
+        rows.append(row)
+    return rows
+
+
+@common.exits_on_user_error
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Score runs' generated faces against one reference folder.")
+    p.add_argument("--faces", required=True, metavar="REF", help="the common reference: a folder of faces")
+    p.add_argument("runs", nargs="+", help="run folders, each with its --generate folder RUN/generated")
+    p.add_argument("--n-real", type=int, default=5000, help="reference images (spread over the folder)")
+    args = p.parse_args(argv)
+    return score_faces(args.faces, args.runs, args.n_real)
+
+
+if __name__ == "__main__":
+    main()
