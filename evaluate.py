@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from scipy.spatial.distance import cdist, pdist
 
 import classifiers
@@ -284,8 +284,8 @@ def face_share(images, detector, min_prob=0.9):
 
 
 def read_folder(folder, n=None):
-    """The images of a folder (sorted, or n spread over them) as uint8 (N, side, side, 3), resized to the
-    first one's side: one common reference whatever the runs' resolutions."""
+    """The images of a folder (sorted, or n spread over them) as uint8 (N, side, side, 3): center squares
+    resized to the first one's shorter side, so one reference serves runs at any resolution."""
     files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not files:
         raise common.UserError(f"no images in {folder}")
@@ -295,7 +295,7 @@ def read_folder(folder, n=None):
     out = []
     for f in files:
         with Image.open(f) as img:
-            out.append(np.asarray(img.convert("RGB").resize((side, side), Image.BICUBIC)))
+            out.append(np.asarray(ImageOps.fit(img.convert("RGB"), (side, side), Image.BICUBIC)))
     return np.stack(out)
 
 

@@ -438,7 +438,12 @@ def phase_section(phase, runs, figdir, lines):
     lines += [f"## {PHASES[phase]}", ""]
     if phase == "1" and (figdir.parent / "phase1.json").is_file():
         for step, result in read_json(figdir.parent / "phase1.json").items():
-            why = f": {result['why']}" if result.get("why") else f", FID {result.get('fid')}"
+            by = result.get("by")
+            why = (
+                f": {result['why']}"
+                if result.get("why")
+                else f", {by} {result[by]}, faces found {result['faces']}"
+            )
             lines.append(f"- {step}: winner {result.get('winner') or 'none'}{why}")
         lines.append("")
     by_name = {run["name"]: run for run in runs}
@@ -649,18 +654,34 @@ def write_report(root):
     return out
 
 
+def faces_score(step):
+    """A phase-1 step's scores on the common reference (each seed's faces.json, from evaluate.py --faces),
+    averaged over its seeds: {measure: mean}; None where a seed was not scored."""
+    rows = [read_json(run["dir"] / "faces.json") for run in step["seeds"]]
+    if not rows or None in rows:
+        return None
+    return {
+        k: float(np.mean([r[k] for r in rows]))
+        for k in rows[0]
+        if all(isinstance(r.get(k), float) for r in rows)
+    }
+
+
 def phase1_winners(root):
-    """Phase 1's decision: for each question the run with the lower final FID (the mean over seeds)
-    -> ROOT/phase1.json, each line printed; no winner where a run has no FID."""
+    """Phase 1's decision: for each question the run with the lower FID against the common reference
+    (Inception's where both runs have it, else FID(mtcnn); the mean over seeds) -> ROOT/phase1.json, each
+    line printed; no winner where a run was not scored."""
     result = {}
     for question, (a, b) in PHASE1_PAIRS.items():
         steps = [load_step(Path(root) / n) if (Path(root) / n).is_dir() else None for n in (a, b)]
-        fids = [fid_noise(s) if s and s["status"] == "complete" else None for s in steps]
-        if None in fids:
-            result[question] = {"winner": None, "why": "no FID (Inception weights missing, or a run failed)"}
+        scores = [faces_score(s) if s and s["status"] == "complete" else None for s in steps]
+        if None in scores:
+            result[question] = {"winner": None, "why": "not scored (a run failed or has no faces.json)"}
         else:
-            winner = a if fids[0][0] <= fids[1][0] else b
-            result[question] = {"winner": winner, "fid": {a: fids[0][0], b: fids[1][0]}}
+            by = "fid_inception" if all("fid_inception" in s for s in scores) else "fid_mtcnn"
+            winner = a if scores[0][by] <= scores[1][by] else b
+            result[question] = {"winner": winner, "by": by, by: {a: scores[0][by], b: scores[1][by]}}
+            result[question]["faces"] = {a: scores[0]["faces"], b: scores[1]["faces"]}
         print(f"phase 1 {question}: {result[question]}")
     (Path(root) / "phase1.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -61,8 +61,9 @@ case "$PRESET" in
     ADV_START=300
     # Phase 1 on the 100 built-in LFW faces, upscaled to 128 so MTCNN can find them.
     FACES="$RUNS/data/lfw_faces"
-    PIPE=(--ngf 16 --ndf 16 --max-minutes "${MINUTES_PIPE:-0.25}" --fid-features auto --fid-every 0
+    PIPE=(--ngf 16 --ndf 16 --max-minutes "${MINUTES_PIPE:-0.25}" --fid-features none --fid-every 0
           --sample-every 50 --ckpt-every 50)
+    P1_SAMPLES=200  # samples a run for phase 1's judge (and reference faces: all 100 here)
     # DDIM with 10 steps: each evaluation samples 500 images, and sampling is most of a
     # DDPM run's evaluation time on a CPU.
     DDPM=(--sample-steps 10 --fid-every 5 --sample-every 1 --ckpt-every 5)
@@ -96,6 +97,7 @@ case "$PRESET" in
     ADV_START=1
     FACES="$RUNS/data/lfw_faces"
     PIPE=(--ngf 4 --ndf 4)
+    P1_SAMPLES=4
     DDPM=(--res 16 --ch-mult 1,2 --num-res-blocks 1 --dropout 0 --T 50 --sample-steps 5)
     DDPM_BASE=(--base-ch 8 --attn-res 8)
     DDPM_WIDE=(--base-ch 12 --attn-res 8)
@@ -123,6 +125,7 @@ case "$PRESET" in
     ADV_START=5000
     FACES="$DATA"
     PIPE=()
+    P1_SAMPLES=5000
     DDPM=()
     DDPM_BASE=()
     DDPM_WIDE=(--base-ch 192 --attn-res 8,16,32)
@@ -239,6 +242,16 @@ if want 1; then
     run 1B_aligned_64     dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug flip
     run 1C_aligned_jitter dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug jitter
     run 1D_aligned_mix    dcgan.py "${P1[@]}" --data "$ALIGNED,$FACES" --res 64 --aug flip
+    # The judge, offline too: each run's samples against one common reference, the raw faces: the
+    # share in which MTCNN finds a face, FID(mtcnn), and Inception FID where its weights exist.
+    judged=()
+    for name in 1A_raw_64 1A_raw_128 1B_aligned_64 1C_aligned_jitter 1D_aligned_mix; do
+      for ((seed = 0; seed < SEEDS; seed++)); do
+        out="$RUNS/$name" && [ "$SEEDS" -eq 1 ] || out="$RUNS/$name/seed_$seed"
+        say_or_do "$PY" dcgan.py --out "$out" --generate "$P1_SAMPLES" >/dev/null && judged+=("$out")
+      done
+    done
+    say_or_do "$PY" evaluate.py --faces "$FACES" "${judged[@]}" --n-real "$P1_SAMPLES" || FAILED+=("1_judge")
     say_or_do "$PY" report.py "$RUNS" --phase1 || FAILED+=("1_decision")  # the winners, into phase1.json
   else
     echo "== align.py failed; phase 1 runs skipped" >&2

@@ -37,6 +37,11 @@ def parse(words):
 def stand_in(launcher, script, words):
     flags = parse(words)
     out = Path(flags["out"])
+    if "generate" in flags:  # --generate N: N grey images in OUT/generated, nothing else touched
+        (out / "generated").mkdir(exist_ok=True)
+        for i in range(flags["generate"]):
+            Image.new("RGB", (16, 16), (100, 100, 100)).save(out / "generated" / f"{i:06d}.png")
+        return
     with open(Path(os.environ["RUNS"]) / "standin.jsonl", "a") as f:
         f.write(json.dumps(dict(launcher=launcher, script=script, argv=words)) + "\n")
     out.mkdir(parents=True, exist_ok=True)

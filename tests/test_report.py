@@ -227,25 +227,40 @@ def test_pick_lowest_fid_and_keep_it(tmp_path):
     assert res.returncode == 1 and res.stdout == ""
 
 
-def test_phase1_names_the_lower_final_fid_of_each_question(tmp_path):
-    make_run(tmp_path, "1A_raw_64", "dcgan", {}, fids=[fid_row(5, 40.0), fid_row(10, 30.0)])
-    make_run(tmp_path, "1A_raw_128", "dcgan", {}, fids=[fid_row(10, 35.0)])
-    make_run(tmp_path, "1B_aligned_64", "dcgan", {}, fids=[fid_row(10, 25.0)])
-    make_run(tmp_path, "1C_aligned_jitter", "dcgan", {}, fids=[fid_row(10, 20.0)], summary=False)
-    make_run(tmp_path, "1D_aligned_mix", "dcgan", {}, fids=[fid_row(10, 26.0)])
+def test_phase1_names_the_lower_fid_on_the_common_reference(tmp_path):
+    """Each run's own FID (against its own held-out images) does not decide: the faces.json scores do,
+    Inception's where both runs of a question have it, else FID(mtcnn)."""
+    scored = {
+        "1A_raw_64": dict(faces=0.5, fid_mtcnn=3.0, fid_inception=90.0),
+        "1A_raw_128": dict(faces=0.75, fid_mtcnn=2.0, fid_inception=95.0),
+        "1B_aligned_64": dict(faces=0.25, fid_mtcnn=2.5),
+        "1C_aligned_jitter": dict(faces=0.5, fid_mtcnn=1.0),
+        "1D_aligned_mix": dict(faces=0.0, fid_mtcnn=2.75),
+    }
+    for name, faces in scored.items():
+        run = make_run(
+            tmp_path, name, "dcgan", {}, fids=[fid_row(10, 1.0 if name == "1D_aligned_mix" else 50.0)]
+        )
+        (run / "faces.json").write_text(json.dumps(faces))
+    (tmp_path / "1C_aligned_jitter" / "summary.json").unlink()  # unfinished: no decision
     res = subprocess.run(
         [sys.executable, str(ROOT / "report.py"), str(tmp_path), "--phase1"], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr
     got = json.loads((tmp_path / "phase1.json").read_text())
-    assert got["1A resolution"] == {"winner": "1A_raw_64", "fid": {"1A_raw_64": 30.0, "1A_raw_128": 35.0}}
-    assert got["1B alignment"]["winner"] == "1B_aligned_64"
-    assert got["1C augmentation"]["winner"] is None  # 1C unfinished: no decision
-    assert got["1D data"] == {
-        "winner": "1B_aligned_64",
-        "fid": {"1B_aligned_64": 25.0, "1D_aligned_mix": 26.0},
+    assert got["1A resolution"] == {
+        "winner": "1A_raw_64",
+        "by": "fid_inception",
+        "fid_inception": {"1A_raw_64": 90.0, "1A_raw_128": 95.0},
+        "faces": {"1A_raw_64": 0.5, "1A_raw_128": 0.75},
     }
+    assert got["1B alignment"]["winner"] == "1B_aligned_64" and got["1B alignment"]["by"] == "fid_mtcnn"
+    assert got["1C augmentation"]["winner"] is None
+    assert got["1D data"]["winner"] == "1B_aligned_64"  # 2.5 < 2.75, whatever 1D's own FID of 1.0 says
     assert "phase 1 1B alignment: {'winner': '1B_aligned_64'" in res.stdout
+    report.main([str(tmp_path)])
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "- 1D data: winner 1B_aligned_64, fid_mtcnn {'1B_aligned_64': 2.5, '1D_aligned_mix': 2.75}" in text
 
 
 def test_missing_runs_folder_exit_2(tmp_path):

@@ -82,11 +82,17 @@ def test_every_phase_runs_then_skips(tmp_path):
         grid = "translate.png" if name.startswith("7") else "samples.png"
         assert (tmp_path / name / grid).is_file(), name
     assert "3.2_vae_perceptual: skipped: VGG-16 weights" in first.stdout
-    # Phase 1 aligned the built-in faces once and says why it names no winner (no Inception FID here).
+    # Phase 1 aligned the built-in faces once and decided offline: each run's samples (the stand-in's grey
+    # squares: no face) scored by MTCNN against the 100 raw faces, FID(mtcnn) without Inception weights.
     assert "aligned: 100" in first.stdout and (tmp_path / "data" / "aligned_128" / "000000.png").is_file()
     phase1 = json.loads((tmp_path / "phase1.json").read_text())
     assert set(phase1) == {"1A resolution", "1B alignment", "1C augmentation", "1D data"}
-    assert all(v["winner"] is None and "no FID" in v["why"] for v in phase1.values())
+    assert all(
+        v["winner"] and v["by"] == "fid_mtcnn" and set(v["faces"].values()) == {0.0} for v in phase1.values()
+    )
+    scored = json.loads((tmp_path / "1B_aligned_64" / "faces.json").read_text())
+    assert scored["n_fake"] == 4 and scored["reference"] == str(tmp_path / "data" / "lfw_faces")
+    assert "phases 2-5 train on digits with the preset's own pipeline" in first.stdout
     assert "vgg16-397923af.pth" in (tmp_path / "3.2_vae_perceptual" / "SKIPPED").read_text()
     # Phase 5 retrained the picked run of each family with its own flags, for longer.
     picks = json.loads((tmp_path / "phase5.json").read_text())
