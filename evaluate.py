@@ -46,6 +46,31 @@ def farthest_from(acts, real_acts, k=16):
     return np.argsort(-nearest, kind="stable")[:k]
 
 
+def ssim(x, y):
+    """Mean SSIM (Wang et al. 2004) of image pairs in [0, 1] (N, C, H, W), per channel: an 11x11 Gaussian
+    window of sigma 1.5, C1 = (0.01)^2, C2 = (0.03)^2, the window's own (biased) variances; -> (N,)."""
+    g = torch.exp(-((torch.arange(11, dtype=x.dtype) - 5) ** 2) / (2 * 1.5**2))
+    window = (g[:, None] * g[None, :] / g.sum() ** 2).expand(x.shape[1], 1, 11, 11)  # (C, 1, 11, 11)
+
+    def blur(z):  # the window's weighted mean around each pixel, over the valid positions
+        return F.conv2d(z, window, groups=x.shape[1])
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
+
+
+def ssim_to_nearest(fake, acts, real, real_acts, n=100):
+    """The cats report's SSIM for samples: each of the first n samples (in [0, 1], (N, C, H, W)) against
+    its nearest held-out image in the feature space (uint8 (M, H, W, C)): high when samples copy, or
+    closely resemble, real images; the mean."""
+    nearest = cdist(acts[:n], real_acts).argmin(axis=1)
+    pairs = torch.from_numpy(np.array(real[nearest])).permute(0, 3, 1, 2).float() / 255
+    return float(ssim(fake[:n].float(), pairs).mean())
+
+
 LPIPS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in vgg16().features
 
 
@@ -133,8 +158,10 @@ class Evaluator:
         key = key.replace("/", "_").replace(",", "+")[-150:]
         self.real_acts = self._real_activations(heldout, common.CACHE_DIR / "fid_stats" / f"{key}.npz")
         self.real_stats = fid.stats(self.real_acts)
-        real = heldout.images[data.spread(len(heldout), self.n_real)]  # (N, H, W, C) uint8
-        self.real_sharpness = sharpness(torch.from_numpy(np.array(real)).permute(0, 3, 1, 2).float() / 255)
+        self.real_images = np.array(
+            heldout.images[data.spread(len(heldout), self.n_real)]
+        )  # (N, H, W, C) uint8
+        self.real_sharpness = sharpness(torch.from_numpy(self.real_images).permute(0, 3, 1, 2).float() / 255)
         self.real_diversity = diversity(self.real_acts)
         try:  # optional: never downloaded for this, and its absence is n/a in the report
             path = common.find_pretrained(VGG_NAME, VGG_URL, None, "VGG_WEIGHTS", download=False)
@@ -211,6 +238,7 @@ class Evaluator:
         row.update(kid=kid_mean, kid_std=kid_std, n_fake=len(acts), n_real=self.n_real)
         row.update(diversity=diversity(acts), diversity_real=self.real_diversity)
         row["sharpness"] = sharpness(to_unit_uint8(fake)) / self.real_sharpness  # > 1: grain; < 1: blur
+        row["ssim_nearest"] = ssim_to_nearest(to_unit_uint8(fake), acts, self.real_images, self.real_acts)
         if self.vgg is not None:
             row["lpips"] = lpips_diversity(fake, self.vgg)
         if worst_path is not None:

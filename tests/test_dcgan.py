@@ -253,6 +253,8 @@ def test_variants_resume_exactly(tmp_path):
         "--csp-act",
         "tanh",
         "--csp-bn",
+        "--weight-decay",
+        "1e-3",
         "--lr-g",
         "1e-4",
         "--lr-d",
@@ -270,6 +272,11 @@ def test_variants_resume_exactly(tmp_path):
     for key in ca["G"]:
         assert torch.equal(ca["G"][key], cb["G"][key]), key
     assert ca["opt_d"]["param_groups"][0]["lr"] == cb["opt_d"]["param_groups"][0]["lr"]
+    assert (
+        ca["opt_g"]["param_groups"][0]["weight_decay"]
+        == ca["opt_d"]["param_groups"][0]["weight_decay"]
+        == 1e-3
+    )
 
 
 @pytest.mark.parametrize(

@@ -294,6 +294,36 @@ def test_sharpness_closed_form_and_the_evaluators_grain_and_blur_ratio():
     assert noisy > 3 and blurred < 0.9  # 5.2 and 0.82 measured
 
 
+def test_ssim_is_scikit_images_gaussian_ssim():
+    from skimage.metrics import structural_similarity
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 24, 20)
+    y = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
+    ours = evaluate.ssim(x.double(), y.double())
+    for i in range(3):  # skimage's Wang et al. settings: Gaussian window, sigma 1.5, population variances
+        ref = structural_similarity(
+            x[i].double().numpy(),
+            y[i].double().numpy(),
+            channel_axis=0,
+            data_range=1.0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+        )
+        assert ours[i].item() == pytest.approx(ref, abs=2e-3)  # skimage also averages a cropped border
+    assert evaluate.ssim(x, x).tolist() == pytest.approx([1.0] * 3)
+
+
+def test_ssim_to_the_nearest_real_image_is_one_for_copies():
+    _, held = data.load_dataset("digits", 16, aug="none").split()
+    evaluator = evaluate.Evaluator("digits", held, "digits", 16, 5000, "cpu")
+    copies = torch.from_numpy(np.array(held.images[:50])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert evaluator(copies)["ssim_nearest"] == pytest.approx(1.0)  # each its own nearest held-out image
+    noise = torch.rand(50, 1, 16, 16) * 2 - 1
+    assert evaluator(noise)["ssim_nearest"] < 0.2
+
+
 def test_evaluator_diversity_and_worst_samples(tmp_path):
     _, held = data.load_dataset("digits", 16, aug="none").split()
     evaluator = evaluate.Evaluator("digits", held, "digits", 16, 5000, "cpu")
