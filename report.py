@@ -56,6 +56,51 @@ STEP_FLAGS.update(cyclegan=("disc", "lambda_cycle", "lambda_semantic"))
 PHASE1_PAIRS = {"1A resolution": ("1A_raw_64", "1A_raw_128"), "1B alignment": ("1A_raw_64", "1B_aligned_64")}
 PHASE1_PAIRS["1C augmentation"] = ("1B_aligned_64", "1C_aligned_jitter")
 PHASE1_PAIRS["1D data"] = ("1B_aligned_64", "1D_aligned_mix")
+PHASES["8"] = "Phase 8: the source reports' own claims"
+# Phase 8: each finding of the four source reports that this study can run, as (claim, source report,
+# baseline run, changed run, measure, the direction the claim expects of the changed run). A claim that
+# a setting "does not converge" is tested as "is worse than the setting that does".
+CSP, CATS, COURSE = "CSP-up on CelebA-128", "DCGAN on cats + CVAE", "GAN/CycleGAN/DiffAugment course"
+CSP_BEST = "8.1_csp_lr_2e-4_2e-5"
+CLAIMS = [
+    ("CSP: equal lrs 1e-4 do not converge", CSP, CSP_BEST, "8.1_csp_lr_1e-4_1e-4", "fid", "higher"),
+    (
+        "CSP: G 2e-4 / D 2e-5 is best (beats G 2e-4 / D 2e-3)",
+        CSP,
+        CSP_BEST,
+        "8.1_csp_lr_2e-4_2e-3",
+        "fid",
+        "higher",
+    ),
+    ("CSP: G 2e-4 / D 2e-3 repeats faces", CSP, CSP_BEST, "8.1_csp_lr_2e-4_2e-3", "diversity", "lower"),
+    ("CSP: both lrs 1e-5 do not converge", CSP, CSP_BEST, "8.1_csp_lr_1e-5_1e-5", "fid", "higher"),
+    ("CSP: Tanh + BatchNorm in CSP improves convergence", CSP, CSP_BEST, "8.2_csp_tanh_bn", "fid", "lower"),
+    ("beta1 0.7 is worse than 0.5", CATS, "8.0_dcgan", "8.3_beta1_0.7", "fid", "higher"),
+    ("weight decay 1e-6 is worse than none", CATS, "8.0_dcgan", "8.4_weight_decay", "fid", "higher"),
+    ("a steeper lr decay is worse", CATS, "8.5_lr_decay", "8.5_lr_decay_steep", "fid", "higher"),
+    ("DiffAugment helps, basic augmentation", COURSE, "8.0_dcgan", "8.6_basic_diffaug", "fid", "lower"),
+    ("DiffAugment helps, deluxe augmentation", COURSE, "8.6_deluxe", "8.6_deluxe_diffaug", "fid", "lower"),
+    ("deluxe augmentation helps (no DiffAugment)", COURSE, "8.0_dcgan", "8.6_deluxe", "fid", "lower"),
+    ("more iterations help (200 vs 6,400)", COURSE, "8.7_iters_short", "8.7_iters_long", "fid", "lower"),
+    (
+        "CycleGAN: the patch D is crisper than the DC D",
+        COURSE,
+        "7.3_dc_disc",
+        "7.1_cyclegan",
+        "sharpness_ab",
+        "higher",
+    ),
+    (
+        "CycleGAN: 10k iterations beat 1k",
+        COURSE,
+        "8.8_cyclegan_short",
+        "8.8_cyclegan_long",
+        "fid_ab",
+        "lower",
+    ),
+]
+# The conditional-generation lab's accuracies on iCLEVR (test / new_test), GPUs, 64 px: phase 6's reference.
+LAB = {"6.2_acgan": ("GAN", 0.972, 0.845), "6.5_ddpm_cfg": ("DDPM", 0.931, 0.810)}
 PROGRESS_AT = (10, 50, 100, 200)  # the full study's 200 epochs; a shorter run shows its share
 
 
@@ -557,6 +602,13 @@ def phase6_section(runs, figdir, lines):
         "4 samples for each of the 32 conditions of a list; `new_test` holds combinations never trained on.",
         "",
     ]
+    lab = "; ".join(f"{family} {test} / {new} (beside `{name}`)" for name, (family, test, new) in LAB.items())
+    lines += [
+        f"The iCLEVR lab's own accuracies (test / new_test), the reference they are: {lab}, on GPUs over"
+        " ~200 (GAN) and ~20 (DDPM) epochs of iCLEVR's 3-D renders at 64 px, judged by the lab's ResNet-18;"
+        " here, the built-in 2-D shapes, this preset's minutes, and the shapes classifier.",
+        "",
+    ]
     for run in runs:
         sweep = sweep_figure(run, figdir / f"phase6_sweep_{run['name']}.png")
         if sweep:
@@ -623,6 +675,79 @@ def phase7_section(runs, figdir, lines):
         lines += [f"**translate.png** (rows: x_A, G_AB(x_A), G_BA(G_AB(x_A)), then from B): {shown}", ""]
 
 
+def measure(step, key):
+    """(mean, std) of a run's last `key` over its seeds (std None with one seed; FID: its bootstrap std),
+    from its evaluations (a CycleGAN's too); None where it has none."""
+    if key == "fid":
+        return fid_noise(step)
+    values = over_seeds(step, lambda run: (last_fid(run) or last_eval(run) or {}).get(key))
+    if not values:
+        return None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def claim_verdict(a, b, expect):
+    """The noise rule on a claim: the changed run's measure b against the baseline's a, (mean, std) each.
+    Within noise, how many seeds (or times the FID samples, for a bootstrap spread) would resolve a
+    difference of this size at the measured spread: n > 4 (s_a^2 + s_b^2) / d^2."""
+    (ma, sa), (mb, sb) = a, b
+    d = mb - ma
+    direction = "holds" if (d < 0) == (expect == "lower") and d != 0 else "contradicted"
+    if sa is None or sb is None:
+        return f"{direction} (one seed, no spread: direction only)"
+    if abs(d) > 2 * math.hypot(sa, sb):
+        return direction
+    n = math.ceil(4 * (sa**2 + sb**2) / d**2) if d else math.inf
+    return f"within noise (~{n} seeds, or {n}x the FID samples, would resolve a difference of {abs(d):.3g})"
+
+
+def what_ran(a, b):
+    """The flags in which the changed run differs from the baseline, from their args.json."""
+    skip = {"out", "seed", "resume"}
+    keys = sorted(k for k in set(a["args"]) | set(b["args"]) if k not in skip)
+    diff = [
+        f"{k} {a['args'].get(k)} -> {b['args'].get(k)}" for k in keys if a["args"].get(k) != b["args"].get(k)
+    ]
+    return f"`{a['name']}` -> `{b['name']}`: " + ("; ".join(diff) or "the same flags")
+
+
+def phase8_section(runs, all_runs, figdir, lines):
+    rows = []
+    for claim, source, base, changed, key, expect in CLAIMS:
+        a, b = all_runs.get(base), all_runs.get(changed)
+        if not a or not b:
+            rows.append([claim, source, f"`{base}` -> `{changed}`", "not run", "not run"])
+            continue
+        ma, mb = measure(a, key), measure(b, key)
+        if ma is None or mb is None:
+            rows.append([claim, source, what_ran(a, b), f"no {key}", "not measured"])
+            continue
+        said = f"{key} {fmt(ma[0], '.3g')} -> {fmt(mb[0], '.3g')}"
+        if key == "fid" and (ssim := [measure(r, "ssim_nearest") for r in (a, b)]) and None not in ssim:
+            said += f"; SSIM to the nearest real {ssim[0][0]:.3f} -> {ssim[1][0]:.3f}"
+        rows.append([claim, source, what_ran(a, b), said, claim_verdict(ma, mb, expect)])
+    for name, (family, test, new_test) in LAB.items():
+        ours = all_runs.get(name)
+        here = (
+            f"{cell(ours, last_value('acc_test'))} / {cell(ours, last_value('acc_new_test'))}"
+            if ours
+            else "not run"
+        )
+        rows.append(
+            [
+                f"iCLEVR lab, {family}: accuracy {test} / {new_test}",
+                "iCLEVR conditional GAN + DDPM lab",
+                f"`{name}` on the built-in shapes",
+                here,
+                "a reference, not a test: other data (2-D shapes, not iCLEVR renders) and compute",
+            ]
+        )
+    lines += [f"## {PHASES['8']}", ""]
+    lines += table("claim|source report|what we ran|measured|verdict".split("|"), rows) + [""]
+    lines += [f"Verdicts: the changed run against the baseline; {NOISE_RULE}. {seeds_said(runs)}.", ""]
+    loss_figure(runs, figdir / "phase8_losses.png", lines)
+
+
 def write_report(root):
     """RUNS/REPORT.md, with figures in RUNS/report/: its links are relative to RUNS."""
     root = Path(root)
@@ -646,6 +771,8 @@ def write_report(root):
             phase6_section(group, figdir, lines)
         elif group and phase == "7":
             phase7_section(group, figdir, lines)
+        elif group and phase == "8":
+            phase8_section(group, runs, figdir, lines)
         elif group:
             phase_section(phase, group, figdir, lines)
     out = root / "REPORT.md"

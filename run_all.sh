@@ -81,6 +81,10 @@ case "$PRESET" in
     # evaluated once at the end on 300 held-out images a direction.
     TRANS=(--preset cpu --device cpu --max-minutes "${TRANS_MINUTES:-0.4}" --fid-n 300 --fid-every 0
            --sample-every 1 --ckpt-every 5)
+    # Phase 8: 0.4 minutes a claim's run; the reports' iteration counts scaled down (DCGAN 200 vs 1,600
+    # for 200 vs 6,400; CycleGAN 50 vs 500 for 1k vs 10k); lr decay per step, mild vs steep.
+    CLAIMS=(--max-minutes "${CLAIM_MINUTES:-0.4}" --fid-every 0)
+    ITERS=(200 1600) CYC_ITERS=(50 500) DECAY=(0.9999 0.999)
     ;;
   test)
     # A few steps per run: used by the test suite to walk every phase quickly.
@@ -109,6 +113,8 @@ case "$PRESET" in
                --attn-res 8)
     TRANS=(--preset study --device cpu --res 16 --ngf 4 --ndf 4 --max-steps 3 --batch-size 4 --aug none
            --fid-features none --log-every 1)
+    CLAIMS=()
+    ITERS=(2 4) CYC_ITERS=(2 4) DECAY=(0.99 0.9)
     ;;
   full)
     # Every script's study preset (--preset study: batch 64, fp16 AMP + GradScaler on CUDA,
@@ -135,6 +141,9 @@ case "$PRESET" in
     COND_DDPM=()
     # The built-in pair's sources are 8x8 and 28x28: 32 px; no flips (a mirrored 3 is no 3).
     TRANS=(--preset study --res 32 --aug none)
+    CLAIMS=()
+    # The reports' own counts; lr decay per step over ~300k steps (100 epochs of CelebA): mild vs steep.
+    ITERS=(200 6400) CYC_ITERS=(1000 10000) DECAY=(0.99999 0.9999)
     ;;
   *) echo "run_all.sh: unknown preset $PRESET (smoke, full or test)" >&2; exit 2 ;;
 esac
@@ -417,6 +426,39 @@ run 7.2_no_cycle      cyclegan.py "${TRANS[@]}" --disc patch --lambda-cycle 0
 run 7.3_dc_disc       cyclegan.py "${TRANS[@]}" --disc dc
 run 7.4_dc_no_cycle   cyclegan.py "${TRANS[@]}" --disc dc --lambda-cycle 0
 run 7.5_semantic      cyclegan.py "${TRANS[@]}" --disc patch --lambda-semantic 1
+
+# ---------------------------------------------------------------------------
+# Phase 8: the source reports' own claims, each a run or a pair of runs here (DCGAN's phase-2 settings at
+# phase 8's budget; 8.0, the plain DCGAN, is the baseline of beta1 0.5, no weight decay and basic
+# augmentation; phase 7's 7.1 and 7.3 are the two CycleGAN discriminators). REPORT.md's claims table gives each a verdict by the noise
+# rule, and says how many seeds would resolve what stays within noise.
+#   CSP-up on CelebA-128: lr pairs (equal 1e-4 does not converge; G 2e-4 / D 2e-5 converges and is
+#     best; G 2e-4 / D 2e-3 nearly converges but repeats faces; both 1e-5 do not converge), and
+#     "Tanh + BatchNorm in CSP improves convergence"
+#   DCGAN on cats: beta1 0.7 worse than 0.5; weight decay 1e-6 worse than none; a steeper lr decay
+#     worse (FID and SSIM to the nearest real image, the report's pair)
+#   the course report: basic vs deluxe augmentation with and without DiffAugment; 200 vs 6,400
+#     iterations; CycleGAN at 1k vs 10k iterations (and patch vs DC discriminator: phase 7)
+PHASE=8
+P8=("${COMMON[@]}" "${GAN[@]}" "${CLAIMS[@]}")
+LONG=(--max-minutes 600)  # the iteration claims stop at their step counts, not the clock
+run 8.0_dcgan            dcgan.py "${P8[@]}"
+for pair in "1e-4 1e-4" "2e-4 2e-5" "2e-4 2e-3" "1e-5 1e-5"; do
+  read -r lr_g lr_d <<< "$pair"
+  run "8.1_csp_lr_${lr_g}_${lr_d}" dcgan.py "${P8[@]}" --g-arch csp --lr-g "$lr_g" --lr-d "$lr_d"
+done
+run 8.2_csp_tanh_bn      dcgan.py "${P8[@]}" --g-arch csp --lr-g 2e-4 --lr-d 2e-5 --csp-act tanh --csp-bn
+run 8.3_beta1_0.7        dcgan.py "${P8[@]}" --beta1 0.7
+run 8.4_weight_decay     dcgan.py "${P8[@]}" --weight-decay 1e-6
+run 8.5_lr_decay         dcgan.py "${P8[@]}" --lr-decay "${DECAY[0]}"
+run 8.5_lr_decay_steep   dcgan.py "${P8[@]}" --lr-decay "${DECAY[1]}"
+run 8.6_basic_diffaug    dcgan.py "${P8[@]}" --aug none --diffaug color,translation,cutout
+run 8.6_deluxe           dcgan.py "${P8[@]}" --aug deluxe
+run 8.6_deluxe_diffaug   dcgan.py "${P8[@]}" --aug deluxe --diffaug color,translation,cutout
+run 8.7_iters_short      dcgan.py "${P8[@]}" "${LONG[@]}" --max-steps "${ITERS[0]}"
+run 8.7_iters_long       dcgan.py "${P8[@]}" "${LONG[@]}" --max-steps "${ITERS[1]}"
+run 8.8_cyclegan_short   cyclegan.py "${TRANS[@]}" "${LONG[@]}" --disc patch --max-steps "${CYC_ITERS[0]}"
+run 8.8_cyclegan_long    cyclegan.py "${TRANS[@]}" "${LONG[@]}" --disc patch --max-steps "${CYC_ITERS[1]}"
 
 say_or_do "$PY" report.py "$RUNS" || FAILED+=("report")
 echo

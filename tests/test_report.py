@@ -430,3 +430,50 @@ def test_loss_curves_of_every_gan_run(runs, tmp_path):
     # One resolution and one pipeline for the finalists, said in the phase-5 section.
     assert "One resolution and one pipeline for every finalist: 16 px on `digits`." in text
     assert Image.open(runs / "report" / "phase2_losses.png").size[0] > 200
+
+
+def test_claims_table_verdicts_by_the_noise_rule(tmp_path):
+    """Phase 8 from a hand-made run tree: a claim holds, is contradicted, stays within noise (with the seeds
+    that would resolve it), is judged by direction alone (one seed, no spread), or was not run."""
+    root = tmp_path / "runs"
+    fid = {  # run -> (FID, bootstrap std)
+        "8.1_csp_lr_2e-4_2e-5": (10.0, 0.5),
+        "8.1_csp_lr_1e-4_1e-4": (30.0, 0.5),  # worse beyond noise: "does not converge" holds
+        "8.1_csp_lr_2e-4_2e-3": (11.0, 0.5),  # 1.0 apart, noise 2 x 0.71 = 1.41: within noise
+        "8.2_csp_tanh_bn": (14.0, 0.5),  # Tanh + BN worse beyond noise: contradicted
+        "8.0_dcgan": (20.0, 1.0),
+        "8.3_beta1_0.7": (25.0, 1.0),
+    }
+    for name, (value, std) in fid.items():
+        diversity = 5.0 if name == "8.1_csp_lr_2e-4_2e-3" else 8.0
+        make_run(
+            root, name, "dcgan", {"lr_g": 2e-4}, fids=[fid_row(5, value, fid_std=std, diversity=diversity)]
+        )
+    for name, share in [("6.2_acgan", 0.5), ("6.5_ddpm_cfg", 0.75)]:
+        make_run(
+            root, name, "wgan_gp", {"cond": True}, fids=[fid_row(5, 1.0, acc_test=share, acc_new_test=0.25)]
+        )
+    report.main([str(root)])
+    text = (root / "REPORT.md").read_text()
+    rows = {
+        l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]]
+        for l in text.splitlines()
+        if l.startswith("| ")
+    }
+    assert rows["CSP: equal lrs 1e-4 do not converge"][2:] == ["fid 10 -> 30", "holds"]
+    assert rows["CSP: Tanh + BatchNorm in CSP improves convergence"][3] == "contradicted"
+    # d = 1, s_a = s_b = 0.5: n > 4 (0.25 + 0.25) / 1 = 2 seeds
+    best = rows["CSP: G 2e-4 / D 2e-5 is best (beats G 2e-4 / D 2e-3)"][3]
+    assert best == "within noise (~2 seeds, or 2x the FID samples, would resolve a difference of 1)"
+    assert rows["CSP: G 2e-4 / D 2e-3 repeats faces"][3] == "holds (one seed, no spread: direction only)"
+    assert (
+        rows["beta1 0.7 is worse than 0.5"][0] == "DCGAN on cats + CVAE"
+        and rows["beta1 0.7 is worse than 0.5"][3] == "holds"
+    )
+    assert rows["weight decay 1e-6 is worse than none"][2:] == ["not run", "not run"]
+    assert (
+        rows["CSP: equal lrs 1e-4 do not converge"][1]
+        == "`8.1_csp_lr_2e-4_2e-5` -> `8.1_csp_lr_1e-4_1e-4`: the same flags"
+    )
+    assert rows["iCLEVR lab, GAN: accuracy 0.972 / 0.845"][2] == "0.50 / 0.25"
+    assert "0.972 / 0.845 (beside `6.2_acgan`)" in text  # in phase 6's section too

@@ -37,6 +37,23 @@ RUNS = [
     "7.3_dc_disc",
     "7.4_dc_no_cycle",
     "7.5_semantic",
+    "8.0_dcgan",
+    "8.1_csp_lr_1e-4_1e-4",
+    "8.1_csp_lr_2e-4_2e-5",
+    "8.1_csp_lr_2e-4_2e-3",
+    "8.1_csp_lr_1e-5_1e-5",
+    "8.2_csp_tanh_bn",
+    "8.3_beta1_0.7",
+    "8.4_weight_decay",
+    "8.5_lr_decay",
+    "8.5_lr_decay_steep",
+    "8.6_basic_diffaug",
+    "8.6_deluxe",
+    "8.6_deluxe_diffaug",
+    "8.7_iters_short",
+    "8.7_iters_long",
+    "8.8_cyclegan_short",
+    "8.8_cyclegan_long",
 ]
 
 
@@ -79,7 +96,7 @@ def test_every_phase_runs_then_skips(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     for name in RUNS:
         assert (tmp_path / name / "summary.json").is_file(), name
-        grid = "translate.png" if name.startswith("7") else "samples.png"
+        grid = "translate.png" if name.startswith("7") or "cyclegan" in name else "samples.png"
         assert (tmp_path / name / grid).is_file(), name
     assert "3.2_vae_perceptual: skipped: VGG-16 weights" in first.stdout
     # Phase 1 aligned the built-in faces once and decided offline: each run's samples (the stand-in's grey
