@@ -7,7 +7,8 @@ samples farthest from any real image, class coverage, and the accuracy of condit
 data's classifier or the iCLEVR lab's evaluator (--evaluator; iCLEVR's top-k rule), also of --generate's
 images (`save_generated`). Faces have a judge of their own (phase 1, offline too): `python evaluate.py
 --faces REF RUN...` scores each run's --generate folder by the share of samples in which MTCNN finds a
-face and FID(mtcnn) in MTCNN's last network's features, against one common reference.
+face and FID(mtcnn) in MTCNN's last network's features, against one common reference (REF's held-out
+images).
 """
 
 import argparse
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from scipy.spatial.distance import cdist, pdist
 
 import classifiers
@@ -311,26 +312,23 @@ def face_share(images, detector, min_prob=0.9):
     return float(np.mean([hit is not None and hit[0] >= min_prob for hit in found]))
 
 
-def read_folder(folder, n=None):
-    """The images of a folder (sorted, or n spread over them) as uint8 (N, side, side, 3): center squares
-    resized to the first one's shorter side, so one reference serves runs at any resolution."""
-    files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
+def read_folder(folder):
+    """A --generate folder's images (000000.png ...) as uint8 (N, H, W, 3)."""
+    files = sorted(Path(folder).glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"))
     if not files:
         raise common.UserError(f"no images in {folder}")
-    files = [files[i] for i in data.spread(len(files), n or len(files))]
-    with Image.open(files[0]) as first:
-        side = min(first.size)
-    out = []
+    images = []
     for f in files:
         with Image.open(f) as img:
-            out.append(np.asarray(ImageOps.fit(img.convert("RGB"), (side, side), Image.BICUBIC)))
-    return np.stack(out)
+            images.append(np.asarray(img.convert("RGB")))
+    return np.stack(images)
 
 
 def score_faces(reference, runs, n_real=5000):
-    """Phase 1's judge: each run's --generate folder (RUN/generated) against the reference folder's
-    images: the share with a face found (p >= 0.9), FID(mtcnn), and Inception FID where its weights are
-    on disk -> RUN/faces.json each, and the rows."""
+    """Phase 1's judge: each run's --generate folder (RUN/generated) against one common reference, the
+    held-out sixth of the `reference` data (any --data spec, as a run splits it) at 128 px: the share with
+    a face found (p >= 0.9), FID(mtcnn), and Inception FID where its weights are on disk -> RUN/faces.json
+    each, and the rows."""
     import align
 
     detector = align.make_detector("cpu")
@@ -344,7 +342,12 @@ def score_faces(reference, runs, n_real=5000):
     def unit(images):  # uint8 (N, H, W, 3) -> [0, 1] (N, 3, H, W)
         return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
 
-    real = read_folder(reference, n_real)
+    heldout = data.load_dataset(reference, 128, channels=3, aug="none").split()[1]
+    if len(heldout) < 2:
+        raise common.UserError(
+            f"{reference}: {len(heldout)} held-out images, too few for a reference (12+ images)"
+        )
+    real = np.array(heldout.images[data.spread(len(heldout), n_real)])  # (N, 128, 128, 3) uint8
     real_stats = fid.stats(fid.activations(unit(real), model))
     real_inception = fid.stats(fid.activations(unit(real), inception)) if inception else None
     rows = []
@@ -365,7 +368,9 @@ def score_faces(reference, runs, n_real=5000):
 @common.exits_on_user_error
 def main(argv=None):
     p = argparse.ArgumentParser(description="Score runs' generated faces against one reference folder.")
-    p.add_argument("--faces", required=True, metavar="REF", help="the common reference: a folder of faces")
+    p.add_argument(
+        "--faces", required=True, metavar="REF", help="faces (a --data spec): their held-out sixth"
+    )
     p.add_argument("runs", nargs="+", help="run folders, each with its --generate folder RUN/generated")
     p.add_argument("--n-real", type=int, default=5000, help="reference images (spread over the folder)")
     args = p.parse_args(argv)
