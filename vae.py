@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 import common
 import data
-from evaluate import Evaluator, save_generated
+from evaluate import Evaluator, save_generated, ssim
 
 VGG_NAME = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16
 VGG_URL = f"https://download.pytorch.org/models/{VGG_NAME}"
@@ -171,20 +171,24 @@ def g_adv_loss(fake_logits):
 
 # ----------------------------------------------------------------------------- sampling and evaluation
 @torch.no_grad()
-def heldout_mse(vae, heldout, device, batch_size=256):
-    """Mean squared error of reconstructions (from mu, no sampling) of held-out images, in [-1, 1] units."""
-    total = 0.0
+def heldout_reconstruction(vae, heldout, device, batch_size=256):
+    """Reconstructions (from mu, no sampling) of the held-out images: their mean squared error in [-1, 1]
+    units, per pixel and channel, and their mean SSIM to the originals (the cats report's measure)."""
+    mse = similarity = 0.0
     for i in range(0, len(heldout), batch_size):
         x, y = heldout.floats(range(i, min(i + batch_size, len(heldout))))
         x, y = x.to(device), y.to(device)
-        total += F.mse_loss(vae.decode(vae.encode(x, y)[0], y), x, reduction="sum").item()
-    return total / (len(heldout) * heldout.images[0].size)  # per pixel and channel
+        recon = vae.decode(vae.encode(x, y)[0], y)  # (B, C, H, W)
+        mse += F.mse_loss(recon, x, reduction="sum").item()
+        similarity += ssim((recon.clamp(-1, 1) + 1) / 2, (x + 1) / 2).sum().item()
+    return mse / (len(heldout) * heldout.images[0].size), similarity / len(heldout)
 
 
 def evaluate(vae, evaluator, heldout, args, out):
-    """Held-out reconstruction error always; FID and friends of prior samples z ~ N(0, I) (decoded for
-    the evaluator's labels when conditional) and the accuracy on each condition list."""
-    row = {"heldout_mse": heldout_mse(vae, heldout, evaluator.device)}
+    """Held-out reconstruction error and SSIM always; FID and friends of prior samples z ~ N(0, I)
+    (decoded for the evaluator's labels when conditional) and the accuracy on each condition list."""
+    mse, similarity = heldout_reconstruction(vae, heldout, evaluator.device)
+    row = {"heldout_mse": mse, "heldout_ssim": similarity}
     return {**row, **evaluator.score_generator(vae.decode, vae.latent, args.seed + 2, out / "worst.png")}
 
 

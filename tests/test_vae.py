@@ -199,12 +199,33 @@ def test_end_to_end_with_patchgan(tmp_path):
     model.load_state_dict(ckpt["ema"]["module"])
     heldout = data.load_dataset("lfw", 32, aug="none").split()[1]
     assert evals[-1]["step"] == 12
-    assert evals[-1]["heldout_mse"] == pytest.approx(vae.heldout_mse(model.eval(), heldout, "cpu"), rel=1e-6)
+    mse, similarity = vae.heldout_reconstruction(model.eval(), heldout, "cpu")
+    assert evals[-1]["heldout_mse"] == pytest.approx(mse, rel=1e-6)
+    assert evals[-1]["heldout_ssim"] == pytest.approx(similarity, rel=1e-6)
     assert summary["final"]["heldout_mse"] == evals[-1]["heldout_mse"] and summary["params_D"] > 0
     assert {"vae", "ema", "opt", "D", "opt_d", "scaler"} <= set(ckpt) and ckpt["step"] == 12
     from PIL import Image
 
     assert Image.open(out / "recon.png").size == (8 * 34 + 2, 8 * 34 + 2)  # 4 input rows + 4 recon rows
+
+
+def test_heldout_reconstruction_in_closed_form():
+    """A perfect autoencoder: error 0, SSIM 1; one that adds 0.1 to every pixel: error 0.01, SSIM below 1."""
+
+    class Shifted:
+        def __init__(self, shift):
+            self.shift = shift
+
+        def encode(self, x, y):
+            return x, None  # (mu, logvar): the image itself as the code
+
+        def decode(self, z, y):
+            return z + self.shift
+
+    heldout = data.load_dataset("lfw", 32, aug="none").split()[1]
+    assert vae.heldout_reconstruction(Shifted(0.0), heldout, "cpu") == pytest.approx((0.0, 1.0))
+    mse, similarity = vae.heldout_reconstruction(Shifted(0.1), heldout, "cpu")
+    assert mse == pytest.approx(0.01, rel=1e-4) and 0.5 < similarity < 0.999
 
 
 def test_resume_matches_uninterrupted(tmp_path):
