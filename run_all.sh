@@ -257,7 +257,7 @@ if want 1; then
     for name in 1A_raw_64 1A_raw_128 1B_aligned_64 1C_aligned_jitter 1D_aligned_mix; do
       for ((seed = 0; seed < SEEDS; seed++)); do
         out="$RUNS/$name" && [ "$SEEDS" -eq 1 ] || out="$RUNS/$name/seed_$seed"
-        say_or_do "$PY" dcgan.py --out "$out" --generate "$P1_SAMPLES" >/dev/null && judged+=("$out")
+        say_or_do "$PY" dcgan.py --out "$out" --generate "$P1_SAMPLES" && judged+=("$out")
       done
     done
     say_or_do "$PY" evaluate.py --faces "$FACES" "${judged[@]}" --n-real "$P1_SAMPLES" || FAILED+=("1_judge")
@@ -276,6 +276,7 @@ fi
 # The smoke preset's phases 2-5 train on digits, where alignment means nothing and a mirrored digit
 # is another digit: the preset's own pipeline stays, and the line below says so.
 read -r P1_RES P1_ALIGNED P1_MIX P1_AUG P1_FROM < <("$PY" report.py "$RUNS" --carry)
+[ -n "${P1_AUG:-}" ] || { echo "run_all.sh: report.py --carry failed" >&2; exit 2; }
 PIPELINE=() GAN_AUG=() OTHER_AUG=()
 if [ "$FACES" = "$DATA" ]; then
   SOURCE="$DATA"
