@@ -52,6 +52,7 @@ PHASES["7"] = "Phase 7: unpaired translation (CycleGAN), with and without its cy
 STEP_FLAGS = dict(dcgan=("g_arch", "aug"), wgan_gp=("n_critic",), sagan=("loss", "attn_res"))
 STEP_FLAGS.update(vae=("beta", "perceptual", "adv"), ddpm=("schedule", "pred", "base_ch"))
 STEP_FLAGS.update(cyclegan=("disc", "lambda_cycle", "lambda_semantic"))
+ADDED_TERMS = {"perceptual", "adv", "lambda_semantic"}  # loss terms a step adds: named only when on
 # run_all.sh's four phase-1 questions, each (before, after)
 PHASE1_PAIRS = {"1A resolution": ("1A_raw_64", "1A_raw_128"), "1B alignment": ("1A_raw_64", "1B_aligned_64")}
 PHASE1_PAIRS["1C augmentation"] = ("1B_aligned_64", "1C_aligned_jitter")
@@ -292,7 +293,8 @@ def describe(run):
     if not run["summary"]:
         return "n/a (no summary.json)"
     a, model = run["args"], run["summary"]["model"]
-    details = ", ".join(f"{k} {a[k]}" for k in STEP_FLAGS.get(model, ()) if k in a)
+    shown = [k for k in STEP_FLAGS.get(model, ()) if k in a and not (k in ADDED_TERMS and not a[k])]
+    details = ", ".join(f"{k} {a[k]}" for k in shown)
     return f"{model} {a.get('res', '?')}px" + (f" ({details})" if details else "")
 
 

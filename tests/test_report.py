@@ -319,12 +319,12 @@ def test_phase6_table_sweep_and_condition_grids(tmp_path):
     assert "![6.2_acgan](6.2_acgan/cond_test.png)" in text
 
 
-def translation_run(root, name, disc, cycle, **row):
+def translation_run(root, name, disc, cycle, semantic=0.0, **row):
     run = make_run(
         root,
         name,
         "cyclegan",
-        {"data": None, "disc": disc, "lambda_cycle": cycle},
+        {"data": None, "disc": disc, "lambda_cycle": cycle, "lambda_semantic": semantic},
         domains=["digits", "mnist"],
     )
     evals = [{"kind": "eval", "step": 50, "epoch": 1, **row}]
@@ -340,13 +340,17 @@ def test_phase7_table_names_what_the_numbers_show(tmp_path):
     translation_run(root, "7.1_cyclegan", "patch", 10, **good)
     bad = {**good, "acc_ab": 0.31, "classes_ba": 3, "sharpness_ab": 0.5, "cycle_ab": 0.8}
     translation_run(root, "7.2_no_cycle", "patch", 0, **bad)
+    translation_run(root, "7.5_semantic", "patch", 10, semantic=1.0, **good)
     text = report.write_report(root).read_text()
     rows = {
         l.split("|")[2].strip(): [c.strip() for c in l.split("|")[1:-1]]
         for l in text.splitlines()
         if l.startswith("| 7.")
     }
+    # An added loss term is named where it is on; the cycle weight always (0 is the ablation).
     assert rows["`7.1_cyclegan`"][2] == "cyclegan 16px (disc patch, lambda_cycle 10)"
+    assert rows["`7.2_no_cycle`"][2] == "cyclegan 16px (disc patch, lambda_cycle 0)"
+    assert rows["`7.5_semantic`"][2] == "cyclegan 16px (disc patch, lambda_cycle 10, lambda_semantic 1.0)"
     assert rows["`7.1_cyclegan`"][3:7] == ["0.93 / 0.91", "12.0 / 20.5", "0.050 / 0.060", "0.95 / 1.10"]
     assert rows["`7.1_cyclegan`"][-1] == "none flagged"
     failures = rows["`7.2_no_cycle`"][-1]
