@@ -229,7 +229,7 @@ run_one() {
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
 # ---------------------------------------------------------------------------
-# Phase 1: the data pipeline every later step uses, judged by DCGAN's FID at 64:
+# Phase 1: the data pipeline every later step uses, each choice a pair of DCGAN runs (64 px unless said):
 #   1A resolution: 64 vs 128 (raw images)
 #   1B alignment:  raw vs MTCNN-aligned faces (align.py: eyes, nose and mouth
 #                  corners moved onto fixed positions by a similarity transform)
@@ -251,8 +251,9 @@ if want 1; then
     run 1B_aligned_64     dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug flip
     run 1C_aligned_jitter dcgan.py "${P1[@]}" --data "$ALIGNED" --res 64 --aug jitter
     run 1D_aligned_mix    dcgan.py "${P1[@]}" --data "$ALIGNED,$FACES" --res 64 --aug flip
-    # The judge, offline too: each run's samples against one common reference, the raw faces: the
-    # share in which MTCNN finds a face, FID(mtcnn), and Inception FID where its weights exist.
+    # The judge, offline too: each run's samples against one common reference, the raw faces' held-out
+    # sixth: the share in which MTCNN finds a face, FID(mtcnn), and Inception FID where its weights exist
+    # (which then decides).
     judged=()
     for name in 1A_raw_64 1A_raw_128 1B_aligned_64 1C_aligned_jitter 1D_aligned_mix; do
       for ((seed = 0; seed < SEEDS; seed++)); do
