@@ -304,7 +304,7 @@ def face_share(images, detector, min_prob=0.9):
     """The share of images (uint8 (N, H, W, 3)) in which MTCNN finds a face with probability >= min_prob,
     the threshold align.py uses; each image upscaled to at least 128 px first, as MTCNN's smallest face
     (20 px) is a large part of a small sample."""
-    import align  # MTCNN's detection and its batching, as align.py uses them
+    import align  # here, not at the top: align.py brings scikit-image, which training does not need
 
     side = max(128, images.shape[1])
     pil = [Image.fromarray(np.ascontiguousarray(im)).resize((side, side), Image.BICUBIC) for im in images]
@@ -329,7 +329,7 @@ def score_faces(reference, runs, n_real=5000):
     held-out sixth of the `reference` data (any --data spec, as a run splits it) at 128 px: the share with
     a face found (p >= 0.9), FID(mtcnn), and Inception FID where its weights are on disk -> RUN/faces.json
     each, and the rows."""
-    import align
+    import align  # here, not at the top: align.py brings scikit-image, which training does not need
 
     detector = align.make_detector("cpu")
     model = MTCNNFeatures(detector.onet)
