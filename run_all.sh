@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # genstudy: the whole study as one recipe, read top to bottom.
 #
-#   bash run_all.sh --preset smoke              built-in data on the CPU, under 30 minutes
+#   bash run_all.sh --preset smoke              built-in data on the CPU, about 35 minutes
 #   DATA=/data/celeba bash run_all.sh --preset full    the study's settings on a GPU
 #   bash run_all.sh --preset smoke --only 2     one phase (then the report)
 #   NPROC=8 DATA=/data/celeba bash run_all.sh --preset full   every run on 8 GPUs (torchrun, DDP)
@@ -43,7 +43,7 @@ case "$PRESET" in
   smoke)
     # Every script's own CPU preset (--preset cpu: the built-in digits at 16 px, whose source is
     # 8x8, and small networks), each run bounded in minutes: 0.8 per step, 1.2 for the phase-5
-    # finalists, a quarter for phase 1's faces (all seven phases fit in 30 minutes on two CPU
+    # finalists, a quarter for phase 1's faces (all eight phases fit in about 35 minutes on two CPU
     # cores). Small nets taking thousands of steps beat big ones taking hundreds. FID(digits)
     # from 500 samples against the 299 held-out digits.
     DATA="${DATA:-digits}"
