@@ -347,9 +347,9 @@ def score_faces(reference, runs, n_real=5000):
         raise common.UserError(
             f"{reference}: {len(heldout)} held-out images, too few for a reference (12+ images)"
         )
-    real = np.array(heldout.images[data.spread(len(heldout), n_real)])  # (N, 128, 128, 3) uint8
-    real_stats = fid.stats(fid.activations(unit(real), model))
-    real_inception = fid.stats(fid.activations(unit(real), inception)) if inception else None
+    real = unit(np.array(heldout.images[data.spread(len(heldout), n_real)]))  # (N, 3, 128, 128)
+    real_stats = fid.stats(fid.activations(real, model))
+    real_inception = fid.stats(fid.activations(real, inception)) if inception else None
     rows = []
     for run in map(Path, runs):
         fake = read_folder(run / "generated")

@@ -413,7 +413,7 @@ def gan_losses(run):
 def loss_curves(runs, path):
     """G and D (critic) losses against the step, one panel a GAN run, smoothed over a twentieth of its
     log (the raw values as a faint line); None when no run is a GAN."""
-    curves = [(run["name"], gan_losses(run)) for run in runs if gan_losses(run)]
+    curves = [(run["name"], losses) for run in runs if (losses := gan_losses(run))]
     if not curves:
         return None
     fig = Figure(figsize=(3.2 * min(len(curves), 4), 2.6 * math.ceil(len(curves) / 4)))
