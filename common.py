@@ -143,6 +143,9 @@ def gather(part, n):
 
 
 # ----------------------------------------------------------------------------- flags and presets
+AUGMENTATIONS = ("none", "flip", "jitter", "deluxe")  # data.augment's modes
+
+
 def add_common_args(parser):
     """The flags every training script shares (`parse_with_preset` adds them)."""
     a = parser.add_argument
@@ -150,7 +153,7 @@ def add_common_args(parser):
     a("--data", default="digits", help="digits | mnist | lfw | shapes | image folder | comma-separated mix")
     a("--res", type=int, default=32, choices=[16, 32, 64, 128, 256], help="16 suits the 8x8 digits on a CPU")
     a("--crop", type=int, default=None, help="center-crop N px before resizing (CelebA: 178)")
-    a("--aug", default="flip", choices=["none", "flip", "jitter", "deluxe"])
+    a("--aug", default="flip", choices=AUGMENTATIONS)
     a("--batch-size", type=int, default=64, help="the global batch: under torchrun, split over the ranks")
     a("--epochs", type=int, default=100)
     a("--max-steps", type=int, default=None, help="stop after N optimizer steps of the generator/model")

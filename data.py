@@ -296,7 +296,7 @@ def load_dataset(spec, res, channels=None, crop=None, aug="flip", cond=False):
     sources = [s.strip() for s in spec.split(",") if s.strip()]
     if not sources:
         raise common.UserError("--data is empty")
-    if aug not in ("none", "flip", "jitter", "deluxe"):
+    if aug not in common.AUGMENTATIONS:
         raise common.UserError(f"unknown augmentation {aug!r}")
     if channels is None:
         channels = 1 if all(s in common.GRAY_BUILTIN for s in sources) else 3
