@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILT_IN = {"digits", "mnist", "lfw", "shapes"}
+sys.path.insert(0, str(ROOT))
+import data  # noqa: E402
 
 
 def study_commands(data, preset, only):
@@ -88,8 +89,8 @@ def main():
     rows = {}
     for name, seeds, script, flags in runs:
         own_steps = flag(flags, "--max-steps")
-        data = flag(flags, "--data")
-        if data and data not in BUILT_IN and not Path(data.split(",")[0]).exists():
+        source = flag(flags, "--data")
+        if source and source not in data.BUILTIN and not Path(source.split(",")[0]).exists():
             flags[flags.index("--data") + 1] = args.data  # made by the study (aligned faces): same size
         flags = [w for w in flags if w != "--resume"]
         flags = flags[: flags.index("--out")] + flags[flags.index("--out") + 2 :]
