@@ -484,14 +484,8 @@ def samples_figure(runs, path, lines):
 def phase_section(phase, runs, figdir, lines):
     lines += [f"## {PHASES[phase]}", ""]
     if phase == "1" and (figdir.parent / "phase1.json").is_file():
-        for step, result in read_json(figdir.parent / "phase1.json").items():
-            by = result.get("by")
-            why = (
-                f": {result['why']}"
-                if result.get("why")
-                else f", {by} {result[by]}, faces found {result['faces']}"
-            )
-            lines.append(f"- {step}: winner {result.get('winner') or 'none'}{why}")
+        for question, result in read_json(figdir.parent / "phase1.json").items():
+            lines.append(f"- {decision_said(question, result)}")
         lines.append("")
     by_name = {run["name"]: run for run in runs}
     if phase == "1":  # the pipeline's four questions
@@ -724,7 +718,9 @@ def phase8_section(runs, all_runs, figdir, lines):
         if ma is None or mb is None:
             rows.append([claim, source, what_ran(a, b), f"no {key}", "not measured"])
             continue
-        said = f"{key} {fmt(ma[0], '.3g')} -> {fmt(mb[0], '.3g')}"
+        # enough digits that the printed values differ where the verdict's direction was read from them
+        spec = next((s for s in (".3g", ".4g", ".5g") if fmt(ma[0], s) != fmt(mb[0], s)), ".6g")
+        said = f"{key} {fmt(ma[0], spec)} -> {fmt(mb[0], spec)}"
         if key == "fid" and (ssim := [measure(r, "ssim_nearest") for r in (a, b)]) and None not in ssim:
             said += f"; SSIM to the nearest real {ssim[0][0]:.3f} -> {ssim[1][0]:.3f}"
         rows.append([claim, source, what_ran(a, b), said, claim_verdict(ma, mb, expect)])
@@ -796,6 +792,20 @@ def faces_score(step):
     }
 
 
+def decision_said(question, result):
+    """One phase-1 question's decision in words: the winner, the two FIDs it was read from, the faces."""
+    if not result.get("winner"):
+        return f"{question}: winner none: {result['why']}"
+    by = result["by"]
+    (a, fid_a), (b, fid_b) = result[by].items()
+    space = "Inception FID" if by == "fid_inception" else "FID(mtcnn)"
+    faces = result["faces"]
+    return (
+        f"{question}: winner {result['winner']} by {space}, {a} {fid_a:.2f} vs {b} {fid_b:.2f}; "
+        f"faces found {faces[a]:.2f} / {faces[b]:.2f}"
+    )
+
+
 def phase1_winners(root):
     """Phase 1's decision: for each question the run with the lower FID against the common reference
     (Inception's where both runs have it, else FID(mtcnn); the mean over seeds) -> ROOT/phase1.json, each
@@ -811,7 +821,7 @@ def phase1_winners(root):
             winner = a if scores[0][by] <= scores[1][by] else b
             result[question] = {"winner": winner, "by": by, by: {a: scores[0][by], b: scores[1][by]}}
             result[question]["faces"] = {a: scores[0]["faces"], b: scores[1]["faces"]}
-        print(f"phase 1 {question}: {result[question]}")
+        print(f"phase 1 {decision_said(question, result[question])}")
     (Path(root) / "phase1.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -257,10 +257,14 @@ def test_phase1_names_the_lower_fid_on_the_common_reference(tmp_path):
     assert got["1B alignment"]["winner"] == "1B_aligned_64" and got["1B alignment"]["by"] == "fid_mtcnn"
     assert got["1C augmentation"]["winner"] is None
     assert got["1D data"]["winner"] == "1B_aligned_64"  # 2.5 < 2.75, whatever 1D's own FID of 1.0 says
-    assert "phase 1 1B alignment: {'winner': '1B_aligned_64'" in res.stdout
+    assert "phase 1 1B alignment: winner 1B_aligned_64 by FID(mtcnn), 1A_raw_64 3.00 vs" in res.stdout
+    assert "phase 1 1C augmentation: winner none: not scored" in res.stdout
     report.main([str(tmp_path)])
     text = (tmp_path / "REPORT.md").read_text()
-    assert "- 1D data: winner 1B_aligned_64, fid_mtcnn {'1B_aligned_64': 2.5, '1D_aligned_mix': 2.75}" in text
+    assert (
+        "- 1D data: winner 1B_aligned_64 by FID(mtcnn), 1B_aligned_64 2.50 vs 1D_aligned_mix 2.75; "
+        "faces found 0.25 / 0.00" in text
+    )
 
 
 def test_missing_runs_folder_exit_2(tmp_path):
@@ -449,7 +453,7 @@ def test_claims_table_verdicts_by_the_noise_rule(tmp_path):
         "8.3_beta1_0.7": (25.0, 1.0),
     }
     for name, (value, std) in fid.items():
-        diversity = 5.0 if name == "8.1_csp_lr_2e-4_2e-3" else 8.0
+        diversity = 7.996 if name == "8.1_csp_lr_2e-4_2e-3" else 8.0  # equal at 3 digits, not at 4
         make_run(
             root, name, "dcgan", {"lr_g": 2e-4}, fids=[fid_row(5, value, fid_std=std, diversity=diversity)]
         )
@@ -469,7 +473,9 @@ def test_claims_table_verdicts_by_the_noise_rule(tmp_path):
     # d = 1, s_a = s_b = 0.5: n > 4 (0.25 + 0.25) / 1 = 2 seeds
     best = rows["CSP: G 2e-4 / D 2e-5 is best (beats G 2e-4 / D 2e-3)"][3]
     assert best == "within noise (~2 seeds, or 2x the FID samples, would resolve a difference of 1)"
-    assert rows["CSP: G 2e-4 / D 2e-3 repeats faces"][3] == "holds (one seed, no spread: direction only)"
+    # the direction is read from 8 -> 7.996, so the table prints the digits that show it
+    faces = rows["CSP: G 2e-4 / D 2e-3 repeats faces"]
+    assert faces[2:] == ["diversity 8 -> 7.996", "holds (one seed, no spread: direction only)"]
     assert (
         rows["beta1 0.7 is worse than 0.5"][0] == "DCGAN on cats + CVAE"
         and rows["beta1 0.7 is worse than 0.5"][3] == "holds"
