@@ -81,10 +81,13 @@ case "$PRESET" in
     # evaluated once at the end on 300 held-out images a direction.
     TRANS=(--preset cpu --device cpu --max-minutes "${TRANS_MINUTES:-0.4}" --fid-n 300 --fid-every 0
            --sample-every 1 --ckpt-every 5)
-    # Phase 8: 15 seconds a claim's run (about 1,200 DCGAN steps on digits); DCGAN's iteration claim
-    # at the report's own 200 vs 6,400 (about 80 steps a second here), CycleGAN's scaled down to 50 vs
-    # 500 for 1k vs 10k (5 steps a second); lr decay per step, mild vs steep.
-    CLAIMS=(--max-minutes "${CLAIM_MINUTES:-0.25}" --fid-every 0)
+    # Phase 8: 1,000 steps a claim's run (about 15 seconds of DCGAN on digits). Steps, not the clock:
+    # both runs of a pair train as long, and a run is the same on a busy machine (on a clock budget a
+    # slower G, or a busy CPU, got fewer steps: one demo's CSP pair made 710 and 806 steps, the next
+    # 888 and 917, and the Tanh + BatchNorm verdict flipped). DCGAN's iteration claim at the report's own
+    # 200 vs 6,400, CycleGAN's scaled down to 50 vs 500 for 1k vs 10k (5 steps a second); lr decay per
+    # step, mild vs steep.
+    CLAIMS=(--max-steps "${CLAIM_STEPS:-1000}" --max-minutes 600 --fid-every 0)
     ITERS=(200 6400) CYC_ITERS=(50 500) DECAY=(0.9999 0.999)
     ;;
   test)

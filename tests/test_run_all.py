@@ -271,6 +271,17 @@ def test_dry_run_prints_every_command_once_each_flag_and_runs_nothing(tmp_path):
     assert list(printed) == [n for n in RUNS if n.startswith("4.")]
 
 
+def test_smoke_claims_train_for_steps_not_seconds(tmp_path):
+    """Phase 8's runs stop at a step count with the clock out of the way: both runs of a claim train as
+    long, whatever their speed or the machine's load, so a verdict does not hang on how busy it was."""
+    _, printed = dry_run(tmp_path / "runs", "--preset", "smoke", "--only", "8")
+    steps = {name: flag(words, "--max-steps") for name, words in printed.items()}
+    assert steps["8.0_dcgan"] == steps["8.2_csp_tanh_bn"] == steps["8.1_csp_lr_1e-5_1e-5"] == "1000"
+    assert (steps["8.7_iters_short"], steps["8.7_iters_long"]) == ("200", "6400")
+    assert (steps["8.8_cyclegan_short"], steps["8.8_cyclegan_long"]) == ("50", "500")
+    assert {flag(words, "--max-minutes") for words in printed.values()} == {"600"}
+
+
 def test_dry_run_carries_phase1s_decision_into_phases_2_to_5(tmp_path):
     runs = tmp_path / "runs"
     # No decision yet: the defaults (64 px, raw faces, flips), and 1C re-checked by a DCGAN with jitter.
