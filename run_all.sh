@@ -82,11 +82,9 @@ case "$PRESET" in
     TRANS=(--preset cpu --device cpu --max-minutes "${TRANS_MINUTES:-0.4}" --fid-n 300 --fid-every 0
            --sample-every 1 --ckpt-every 5)
     # Phase 8: 1,000 steps a claim's run (about 15 seconds of DCGAN on digits). Steps, not the clock:
-    # both runs of a pair train as long, and a run is the same on a busy machine (on a clock budget a
-    # slower G, or a busy CPU, got fewer steps: one demo's CSP pair made 710 and 806 steps, the next
-    # 888 and 917, and the Tanh + BatchNorm verdict flipped). DCGAN's iteration claim at the report's own
-    # 200 vs 6,400, CycleGAN's scaled down to 50 vs 500 for 1k vs 10k (5 steps a second); lr decay per
-    # step, mild vs steep.
+    # both runs of a pair train as long whatever their speed or the machine's load (on a clock budget a
+    # busy CPU flipped a verdict). DCGAN's iteration claim at the report's own 200 vs 6,400, CycleGAN's
+    # scaled down to 50 vs 500 for 1k vs 10k (5 steps a second); lr decay per step, mild vs steep.
     CLAIMS=(--max-steps "${CLAIM_STEPS:-1000}" --max-minutes 600 --fid-every 0)
     ITERS=(200 6400) CYC_ITERS=(50 500) DECAY=(0.9999 0.999)
     ;;
@@ -447,7 +445,7 @@ run 7.5_semantic      cyclegan.py "${TRANS[@]}" --disc patch --lambda-semantic 1
 #     iterations; CycleGAN at 1k vs 10k iterations (and patch vs DC discriminator: phase 7)
 PHASE=8
 P8=("${COMMON[@]}" "${GAN[@]}" "${CLAIMS[@]}")
-LONG=(--max-minutes 600)  # the iteration claims stop at their step counts, not the clock
+LONG=(--max-minutes 600)  # CycleGAN's iteration claim stops at its step counts, not phase 7's clock
 run 8.0_dcgan            dcgan.py "${P8[@]}"
 for pair in "1e-4 1e-4" "2e-4 2e-5" "2e-4 2e-3" "1e-5 1e-5"; do
   read -r lr_g lr_d <<< "$pair"
@@ -461,8 +459,8 @@ run 8.5_lr_decay_steep   dcgan.py "${P8[@]}" --lr-decay "${DECAY[1]}"
 run 8.6_basic_diffaug    dcgan.py "${P8[@]}" --aug none --diffaug color,translation,cutout
 run 8.6_deluxe           dcgan.py "${P8[@]}" --aug deluxe
 run 8.6_deluxe_diffaug   dcgan.py "${P8[@]}" --aug deluxe --diffaug color,translation,cutout
-run 8.7_iters_short      dcgan.py "${P8[@]}" "${LONG[@]}" --max-steps "${ITERS[0]}"
-run 8.7_iters_long       dcgan.py "${P8[@]}" "${LONG[@]}" --max-steps "${ITERS[1]}"
+run 8.7_iters_short      dcgan.py "${P8[@]}" --max-steps "${ITERS[0]}"
+run 8.7_iters_long       dcgan.py "${P8[@]}" --max-steps "${ITERS[1]}"
 run 8.8_cyclegan_short   cyclegan.py "${TRANS[@]}" "${LONG[@]}" --disc patch --max-steps "${CYC_ITERS[0]}"
 run 8.8_cyclegan_long    cyclegan.py "${TRANS[@]}" "${LONG[@]}" --disc patch --max-steps "${CYC_ITERS[1]}"
 
